@@ -1,0 +1,47 @@
+"""The typer application shared by all ``vebi`` sub-commands, and the error-handling entry point."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from vebi.errors import VebiError
+
+app = typer.Typer(
+    name="vebi",
+    help="Visual explanation by interpretation: relevant filters, interpretations, explanations, evaluation.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print one error line and exit non-zero (used by commands for input problems)."""
+    typer.echo(f"vebi: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: input errors become one line on stderr and exit code 2, never a traceback."""
+    try:
+        app(args=argv, prog_name="vebi")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except VebiError as exc:
+        typer.echo(f"vebi: error: {exc}", err=True)
+        return 2
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+        name = exc.filename if exc.filename is not None else ""
+        typer.echo(f"vebi: error: {exc.strerror or 'cannot open'}: {name}", err=True)
+        return 2
+    except KeyboardInterrupt:
+        typer.echo("vebi: interrupted", err=True)
+        return 130
+    return 0
+
+
+def run() -> None:
+    """``console_scripts`` target."""
+    sys.exit(main())

@@ -1,0 +1,5 @@
+"""The one exception type vebi raises for bad input; the CLI turns it into one line and exit 2."""
+
+
+class VebiError(Exception):
+    """A problem with the user's input (file, value, model, data) described in one sentence."""
