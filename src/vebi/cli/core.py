@@ -1,0 +1,98 @@
+"""``vebi layers``, ``vebi collect`` and ``vebi fit``: the core pass and the mu-LASSO fit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from vebi.cli._app import app
+from vebi.cli.common import (DeviceOpt, ModelArg, ModelArgsOpt, WeightsOpt, build_dataset, build_model, data_info,
+                             model_info, resolve_device)
+from vebi.errors import VebiError
+
+
+@app.command()
+def layers(
+    model: str = ModelArg,
+    weights: str | None = WeightsOpt,
+    model_arg: list[str] | None = ModelArgsOpt,
+    size: int = typer.Option(64, help="input size of the example pass that finds output shapes"),
+    all_layers: bool = typer.Option(False, "--all", help="list every module, not only those with 2-D+ maps"),
+) -> None:
+    """List the model's layers: name, type, output shape; '*' marks the default layer set."""
+    import torch
+
+    from vebi.layers import first_conv_in_channels, list_layers
+
+    net = build_model(model_info(model, weights, model_arg))
+    example = torch.zeros(1, first_conv_in_channels(net), size, size)
+    try:
+        infos = list_layers(net, example)
+    except RuntimeError as exc:
+        raise VebiError(f"the example pass at {size}x{size} failed ({str(exc).splitlines()[0]}); try --size") from None
+    width = max(len(i.name) for i in infos)
+    for info in infos:
+        shape = info.output_shape
+        if not all_layers and (shape is None or len(shape) < 3) and not info.default:
+            continue
+        mark = "*" if info.default else " "
+        typer.echo(f"{mark} {info.name:<{width}}  {info.type_name:<22} {'x'.join(map(str, shape or ())) or '-'}")
+
+
+@app.command()
+def collect(
+    model: str = ModelArg,
+    data: Path = typer.Argument(..., help="image folder, one sub-folder per class"),
+    out: Path = typer.Option(..., "-o", "--out", help="run folder to write"),
+    weights: str | None = WeightsOpt,
+    model_arg: list[str] | None = ModelArgsOpt,
+    layer: list[str] | None = typer.Option(None, "--layer", "-l", help="layer name or glob (repeatable); default set if none"),
+    response: str = typer.Option("energy", help="energy, max or mean"),
+    labels: str = typer.Option("true", help="true (ground truth) or predicted"),
+    top_k: int = typer.Option(100, "--top-k", help="top images kept per feature"),
+    size: int | None = typer.Option(None, help="resize + centre-crop images to SIZE"),
+    normalize: str = typer.Option("auto", help="auto (imagenet for torchvision models), imagenet or none"),
+    batch_size: int = typer.Option(32, "--batch-size", "-b"),
+    workers: int = typer.Option(0, help="DataLoader worker processes"),
+    device: str = DeviceOpt,
+) -> None:
+    """One pass over DATA: responses, streaming statistics and top images per feature, saved to OUT."""
+    import torch
+
+    from vebi.artifacts import save_run_info, save_stats
+    from vebi.collect import collect as run_collect
+
+    if batch_size < 1 or top_k < 1:
+        raise VebiError("--batch-size and --top-k must be at least 1")
+    minfo = model_info(model, weights, model_arg)
+    net = build_model(minfo).to(resolve_device(device))
+    dinfo = data_info(net, model, str(data), size, normalize)
+    dataset = build_dataset(dinfo)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    stats = run_collect(net, loader, layers=layer or None, response=response, labels=labels, top_k=top_k,
+                        class_names=dataset.classes)
+    save_stats(stats, out, net)
+    save_run_info(out, {"model": minfo, "data": dinfo, "layers": list(stats.space.layers)})
+    acc = f", accuracy {stats.accuracy:.3f}" if stats.accuracy is not None else ""
+    typer.echo(f"collected {stats.count} images x {stats.space.size} features "
+               f"({len(stats.space.layers)} layers){acc} -> {out}")
+
+
+@app.command()
+def fit(
+    run: Path = typer.Argument(..., help="run folder written by `vebi collect`"),
+    mu: float = typer.Option(10.0, help="L1 budget of each class's weights (sparsity)"),
+) -> None:
+    """Fit mu-LASSO relevance from the saved statistics (no new pass over the images)."""
+    from vebi.artifacts import load_stats, save_relevance
+    from vebi.relevance import fit_relevance
+
+    if not mu > 0:
+        raise VebiError(f"--mu must be positive, not {mu}")
+    stats = load_stats(run)
+    relevance = fit_relevance(stats, mu)
+    save_relevance(relevance, run)
+    for name, count in zip(relevance.class_names, relevance.relevant_counts(), strict=True):
+        typer.echo(f"{name}: {count} relevant features")
+    typer.echo(f"relevance (mu={mu:g}) -> {run}")

@@ -1,0 +1,142 @@
+"""Finding layers by name or pattern, and the default layer set per architecture.
+
+Default layers (one feature per filter, post-activation where the architecture exposes it):
+- torchvision ResNet: the output of every residual block (``layerK.i``), which is post-ReLU
+  (the block's ReLU module is called twice, so it cannot be hooked on its own);
+- torchvision MobileNetV2: the output of every entry of ``features`` (stem, inverted residual
+  blocks, final 1x1 conv + ReLU6); the block outputs are the linear bottlenecks;
+- anything else (plain ``nn.Sequential`` CNNs, torchvision VGG, ...): every activation module
+  that directly follows a convolution or a normalisation layer in its parent container;
+  if there is none, every ``nn.Conv2d``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from vebi.errors import VebiError
+
+ACTIVATIONS: tuple[type[nn.Module], ...] = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU,
+    nn.SiLU, nn.GELU, nn.Hardswish, nn.Mish, nn.Softplus, nn.Tanh, nn.Sigmoid,
+)
+_PRECEDING = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d, nn.LayerNorm)
+
+LayerSpec = None | str | nn.Module | Sequence[str | nn.Module]
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One named module: its type, whether it is in the default set, and its output shape if known."""
+
+    name: str
+    type_name: str
+    default: bool
+    output_shape: tuple[int, ...] | None = None
+
+
+def get_module(model: nn.Module, name: str) -> nn.Module:
+    """The sub-module with this dotted ``named_modules()`` name; VebiError listing close names otherwise."""
+    modules = dict(model.named_modules())
+    if name in modules and name != "":
+        return modules[name]
+    close = difflib.get_close_matches(name, [n for n in modules if n], n=5, cutoff=0.5)
+    hint = f"; close matches: {', '.join(close)}" if close else "; run `vebi layers MODEL` to list the names"
+    raise VebiError(f"no layer named {name!r} in {type(model).__name__}{hint}")
+
+
+def default_layers(model: nn.Module) -> list[str]:
+    """The documented default layer set (see the module docstring)."""
+    from torchvision.models import MobileNetV2, ResNet
+
+    if isinstance(model, ResNet):
+        return [f"{stage}.{i}" for stage in ("layer1", "layer2", "layer3", "layer4")
+                for i in range(len(getattr(model, stage)))]
+    if isinstance(model, MobileNetV2):
+        return [f"features.{i}" for i in range(len(model.features))]
+    names: list[str] = []
+    for parent_name, parent in model.named_modules():
+        previous: nn.Module | None = None
+        for child_name, child in parent.named_children():
+            if isinstance(child, ACTIVATIONS) and isinstance(previous, _PRECEDING):
+                names.append(f"{parent_name}.{child_name}" if parent_name else child_name)
+            previous = child
+    if not names:
+        names = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    if not names:
+        raise VebiError(f"{type(model).__name__} has no convolution layers; choose layers explicitly")
+    return names
+
+
+def resolve_layers(model: nn.Module, spec: LayerSpec = None) -> list[str]:
+    """Layer names for ``spec``: None (defaults), a module, a dotted name, a glob pattern, or a list of those.
+
+    Patterns (``features.*``) expand to every matching name in ``named_modules()`` order; every
+    entry must match something. Order follows the model, duplicates are dropped.
+    """
+    if spec is None:
+        return default_layers(model)
+    items = [spec] if isinstance(spec, (str, nn.Module)) else list(spec)
+    if not items:
+        raise VebiError("no layers given")
+    all_names = [n for n, _ in model.named_modules() if n]
+    by_id = {id(m): n for n, m in model.named_modules() if n}
+    chosen: set[str] = set()
+    for item in items:
+        if isinstance(item, nn.Module):
+            if id(item) not in by_id:
+                raise VebiError(f"the given {type(item).__name__} module is not part of {type(model).__name__}")
+            chosen.add(by_id[id(item)])
+        elif any(ch in item for ch in "*?["):
+            matched = fnmatch.filter(all_names, item)
+            if not matched:
+                raise VebiError(f"layer pattern {item!r} matches no layer of {type(model).__name__}")
+            chosen.update(matched)
+        else:
+            get_module(model, item)
+            chosen.add(item)
+    return [n for n in all_names if n in chosen]
+
+
+def first_conv_in_channels(model: nn.Module) -> int:
+    """Input channels the model takes (of its first convolution; 3 when there is none)."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Conv1d, nn.Conv3d)):
+            return m.in_channels
+    return 3
+
+
+def list_layers(model: nn.Module, example_input: torch.Tensor | None = None) -> list[LayerInfo]:
+    """Every named module with its type and default flag; output shapes when an example input is given."""
+    from vebi.hooks import preserved_state
+
+    defaults = set(default_layers(model))
+    shapes: dict[str, tuple[int, ...]] = {}
+    if example_input is not None:
+        handles = []
+
+        def make(name: str):
+            def hook(_m: nn.Module, _i: object, out: object) -> None:
+                if isinstance(out, torch.Tensor):
+                    shapes.setdefault(name, tuple(out.shape[1:]))
+            return hook
+
+        with preserved_state(model):
+            model.eval()
+            try:
+                for name, module in model.named_modules():
+                    if name:
+                        handles.append(module.register_forward_hook(make(name)))
+                with torch.no_grad():
+                    model(example_input)
+            finally:
+                for h in handles:
+                    h.remove()
+    return [LayerInfo(n, type(m).__name__, n in defaults, shapes.get(n))
+            for n, m in model.named_modules() if n]

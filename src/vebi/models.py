@@ -1,0 +1,146 @@
+"""Building the user's model from a command-line spec.
+
+Specs: ``torchvision:NAME`` (``weights=None`` unless ``--weights``), ``package.module:factory`` or
+``path/to/file.py:factory``. ``weights`` is a local state-dict file (loaded with
+``weights_only=True``) or, for torchvision models, a weights name such as ``IMAGENET1K_V1`` that
+must already be in torch's cache (nothing is downloaded by tests or CI).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vebi.errors import VebiError
+
+
+def parse_model_args(items: list[str] | None) -> dict[str, Any]:
+    """``["num_classes=6", "stride=4"]`` -> keyword arguments (values parsed as JSON when possible)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise VebiError(f"model argument {item!r} is not of the form key=value")
+        key, value = item.split("=", 1)
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _factory(spec: str):
+    target, _, attr = spec.rpartition(":")
+    if not target or not attr:
+        raise VebiError(f"model spec {spec!r} must be torchvision:NAME, package.module:factory or file.py:factory")
+    if target.endswith(".py"):
+        path = Path(target)
+        if not path.is_file():
+            raise VebiError(f"model file {path} not found")
+        mod_name = f"_vebi_user_model_{abs(hash(str(path.resolve())))}"
+        module_spec = importlib.util.spec_from_file_location(mod_name, path)
+        if module_spec is None or module_spec.loader is None:
+            raise VebiError(f"cannot import {path}")
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[mod_name] = module
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as exc:
+            raise VebiError(f"importing {path} failed: {type(exc).__name__}: {exc}") from None
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as exc:
+            raise VebiError(f"cannot import module {target!r} ({exc})") from None
+    factory = getattr(module, attr, None)
+    if factory is None or not callable(factory):
+        raise VebiError(f"{target} has no callable {attr!r}")
+    return factory
+
+
+def _torchvision_model(name: str, weights: str | None, kwargs: dict[str, Any]) -> tuple[nn.Module, bool]:
+    from torchvision import models
+
+    if name not in models.list_models():
+        import difflib
+
+        close = difflib.get_close_matches(name, models.list_models(), n=4)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise VebiError(f"torchvision has no model {name!r}{hint}")
+    if weights is not None and not Path(weights).exists() and not weights.endswith((".pt", ".pth", ".bin")):
+        try:
+            return models.get_model(name, weights=weights, **kwargs), True
+        except Exception as exc:
+            raise VebiError(f"cannot load torchvision weights {weights!r} for {name}: {exc}") from None
+    try:
+        return models.get_model(name, weights=None, **kwargs), False
+    except TypeError as exc:
+        raise VebiError(f"torchvision:{name} does not accept {kwargs}: {exc}") from None
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from a checkpoint file (plain, or under 'state_dict' / 'model')."""
+    p = Path(path)
+    if not p.is_file():
+        raise VebiError(f"weights file {p} not found")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise VebiError(f"cannot read weights file {p}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise VebiError(f"{p} does not hold a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a state-dict file into ``model``; a mismatch names the file and the first differences."""
+    state = load_state_dict_file(path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+             if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {', '.join(unexpected[:3])}{' ...' if len(unexpected) > 3 else ''}")
+        if wrong:
+            parts.append(f"shape {'; '.join(wrong[:3])}{' ...' if len(wrong) > 3 else ''}")
+        raise VebiError(f"checkpoint {path} does not fit {type(model).__name__}: {'; '.join(parts)}")
+    model.load_state_dict(state)
+
+
+def load_model(spec: str, weights: str | None = None, model_args: dict[str, Any] | None = None) -> nn.Module:
+    """The model named by ``spec`` in eval mode, with ``weights`` loaded when given."""
+    kwargs = dict(model_args or {})
+    if spec.startswith("torchvision:"):
+        model, loaded = _torchvision_model(spec.split(":", 1)[1], weights, kwargs)
+    else:
+        factory = _factory(spec)
+        params = inspect.signature(factory).parameters
+        accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        unknown = [k for k in kwargs if k not in params and not accepts_any]
+        if unknown:
+            raise VebiError(f"{spec} does not take argument(s) {', '.join(unknown)}")
+        try:
+            model = factory(**kwargs)
+        except Exception as exc:
+            raise VebiError(f"{spec} failed: {type(exc).__name__}: {exc}") from None
+        if not isinstance(model, nn.Module):
+            raise VebiError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
+        loaded = False
+    if weights is not None and not loaded:
+        load_weights(model, weights)
+    return model.eval()

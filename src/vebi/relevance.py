@@ -1,0 +1,94 @@
+"""Relevant features per class: the non-zero weights of the mu-LASSO solution W (m x C)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from vebi.errors import VebiError
+from vebi.features import FeatureSpace
+from vebi.stats import FeatureStats
+
+
+@dataclass(frozen=True)
+class RelevantFeature:
+    """Feature (layer, channel) with weight w_{f,j} != 0 for some class j."""
+
+    index: int
+    layer: str
+    channel: int
+    weight: float
+
+    @property
+    def sign(self) -> int:
+        return 1 if self.weight > 0 else -1
+
+
+@dataclass(frozen=True)
+class Relevance:
+    """W = [w_1 .. w_C], w_j = argmin ||X w - l_j||^2 s.t. ||w||_1 <= mu, over the features of ``space``."""
+
+    weights: torch.Tensor
+    space: FeatureSpace
+    class_names: tuple[str, ...]
+    mu: float
+    response: str = "energy"
+    tolerance: float = 0.0
+
+    def __post_init__(self) -> None:
+        if tuple(self.weights.shape) != (self.space.size, len(self.class_names)):
+            raise VebiError(f"weights of shape {tuple(self.weights.shape)} do not fit "
+                            f"{self.space.size} features x {len(self.class_names)} classes")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def class_index(self, cls: int | str) -> int:
+        if isinstance(cls, str):
+            if cls not in self.class_names:
+                raise VebiError(f"unknown class {cls!r}; classes are {', '.join(self.class_names)}")
+            return self.class_names.index(cls)
+        if not 0 <= cls < self.num_classes:
+            raise VebiError(f"class index {cls} is outside 0..{self.num_classes - 1}")
+        return cls
+
+    def relevant(self, cls: int | str) -> tuple[RelevantFeature, ...]:
+        """Features with |w_{f,j}| > tolerance, sorted by |weight| descending (ties: lower index)."""
+        j = self.class_index(cls)
+        w = self.weights[:, j].detach().cpu()
+        nonzero = torch.nonzero(w.abs() > self.tolerance).flatten().tolist()
+        nonzero.sort(key=lambda i: (-abs(float(w[i])), i))
+        out = []
+        for i in nonzero:
+            f = self.space.feature(i)
+            out.append(RelevantFeature(i, f.layer, f.channel, float(w[i])))
+        return tuple(out)
+
+    def relevant_counts(self) -> list[int]:
+        return [len(self.relevant(j)) for j in range(self.num_classes)]
+
+    def union(self) -> tuple[int, ...]:
+        """Indices of the features relevant to at least one class."""
+        mask = (self.weights.abs() > self.tolerance).any(dim=1)
+        return tuple(torch.nonzero(mask).flatten().tolist())
+
+
+def fit_relevance(stats: FeatureStats, mu: float = 10.0, *, tolerance: float = 1e-10, **solver_options) -> Relevance:
+    """Solve the mu-LASSO for every class from (G, B) of ``stats`` (no pass over the images).
+
+    Weights with |w| <= ``tolerance`` are treated as zero when listing relevant features.
+    """
+    from vebi.lasso import solve_mu_lasso
+
+    if not (mu > 0):
+        raise VebiError(f"mu must be positive, not {mu}")
+    if stats.count == 0:
+        raise VebiError("the statistics hold no images")
+    empty = [n for n, c in zip(stats.class_names, stats.class_counts.tolist(), strict=True) if c == 0]
+    if empty and stats.labels == "true":
+        raise VebiError(f"class(es) with no images: {', '.join(empty)}")
+    weights = solve_mu_lasso(stats.gram, stats.cross, float(mu), **solver_options)
+    return Relevance(weights.detach().to("cpu", torch.float64), stats.space, stats.class_names, float(mu),
+                     stats.response, tolerance)

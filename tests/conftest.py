@@ -1,0 +1,42 @@
+"""Shared test settings: one torch thread per xdist worker, seeded tiny models and image folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+torch.set_num_threads(1)
+
+
+def tiny_cnn(num_classes: int = 3, in_channels: int = 3, seed: int = 0) -> nn.Module:
+    """Conv-ReLU-Pool-Conv-ReLU-GAP-Linear, seeded."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 4, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(inplace=True),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, num_classes),
+    )
+
+
+@pytest.fixture
+def make_folder(tmp_path: Path):
+    """Write a small class-per-folder PNG dataset: make_folder(classes=3, per_class=4, size=16, mode='RGB')."""
+
+    def make(classes: int = 3, per_class: int = 4, size: int = 16, mode: str = "RGB", seed: int = 0,
+             root: Path | None = None) -> Path:
+        rng = np.random.default_rng(seed)
+        root = root or tmp_path / "data"
+        for c in range(classes):
+            d = root / f"class{c}"
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                arr = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+                Image.fromarray(arr).convert(mode).save(d / f"img{i}.png")
+        return root
+
+    return make
