@@ -23,6 +23,14 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _one_line(message: str) -> str:
+    """A VebiError re-raised by a DataLoader worker carries the worker's traceback; keep its last line."""
+    lines = [ln for ln in message.strip().splitlines() if ln.strip()]
+    if len(lines) > 1 and "Traceback" in message:
+        return lines[-1].split("VebiError: ", 1)[-1]
+    return " ".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: input errors become one line on stderr and exit code 2, never a traceback."""
     try:
@@ -30,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except VebiError as exc:
-        typer.echo(f"vebi: error: {exc}", err=True)
+        typer.echo(f"vebi: error: {_one_line(str(exc))}", err=True)
         return 2
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
         name = exc.filename if exc.filename is not None else ""
