@@ -5,5 +5,6 @@ from vebi.cli._app import app, fail, main, run
 # one import per topic module; each module adds its commands to ``app``
 # topic modules (one import line each) follow
 from vebi.cli import core  # noqa: F401,E402
+from vebi.cli import interpret  # noqa: F401,E402
 
 __all__ = ["app", "fail", "main", "run"]
