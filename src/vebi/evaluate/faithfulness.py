@@ -1,0 +1,216 @@
+"""Deletion and insertion curves: a faithfulness check of heatmaps that needs no masks.
+
+For image x (C, H, W), heatmap h (H, W), class j and N = H * W pixels, rank the pixels by h in
+descending order (ties: row-major order, so a constant map is removed from the top-left). At step
+k = 0..K (K = ``steps``) the first n_k = floor(k * N / K) ranked pixels (all channels) are
+
+- deletion: replaced by the baseline image b, starting from x  (a faithful map drops fast);
+- insertion: copied from x into b, starting from b               (a faithful map rises fast);
+
+and the score is the softmax probability p_j of the perturbed image. The area under each curve is
+the trapezoid rule over the fraction removed/added in [0, 1]:
+AUC = (sum_k p_k - (p_0 + p_K) / 2) / K. Lower deletion AUC and higher insertion AUC are better.
+
+Baseline images b (``baseline=``): ``"blur"`` (default; Gaussian blur of x with standard deviation
+``sigma`` pixels, default max(H, W) / 20, kernel 2 * ceil(3 sigma) + 1 capped at the image size,
+reflect padding), ``"mean"`` (each channel's mean over the image), ``"zero"`` (all zeros in
+model-input space, i.e. the dataset mean colour for mean/std-normalised inputs).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torchvision.transforms.functional import gaussian_blur
+
+from vebi.baselines import preserve_model
+from vebi.errors import VebiError
+from vebi.evaluate.metrics import Estimate, estimate
+
+BASELINES: tuple[str, ...] = ("blur", "mean", "zero")
+
+__all__ = [
+    "BASELINES",
+    "DeletionInsertion",
+    "FaithfulnessResult",
+    "baseline_images",
+    "curve_auc",
+    "perturbation_curves",
+]
+
+
+def baseline_images(images: Tensor, kind: str = "blur", *, sigma: float | None = None) -> Tensor:
+    """The baseline image b for each image of a (B, C, H, W) batch (see the module docstring)."""
+    if kind == "zero":
+        return torch.zeros_like(images)
+    if kind == "mean":
+        return images.mean(dim=(2, 3), keepdim=True).expand_as(images).clone()
+    if kind == "blur":
+        height, width = images.shape[-2:]
+        s = float(sigma) if sigma is not None else max(height, width) / 20
+        if not s > 0:
+            raise VebiError(f"blur sigma must be positive, got {sigma}")
+        radius = min(math.ceil(3 * s), height - 1, width - 1)
+        if radius < 1:
+            return images.clone()
+        return gaussian_blur(images, [2 * radius + 1, 2 * radius + 1], [s, s])
+    raise VebiError(f"unknown deletion/insertion baseline {kind!r}; choose one of {', '.join(BASELINES)}")
+
+
+def curve_auc(curves: Tensor) -> Tensor:
+    """Trapezoid area under (B, K + 1) curves sampled at fractions 0, 1/K, ..., 1; (B,)."""
+    k = curves.shape[1] - 1
+    if k < 1:
+        raise VebiError("a curve needs at least two points")
+    return (curves.sum(dim=1) - (curves[:, 0] + curves[:, -1]) / 2) / k
+
+
+def _model_device_dtype(model: nn.Module, images: Tensor) -> tuple[torch.device, torch.dtype]:
+    param = next(model.parameters(), None)
+    if param is None:
+        return images.device, images.dtype
+    return param.device, param.dtype
+
+
+def perturbation_curves(
+    model: nn.Module,
+    images: Tensor,
+    heatmaps: Tensor,
+    target: Tensor,
+    *,
+    steps: int = 20,
+    baseline: str = "blur",
+    sigma: float | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Deletion and insertion curves, each (B, steps + 1) float64 on the CPU.
+
+    The model runs in eval mode without gradients (its state is restored afterwards); deletion and
+    insertion images of one step go through one forward pass of 2B images.
+    """
+    if images.dim() != 4:
+        raise VebiError(f"images must be (B, C, H, W), got {tuple(images.shape)}")
+    b, _, height, width = images.shape
+    h = heatmaps.detach()
+    if h.dim() == 4 and h.shape[1] == 1:
+        h = h[:, 0]
+    if tuple(h.shape) != (b, height, width):
+        raise VebiError(f"heatmaps of shape {tuple(heatmaps.shape)} do not match images of shape {tuple(images.shape)}")
+    if not torch.isfinite(h).all():
+        raise VebiError("heatmaps contain NaN or infinite values")
+    if target.shape != (b,) or target.is_floating_point():
+        raise VebiError(f"target must be an integer tensor of shape ({b},), got {tuple(target.shape)}")
+    if steps < 1:
+        raise VebiError(f"steps must be >= 1, got {steps}")
+    device, dtype = _model_device_dtype(model, images)
+    x = images.detach().to(device=device, dtype=dtype)
+    base = baseline_images(x, baseline, sigma=sigma)
+    pixels = height * width
+    order = torch.sort(h.to(device).flatten(1), dim=1, descending=True, stable=True).indices
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(pixels, device=device).expand(b, pixels).contiguous())
+    rank = rank.view(b, 1, height, width)
+    t = target.to(device=device, dtype=torch.long)
+    deletion = torch.empty(b, steps + 1, dtype=torch.float64)
+    insertion = torch.empty(b, steps + 1, dtype=torch.float64)
+    with preserve_model(model, freeze=False, no_inplace=False), torch.no_grad():
+        for k in range(steps + 1):
+            changed = rank < (k * pixels) // steps
+            batch = torch.cat((torch.where(changed, base, x), torch.where(changed, x, base)))
+            logits = model(batch)
+            if int(t.max()) >= logits.shape[1]:
+                raise VebiError(f"target class {int(t.max())} is out of range for a model with {logits.shape[1]} outputs")
+            probs = logits.float().softmax(dim=1).to(torch.float64)
+            deletion[:, k] = probs[:b].gather(1, t[:, None])[:, 0].cpu()
+            insertion[:, k] = probs[b:].gather(1, t[:, None])[:, 0].cpu()
+    return deletion, insertion
+
+
+@dataclass(frozen=True)
+class FaithfulnessResult:
+    """Mean deletion and insertion curves (per step) and their AUCs over images."""
+
+    steps: int
+    baseline: str
+    fractions: tuple[float, ...]
+    deletion_curve: tuple[Estimate, ...]
+    insertion_curve: tuple[Estimate, ...]
+    deletion_auc: Estimate
+    insertion_auc: Estimate
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "steps": self.steps,
+            "baseline": self.baseline,
+            "fractions": list(self.fractions),
+            "deletion_curve": [e.to_dict() for e in self.deletion_curve],
+            "insertion_curve": [e.to_dict() for e in self.insertion_curve],
+            "deletion_auc": self.deletion_auc.to_dict(),
+            "insertion_auc": self.insertion_auc.to_dict(),
+        }
+
+    def curve_rows(self) -> list[dict[str, Any]]:
+        """One flat row per step (for CSV)."""
+        return [
+            {"fraction": f, "deletion": d.mean, "deletion_low": d.low, "deletion_high": d.high,
+             "insertion": i.mean, "insertion_low": i.low, "insertion_high": i.high}
+            for f, d, i in zip(self.fractions, self.deletion_curve, self.insertion_curve, strict=True)
+        ]
+
+
+class DeletionInsertion:
+    """Streaming deletion/insertion curves: ``update(model, images, heatmaps, target)`` per batch."""
+
+    def __init__(self, steps: int = 20, *, baseline: str = "blur", sigma: float | None = None) -> None:
+        if steps < 1:
+            raise VebiError(f"steps must be >= 1, got {steps}")
+        if baseline not in BASELINES:
+            raise VebiError(f"unknown deletion/insertion baseline {baseline!r}; choose one of {', '.join(BASELINES)}")
+        self.steps, self.baseline, self.sigma = int(steps), baseline, sigma
+        self._deletion: list[Tensor] = []
+        self._insertion: list[Tensor] = []
+
+    @property
+    def count(self) -> int:
+        return sum(c.shape[0] for c in self._deletion)
+
+    def curves(self) -> tuple[Tensor, Tensor]:
+        """All per-image (deletion, insertion) curves so far, each (N, steps + 1)."""
+        empty = torch.zeros(0, self.steps + 1, dtype=torch.float64)
+        return (torch.cat(self._deletion) if self._deletion else empty,
+                torch.cat(self._insertion) if self._insertion else empty)
+
+    def update(self, model: nn.Module, images: Tensor, heatmaps: Tensor, target: Tensor) -> None:
+        deletion, insertion = perturbation_curves(
+            model, images, heatmaps, target, steps=self.steps, baseline=self.baseline, sigma=self.sigma
+        )
+        self._deletion.append(deletion)
+        self._insertion.append(insertion)
+
+    def merge(self, other: DeletionInsertion) -> DeletionInsertion:
+        """A new accumulator with this one's images followed by ``other``'s."""
+        if (other.steps, other.baseline, other.sigma) != (self.steps, self.baseline, self.sigma):
+            raise VebiError("cannot merge deletion/insertion curves with different steps, baseline or sigma")
+        merged = DeletionInsertion(self.steps, baseline=self.baseline, sigma=self.sigma)
+        merged._deletion = [*self._deletion, *other._deletion]
+        merged._insertion = [*self._insertion, *other._insertion]
+        return merged
+
+    def compute(self, confidence: float = 0.95) -> FaithfulnessResult:
+        deletion, insertion = self.curves()
+        if deletion.shape[0] == 0:
+            raise VebiError("no images were scored")
+        fractions: Sequence[float] = [k / self.steps for k in range(self.steps + 1)]
+        return FaithfulnessResult(
+            self.steps,
+            self.baseline,
+            tuple(fractions),
+            tuple(estimate(deletion[:, k], confidence) for k in range(self.steps + 1)),
+            tuple(estimate(insertion[:, k], confidence) for k in range(self.steps + 1)),
+            estimate(curve_auc(deletion), confidence),
+            estimate(curve_auc(insertion), confidence),
+        )
