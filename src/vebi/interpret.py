@@ -350,7 +350,7 @@ def save_interpretations(interpretations: Sequence[Interpretation], run_dir: str
             for rank, feat in enumerate(interp.features):
                 stem = f"{folder}/{rank:03d}-{_slug(feat.layer)}-c{feat.channel}"
                 _write_png(staging / f"{stem}.png", feat.average)
-                key = f"{interp.class_index}.{rank}"
+                key = f"feature{feat.index}"  # a feature relevant to several classes is stored once
                 tensors[f"{key}.average"] = feat.average
                 tensors[f"{key}.crops"] = feat.crops
                 crops_png = None
@@ -396,8 +396,8 @@ def load_interpretations(run_dir: str | os.PathLike[str]) -> tuple[Interpretatio
     result = []
     for cls in meta["classes"]:
         features = []
-        for rank, f in enumerate(cls["features"]):
-            key = f"{cls['index']}.{rank}"
+        for f in cls["features"]:
+            key = f"feature{int(f['index'])}"
             if f"{key}.average" not in tensors:
                 raise VebiError(f"{folder / 'interpretation.safetensors'} does not match {meta_path}")
             features.append(FeatureInterpretation(
@@ -418,10 +418,11 @@ def _slug(text: str) -> str:
 
 
 def _to_pil(image: torch.Tensor) -> Image.Image:
+    """Values clamped to [0, 1]; three or more channels show the first three as RGB, fewer the first as grey."""
     array = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
-    if array.shape[0] == 1:
-        return Image.fromarray(array[0].numpy(), mode="L")
-    return Image.fromarray(array[:3].permute(1, 2, 0).numpy(), mode="RGB")
+    if array.shape[0] < 3:
+        return Image.fromarray(array[0].numpy())
+    return Image.fromarray(array[:3].permute(1, 2, 0).contiguous().numpy())
 
 
 def _write_png(path: Path, image: torch.Tensor) -> None:
