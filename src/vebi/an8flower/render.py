@@ -1,0 +1,85 @@
+"""Render one flower: the RGB image and the label map of the part visible at each pixel.
+
+The image is Mitsuba's ``direct`` integrator (key light with shadows + a flat ambient term, no
+inter-reflection, so no part's colour reaches pixels where that part is not seen) with a box pixel
+filter, composited over the background: ``out = L + (1 - alpha) * bg`` in linear RGB, then a
+per-channel gain and sRGB encoding. The label map comes from a second pass with Mitsuba's ``aov``
+integrator (``shape_index``) at one sample per pixel centre: it is exact (no blending), and it
+respects occlusion because it is the first surface hit by the pixel's central ray.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from vebi.an8flower.backgrounds import background_image
+from vebi.an8flower.meshes import PARTS
+from vebi.an8flower.scene import RenderParams, _mitsuba, build_scene, linear_to_srgb, sensor_dict, srgb_to_linear
+
+BACKGROUND_LABEL = 0
+PART_LABELS: dict[str, int] = {part: i + 1 for i, part in enumerate(PARTS)}
+
+
+@dataclass(frozen=True)
+class Rendering:
+    """``image`` (H, W, 3) uint8 sRGB and ``labels`` (H, W) uint8: 0 background, ``PART_LABELS[part]``."""
+
+    image: np.ndarray
+    labels: np.ndarray
+
+    def mask(self, parts: tuple[str, ...] | list[str]) -> np.ndarray:
+        """Boolean (H, W) mask of the pixels where any of ``parts`` is visible."""
+        return part_mask(self.labels, parts)
+
+
+def part_mask(labels: np.ndarray, parts: tuple[str, ...] | list[str]) -> np.ndarray:
+    """Boolean mask of the pixels of a label map that show one of ``parts``."""
+    return np.isin(labels, [PART_LABELS[p] for p in parts])
+
+
+def _centre_aovs(mi, scene, params: RenderParams, size: int, aovs: str) -> np.ndarray:
+    """Mitsuba ``aov`` channels from one ray through each pixel centre."""
+    integrator = mi.load_dict({"type": "aov", "aovs": aovs})
+    sensor = mi.load_dict(sensor_dict(params, size, 1, centred=True))
+    return np.asarray(mi.render(scene, integrator=integrator, sensor=sensor, spp=1), dtype=np.float64)
+
+
+def _labels(mi, scene, params: RenderParams, size: int) -> np.ndarray:
+    index = _centre_aovs(mi, scene, params, size, "index:shape_index")[..., 0]
+    # shape_index is 0 for a miss and 1 + the position in scene.shapes() for a hit
+    lookup = np.zeros(len(scene.shapes()) + 1, dtype=np.uint8)
+    for i, shape in enumerate(scene.shapes()):
+        lookup[i + 1] = PART_LABELS[shape.id()]
+    return lookup[np.rint(index).astype(np.int64)]
+
+
+def render(params: RenderParams, size: int, spp: int = 9) -> Rendering:
+    """Render the image (``spp`` stratified samples per pixel, a square) and the visible-part label map of ``params``."""
+    mi = _mitsuba()
+    scene = build_scene(params, size, spp)
+    rgba = np.asarray(mi.render(scene, spp=spp, seed=params.render_seed), dtype=np.float64)
+    background = srgb_to_linear(background_image(params.background, size))
+    linear = rgba[..., :3] + (1.0 - np.clip(rgba[..., 3:], 0.0, 1.0)) * background
+    linear = linear * np.asarray(params.gain)
+    image = np.rint(linear_to_srgb(linear) * 255.0).astype(np.uint8)
+    return Rendering(image=image, labels=_labels(mi, scene, params, size))
+
+
+def render_labels(params: RenderParams, size: int, hide: tuple[str, ...] = ()) -> np.ndarray:
+    """Only the label map (optionally with the parts in ``hide`` removed from the scene)."""
+    mi = _mitsuba()
+    return _labels(mi, build_scene(params, size, 1, hide=hide), params, size)
+
+
+def probe(params: RenderParams, size: int, hide: tuple[str, ...] = ()) -> np.ndarray:
+    """(H, W, 4): distance to and albedo of the first surface hit through each pixel centre (0 = miss).
+
+    Hiding a part changes these values exactly where that part was the first surface hit (the
+    surface behind it is farther away, or absent), so comparing probes with and without a part
+    checks the label maps' visibility.
+    """
+    mi = _mitsuba()
+    scene = build_scene(params, size, 1, hide=hide)
+    return _centre_aovs(mi, scene, params, size, "distance:depth,albedo:albedo")
