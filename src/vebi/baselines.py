@@ -57,6 +57,7 @@ __all__ = [
     "grad_cam_plus_plus",
     "guided_backprop",
     "integrated_gradients",
+    "method_names",
     "minmax",
     "postprocess_gradient",
     "postprocess_map",
@@ -153,6 +154,11 @@ def _device(model: nn.Module, fallback: torch.device) -> torch.device:
     return param.device if param is not None else fallback
 
 
+def _dtype(model: nn.Module, fallback: torch.dtype) -> torch.dtype:
+    param = next(model.parameters(), None)
+    return param.dtype if param is not None and param.is_floating_point() else fallback
+
+
 def _check_inputs(images: Tensor, target: Tensor) -> None:
     if not isinstance(images, Tensor) or images.dim() != 4 or not images.is_floating_point():
         shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
@@ -168,7 +174,7 @@ def _inputs(model: nn.Module, images: Tensor, target: Tensor) -> tuple[Tensor, T
     """A private copy of the images on the model's device (requires grad) and the target there."""
     _check_inputs(images, target)
     device = _device(model, images.device)
-    x = images.detach().to(device, copy=True).requires_grad_(True)
+    x = images.detach().to(device, _dtype(model, images.dtype), copy=True).requires_grad_(True)
     return x, target.detach().to(device, torch.long)
 
 
@@ -229,13 +235,13 @@ def integrated_gradients(
 
     a = (x - x0) * integral_0^1 dF_target(x0 + s (x - x0)) / dx ds, Gauss-Legendre with ``steps`` nodes;
     the baseline x0 is the constant ``baseline`` in model-input space (0 = the dataset mean for
-    mean/std-normalised inputs). ``internal_batch_size`` bounds the images per forward pass.
+    mean/std-normalised inputs). ``internal_batch_size`` bounds the images per forward pass
+    (default max(B, 256)); it changes only how the B * steps images are grouped.
     """
     if steps < 1:
         raise VebiError(f"integrated gradients needs steps >= 1, got {steps}")
-    return _captum(
-        "ig", model, images, target, baselines=float(baseline), n_steps=int(steps), internal_batch_size=internal_batch_size
-    )
+    chunk = internal_batch_size if internal_batch_size is not None else max(images.shape[0], 256)
+    return _captum("ig", model, images, target, baselines=float(baseline), n_steps=int(steps), internal_batch_size=chunk)
 
 
 # ----------------------------------------------------------------------------- Grad-CAM family
@@ -350,7 +356,7 @@ def activation_map(relevance: Relevance, *, top_k: int = 3) -> ExplainFn:
             )
         space = relevance.space
         device = _device(model, images.device)
-        x = images.detach().to(device)
+        x = images.detach().to(device, _dtype(model, images.dtype))
         with preserve_model(model), torch.no_grad(), capture_outputs(model, list(space.layers)) as acts:
             model(x)
             activations = dict(acts)
@@ -406,9 +412,16 @@ def register_method(name: str, builder: MethodBuilder) -> None:
     METHODS[name] = builder
 
 
+def method_names() -> tuple[str, ...]:
+    """Every registered method, vebi's own included (importing :mod:`vebi.explain` registers it)."""
+    import vebi.explain  # noqa: F401
+
+    return tuple(METHODS)
+
+
 def build_method(name: str, relevance: Relevance | None = None, **options: Any) -> ExplainFn:
-    """The ``ExplainFn`` of method ``name`` (a key of :data:`METHODS`) with its ``options``."""
-    if name not in METHODS:
+    """The ``ExplainFn`` of method ``name`` (one of :func:`method_names`) with its ``options``."""
+    if name not in method_names():
         raise VebiError(f"unknown explanation method {name!r}; choose one of {', '.join(sorted(METHODS))}")
     try:
         return METHODS[name](relevance=relevance, **options)
