@@ -1,0 +1,502 @@
+"""Everything the report shows, read from a run folder into plain frozen dataclasses.
+
+This module is the report's only reader of the run folder; the files and JSON keys below are
+the contract with the stages that write them. Paths inside a JSON file are relative to that
+file's folder (absolute paths are accepted too). Every JSON file carries ``"schema": 1``.
+A missing file or folder leaves its section out; a file that is there but unreadable raises
+``VebiError`` naming it; an image that a JSON file names but that is missing is left out with
+a warning.
+
+Core (``vebi collect`` / ``vebi fit``; see ``vebi.artifacts``)::
+
+    run.json          model.spec, model.weights, data.path                      (optional)
+    stats.json        space.layers, space.channels, class_names, response, labels, count,
+                      correct, scored, top_k                                    (needed)
+    stats.safetensors tensor "class_counts" (C,) -- images per class            (optional)
+    relevance.json + relevance.safetensors  (via vebi.artifacts.load_relevance) (optional)
+
+Interpretation (``vebi interpret``)::
+
+    interpretation/interpretation.json
+      {"schema": 1, "size": S, "top_k": K,
+       "classes": [{"index": j, "name": str, "grid": "class_000.png",           grid optional
+                    "features": [{"index": i, "layer": str, "channel": c, "weight": w,
+                                  "receptive_field": [h, w], "count": n,         optional
+                                  "average": "000-cat/000-conv1-c5.png",        the average crop
+                                  "crops": "000-cat/000-conv1-c5-crops.png"     top crops in one
+                                                                                row image, or a
+                                                                                list of images,
+                                                                                or null
+                                  }, ...]}, ...]}
+
+(this is what ``vebi.interpret.save_interpretations`` writes.)
+
+Explanations (``vebi explain``), ``explanations/*.json``, one object per image, or an object
+``{"schema": 1, "explanations": [ ... ]}`` holding a list of them::
+
+    {"schema": 1,
+     "image": "path/to/input.png",                 the explained image
+     "true_class": str | null,                     optional
+     "predicted": {"index": j, "name": str, "score": p},
+     "target": {"index": j, "name": str},          optional; the explained class if not predicted
+     "features": [{"index": i, "layer": str, "channel": c, "weight": w,
+                   "contribution": r, "heatmap": "x_f000012.png",
+                   "interpretation": "../interpretation/features/f000012.png"}, ...],
+                                                   interpretation optional: else looked up by index
+     "combined": "x_combined.png",                 optional
+     "panel": "x_panel.png",                       optional; shown when there are no heatmaps
+     "baselines": {"gradcam": "x_gradcam.png", ...}}                            optional
+
+Evaluation (``vebi evaluate``), ``evaluation/``::
+
+    results.json  optional; keys read: "accuracy" (float, on the evaluated images),
+                  "tables" and "figures": lists of {"file": name, "title": str,
+                  "caption": str, "section": "iou" | "scores" | "ablation"}
+    *.csv         tables (header row first)
+    *.png         plots
+
+Without "tables"/"figures" lists every ``*.csv`` / ``*.png`` of the folder is shown, in name
+order, in the section its name suggests ("iou" -> IoU, "ablation" -> ablation, else other
+scores), with a caption chosen by keywords of its name.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vebi.artifacts import SCHEMA_VERSION, load_relevance, read_json
+from vebi.errors import VebiError
+from vebi.relevance import Relevance
+
+__all__ = ["ClassView", "EvalGroup", "EvaluationView", "ExplainedFeature", "ExplanationView", "FeatureView",
+           "Figure", "LayerView", "ReportData", "Table", "collect_run"]
+
+EVAL_SECTIONS: dict[str, str] = {"iou": "IoU with the ground-truth masks", "scores": "Other scores",
+                                 "ablation": "Feature ablation"}
+MAX_TABLE_ROWS = 200
+
+
+@dataclass(frozen=True)
+class LayerView:
+    name: str
+    channels: int
+    relevant: int  # features of this layer relevant to at least one class
+
+
+@dataclass(frozen=True)
+class FeatureView:
+    """One relevant feature of one class, with its interpretation images when they exist."""
+
+    index: int
+    layer: str
+    channel: int
+    weight: float
+    average: Path | None = None
+    crops: tuple[Path, ...] = ()
+    receptive_field: tuple[int, int] | None = None
+    count: int | None = None  # crops averaged
+
+
+@dataclass(frozen=True)
+class ClassView:
+    index: int
+    name: str
+    images: int | None  # images of this class in the collected data
+    features: tuple[FeatureView, ...]  # all relevant features, by |weight| descending
+    grid: Path | None = None
+
+    @property
+    def positive(self) -> int:
+        return sum(f.weight > 0 for f in self.features)
+
+    @property
+    def negative(self) -> int:
+        return sum(f.weight < 0 for f in self.features)
+
+
+@dataclass(frozen=True)
+class ExplainedFeature:
+    index: int
+    layer: str
+    channel: int
+    weight: float | None
+    contribution: float | None
+    heatmap: Path | None
+    interpretation: Path | None
+
+
+@dataclass(frozen=True)
+class ExplanationView:
+    name: str  # file name of the explained image
+    image: Path | None
+    true_class: str | None
+    predicted: str
+    score: float | None
+    target: str | None  # set when the explained class is not the predicted one
+    features: tuple[ExplainedFeature, ...]
+    combined: Path | None
+    panel: Path | None
+    baselines: tuple[tuple[str, Path], ...]
+
+    @property
+    def correct(self) -> bool | None:
+        return None if self.true_class is None else self.true_class == self.predicted
+
+
+@dataclass(frozen=True)
+class Table:
+    title: str
+    caption: str
+    columns: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    source: Path
+    truncated: int = 0  # rows left out
+
+
+@dataclass(frozen=True)
+class Figure:
+    title: str
+    caption: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class EvalGroup:
+    key: str  # "iou", "scores" or "ablation"
+    title: str
+    tables: tuple[Table, ...]
+    figures: tuple[Figure, ...]
+
+
+@dataclass(frozen=True)
+class EvaluationView:
+    folder: Path
+    accuracy: float | None
+    groups: tuple[EvalGroup, ...]  # only non-empty groups, in EVAL_SECTIONS order
+
+
+@dataclass(frozen=True)
+class ReportData:
+    """The run as the report shows it; sections whose inputs are absent are empty or None."""
+
+    run_dir: Path
+    model: str | None
+    weights: str | None
+    data: str | None
+    layers: tuple[LayerView, ...]
+    num_features: int
+    num_images: int
+    response: str
+    labels: str
+    accuracy: float | None  # on the collected images (labels == "true" only)
+    class_names: tuple[str, ...]
+    relevance: Relevance | None
+    classes: tuple[ClassView, ...]  # empty without a relevance fit
+    has_interpretation: bool
+    explanations: tuple[ExplanationView, ...]
+    evaluation: EvaluationView | None
+    warnings: tuple[str, ...]
+    versions: dict[str, str]
+
+    @property
+    def mu(self) -> float | None:
+        return None if self.relevance is None else self.relevance.mu
+
+
+def collect_run(run_dir: str | Path, *, explanations_dir: str | Path | None = None,
+                evaluation_dir: str | Path | None = None, max_explanations: int | None = None) -> ReportData:
+    """Read the run folder (and the optional stage folders, defaults inside it) into a ``ReportData``."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise VebiError(f"run folder {run} not found")
+    if not (run / "stats.json").is_file():
+        raise VebiError(f"{run} is not a vebi run folder (no stats.json; run `vebi collect` first)")
+    warnings: list[str] = []
+    stats = read_json(run / "stats.json", "statistics")
+    info = read_json(run / "run.json", "run information") if (run / "run.json").is_file() else {}
+    class_names = tuple(str(c) for c in _key(stats, "class_names", run / "stats.json"))
+    relevance = load_relevance(run) if (run / "relevance.json").is_file() else None
+    if relevance is not None and relevance.class_names != class_names:
+        raise VebiError(f"{run / 'relevance.json'} was fitted on other classes than {run / 'stats.json'} holds")
+
+    interp_file = run / "interpretation" / "interpretation.json"
+    interp = _read_interpretation(interp_file, warnings) if interp_file.is_file() else None
+    classes = _classes(relevance, _class_counts(run, len(class_names)), interp, warnings) if relevance else ()
+    by_index = {f.index: f.average for c in classes for f in c.features if f.average is not None}
+    expl_dir = Path(explanations_dir) if explanations_dir is not None else run / "explanations"
+    explanations = _read_explanations(expl_dir, by_index, warnings, max_explanations) if expl_dir.is_dir() else ()
+    eval_dir = Path(evaluation_dir) if evaluation_dir is not None else run / "evaluation"
+    evaluation = _read_evaluation(eval_dir, warnings) if eval_dir.is_dir() else None
+
+    space = _key(stats, "space", run / "stats.json")
+    layers, channels = list(space["layers"]), [int(c) for c in space["channels"]]
+    union = set(relevance.union()) if relevance else set()
+    offsets = [sum(channels[:i]) for i in range(len(channels) + 1)]
+    layer_views = tuple(LayerView(str(name), c, sum(offsets[i] <= f < offsets[i + 1] for f in union))
+                        for i, (name, c) in enumerate(zip(layers, channels, strict=True)))
+    scored, correct = int(stats.get("scored", 0)), int(stats.get("correct", 0))
+    model, data = info.get("model") or {}, info.get("data") or {}
+    return ReportData(
+        run_dir=run.resolve(), model=model.get("spec"), weights=model.get("weights"), data=data.get("path"),
+        layers=layer_views, num_features=sum(channels), num_images=int(stats.get("count", 0)),
+        response=str(stats.get("response", "")), labels=str(stats.get("labels", "")),
+        accuracy=correct / scored if scored and stats.get("labels") == "true" else None,
+        class_names=class_names, relevance=relevance, classes=classes, has_interpretation=interp is not None,
+        explanations=explanations, evaluation=evaluation, warnings=tuple(warnings),
+        versions={str(k): str(v) for k, v in (stats.get("versions") or {}).items()},
+    )
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _key(data: dict[str, Any], key: str, path: Path) -> Any:
+    if key not in data:
+        raise VebiError(f"{path} has no '{key}' entry")
+    return data[key]
+
+
+def _image(base: Path, value: Any, what: str, path: Path, warnings: list[str]) -> Path | None:
+    """The image a JSON entry names (relative to ``base``), or None with a warning when missing."""
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str):
+        raise VebiError(f"{path}: {what} should be a file name, not {value!r}")
+    found = Path(value) if Path(value).is_absolute() else base / value
+    if not found.is_file():
+        warnings.append(f"{found} (named in {path.name}) is missing; left out")
+        return None
+    return found
+
+
+def _class_counts(run: Path, num_classes: int) -> list[int | None]:
+    path = run / "stats.safetensors"
+    if not path.is_file():
+        return [None] * num_classes
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            counts = f.get_tensor("class_counts").tolist()
+    except Exception as exc:  # safetensors raises its own error types for corrupt files
+        raise VebiError(f"{path} is not a readable safetensors file ({exc})") from None
+    return [int(c) for c in counts] if len(counts) == num_classes else [None] * num_classes
+
+
+# --------------------------------------------------------------------------- interpretation
+
+
+def _read_interpretation(path: Path, warnings: list[str]) -> dict[int, tuple[Path | None, dict[int, FeatureView]]]:
+    """{class index: (grid image, {feature index: FeatureView with images})}."""
+    data = read_json(path, "interpretations")
+    out: dict[int, tuple[Path | None, dict[int, FeatureView]]] = {}
+    for cls in _key(data, "classes", path):
+        j = int(_key(cls, "index", path))
+        feats = {}
+        for f in cls.get("features", []):
+            crops_value = f.get("crops") or []
+            crops = [crops_value] if isinstance(crops_value, str) else list(crops_value)
+            found = [_image(path.parent, c, "a crop", path, warnings) for c in crops]
+            rf = f.get("receptive_field")
+            index = int(_key(f, "index", path))
+            feats[index] = FeatureView(index, str(f.get("layer", "")), int(f.get("channel", -1)),
+                                       float(f.get("weight", 0.0)),
+                                       _image(path.parent, f.get("average"), "average", path, warnings),
+                                       tuple(p for p in found if p is not None),
+                                       (int(rf[0]), int(rf[1])) if rf else None,
+                                       None if f.get("count") is None else int(f["count"]))
+        out[j] = (_image(path.parent, cls.get("grid"), "grid", path, warnings), feats)
+    return out
+
+
+def _classes(relevance: Relevance, counts: Sequence[int | None],
+             interp: dict[int, tuple[Path | None, dict[int, FeatureView]]] | None,
+             warnings: list[str]) -> tuple[ClassView, ...]:
+    out = []
+    stale = []
+    for j, name in enumerate(relevance.class_names):
+        grid, images = interp.get(j, (None, {})) if interp is not None else (None, {})
+        features = []
+        for rf in relevance.relevant(j):
+            seen = images.get(rf.index)
+            features.append(FeatureView(rf.index, rf.layer, rf.channel, rf.weight,
+                                        seen.average if seen else None, seen.crops if seen else (),
+                                        seen.receptive_field if seen else None, seen.count if seen else None))
+        if interp is not None and images and set(images) - {f.index for f in features}:
+            stale.append(name)
+        out.append(ClassView(j, name, counts[j], tuple(features), grid))
+    if stale:
+        warnings.append(f"the interpretation images of {len(stale)} class(es) were built for another relevance "
+                        "fit; re-run `vebi interpret` (features without images are listed without them)")
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------- explanations
+
+
+def _read_explanations(folder: Path, interpretations: dict[int, Path], warnings: list[str],
+                       limit: int | None) -> tuple[ExplanationView, ...]:
+    out: list[ExplanationView] = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise VebiError(f"{path} is not valid JSON ({exc})") from None
+        if not isinstance(data, dict) or not ("predicted" in data or "explanations" in data):
+            continue  # another kind of JSON file in the folder
+        if data.get("schema") != SCHEMA_VERSION:
+            raise VebiError(f"{path} has schema version {data.get('schema')}, this vebi reads {SCHEMA_VERSION}")
+        items = data["explanations"] if "explanations" in data else [data]
+        for item in items:
+            if "predicted" not in item:
+                continue  # another kind of JSON file in the folder
+            out.append(_explanation(item, path, interpretations, warnings))
+            if limit is not None and len(out) >= limit:
+                return tuple(out)
+    return tuple(out)
+
+
+def _explanation(item: dict[str, Any], path: Path, interpretations: dict[int, Path],
+                 warnings: list[str]) -> ExplanationView:
+    base = path.parent
+    predicted = item["predicted"]
+    target = item.get("target") or {}
+    features = []
+    for f in item.get("features", []):
+        index = int(_key(f, "index", path))
+        interp = _image(base, f.get("interpretation"), "interpretation", path, warnings)
+        features.append(ExplainedFeature(
+            index, str(f.get("layer", "")), int(f.get("channel", -1)),
+            None if f.get("weight") is None else float(f["weight"]),
+            None if f.get("contribution") is None else float(f["contribution"]),
+            _image(base, f.get("heatmap"), "heatmap", path, warnings),
+            interp or interpretations.get(index)))
+    image_value = item.get("image")
+    predicted_name = str(predicted.get("name", predicted.get("index", "?")))
+    target_name = target.get("name")
+    baselines = []
+    for method, file in (item.get("baselines") or {}).items():
+        found = _image(base, file, f"baseline {method}", path, warnings)
+        if found is not None:
+            baselines.append((str(method), found))
+    return ExplanationView(
+        name=Path(image_value).name if isinstance(image_value, str) else path.stem,
+        image=_image(base, image_value, "image", path, warnings),
+        true_class=None if item.get("true_class") is None else str(item["true_class"]),
+        predicted=predicted_name,
+        score=None if predicted.get("score") is None else float(predicted["score"]),
+        target=None if target_name is None or str(target_name) == predicted_name else str(target_name),
+        features=tuple(features),
+        combined=_image(base, item.get("combined"), "combined", path, warnings),
+        panel=_image(base, item.get("panel"), "panel", path, warnings),
+        baselines=tuple(baselines),
+    )
+
+
+# --------------------------------------------------------------------------- evaluation
+
+# (keywords all in the file name, title, the sentence on how to read it); first match wins
+_EVAL_CAPTIONS: tuple[tuple[tuple[str, ...], str, str], ...] = (
+    (("iou", "png"), "IoU vs threshold",
+     "Each line is one method's mean IoU between its thresholded heatmap and the ground-truth mask as the "
+     "threshold rises (band: 95 % interval over images); a higher curve localises the class-deciding part better."),
+    (("iou",), "IoU per method",
+     "Per method the IoU with the mask averaged over thresholds, and the best single threshold with its IoU; "
+     "higher is better."),
+    (("pointing",), "Pointing game",
+     "Share of images whose heatmap maximum lies inside the mask; higher is better."),
+    (("mass",), "Heatmap mass inside the mask",
+     "Share of each heatmap's total mass that falls inside the mask; higher means less attention spent elsewhere."),
+    (("deletion",), "Deletion curves",
+     "Class score as pixels are removed in heatmap order; a faster drop (smaller area) means the map found the "
+     "pixels the model relies on."),
+    (("insertion",), "Insertion curves",
+     "Class score as pixels are added in heatmap order; a faster rise (larger area) means the map found the "
+     "pixels the model relies on."),
+    (("ablation", "png"), "Ablation curves",
+     "Accuracy as more features are zeroed, the relevant ones in order of |weight| against random and most "
+     "active ones; a steeper drop for relevant features means the model depends on them."),
+    (("ablation",), "Ablation",
+     "Accuracy of each class and mean class accuracy (mCA) after zeroing features; lower after ablating the "
+     "relevant features than after ablating random ones means they matter."),
+    (("score",), "Scores per method",
+     "Per method the localisation and faithfulness scores; see each column's name for its direction."),
+)
+
+
+def _caption(name: str) -> tuple[str, str]:
+    lower = name.lower()
+    for keys, title, caption in _EVAL_CAPTIONS:
+        if all(k in lower for k in keys):
+            return title, caption
+    title = Path(name).stem.replace("_", " ").replace("-", " ").strip().capitalize()
+    return title, "Written by the evaluation stage; see its columns or axes for what is measured."
+
+
+def _section(name: str) -> str:
+    lower = name.lower()
+    return "iou" if "iou" in lower else "ablation" if "ablation" in lower else "scores"
+
+
+def _read_evaluation(folder: Path, warnings: list[str]) -> EvaluationView | None:
+    results_path = folder / "results.json"
+    results = read_json(results_path, "evaluation results") if results_path.is_file() else {}
+    entries: list[tuple[str, str, str, str]] = []  # (file, title, caption, section)
+    listed = "tables" in results or "figures" in results
+    if listed:
+        for entry in list(results.get("tables", [])) + list(results.get("figures", [])):
+            file = str(_key(entry, "file", results_path))
+            title, caption = _caption(file)
+            section = entry.get("section") or _section(file)
+            if section not in EVAL_SECTIONS:
+                raise VebiError(f"{results_path}: section {section!r} of {file} is not one of "
+                                f"{', '.join(EVAL_SECTIONS)}")
+            entries.append((file, entry.get("title") or title, entry.get("caption") or caption, section))
+    else:
+        for path in sorted(folder.iterdir()):
+            if path.is_file() and path.suffix.lower() in (".csv", ".png") and not path.name.startswith("."):
+                entries.append((path.name, *_caption(path.name), _section(path.name)))
+    tables: dict[str, list[Table]] = {k: [] for k in EVAL_SECTIONS}
+    figures: dict[str, list[Figure]] = {k: [] for k in EVAL_SECTIONS}
+    for file, title, caption, section in entries:
+        path = folder / file
+        if not path.is_file():
+            warnings.append(f"{path} (named in {results_path.name}) is missing; left out")
+        elif path.suffix.lower() == ".csv":
+            tables[section].append(_read_table(path, title, caption))
+        else:
+            figures[section].append(Figure(title, caption, path))
+    groups = tuple(EvalGroup(k, t, tuple(tables[k]), tuple(figures[k]))
+                   for k, t in EVAL_SECTIONS.items() if tables[k] or figures[k])
+    accuracy = results.get("accuracy")
+    if not groups and accuracy is None:
+        return None
+    return EvaluationView(folder.resolve(), None if accuracy is None else float(accuracy), groups)
+
+
+def _read_table(path: Path, title: str, caption: str) -> Table:
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = [tuple(r) for r in csv.reader(f) if r]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise VebiError(f"{path} is not a readable CSV file ({exc})") from None
+    if not rows:
+        raise VebiError(f"{path} is empty (a header row is expected)")
+    body = [tuple(_format_cell(c) for c in r) for r in rows[1:]]
+    return Table(title, caption, rows[0], tuple(body[:MAX_TABLE_ROWS]), path, max(0, len(body) - MAX_TABLE_ROWS))
+
+
+def _format_cell(value: str) -> str:
+    """Numbers with many decimals shortened to 4 significant digits; everything else as written."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    if "." not in value and "e" not in value.lower():
+        return value
+    return f"{number:.4g}"

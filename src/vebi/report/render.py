@@ -1,0 +1,198 @@
+"""Writing the report: one static HTML page plus a folder of images beside it.
+
+``out.html`` refers to its images as ``out_files/...`` (relative links), so the page opens from
+disk without a server and the pair can be moved or zipped together. Images of the run are
+copied (PNG/JPEG/GIF/WebP up to ``MAX_SIDE`` pixels) or re-encoded as PNG thumbnails (other
+formats, larger images); the report's own plots are drawn with matplotlib. The image folder is
+built under a temporary name and swapped in, then the page is written atomically. All text
+from the run (class names, file names, layer names) is escaped by jinja2's autoescaping; image
+file names in the folder are chosen here, never taken from the user's data.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from urllib.parse import quote
+
+from jinja2 import Environment, PackageLoader, StrictUndefined
+from markupsafe import Markup
+from PIL import Image, ImageOps
+from tqdm.auto import tqdm
+
+import vebi
+from vebi.atomic import write_text
+from vebi.errors import VebiError
+from vebi.report import plots
+from vebi.report.collect_run import ReportData, collect_run
+
+__all__ = ["Report", "build_report", "default_output", "write_report"]
+
+MAX_SIDE = 1024
+MARKER = ".vebi-report"
+_COPY_FORMATS = {"PNG": ".png", "JPEG": ".jpg", "GIF": ".gif", "WEBP": ".webp"}
+
+
+@dataclass(frozen=True)
+class Report:
+    """The written page, the folder of its images, and what was left out (one sentence each)."""
+
+    path: Path
+    assets: Path
+    warnings: tuple[str, ...]
+
+
+def default_output(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "report" / "index.html"
+
+
+def build_report(run_dir: str | Path, out: str | Path | None = None, *, explanations_dir: str | Path | None = None,
+                 evaluation_dir: str | Path | None = None, max_features: int = 60, max_explanations: int = 12,
+                 max_crops: int = 16, progress: bool = True) -> Report:
+    """Read the run folder and write its report to ``out`` (default ``RUN/report/index.html``)."""
+    if min(max_features, max_explanations, max_crops) < 1:
+        raise VebiError("max_features, max_explanations and max_crops must be at least 1")
+    data = collect_run(run_dir, explanations_dir=explanations_dir, evaluation_dir=evaluation_dir,
+                       max_explanations=max_explanations)
+    return write_report(data, default_output(run_dir) if out is None else out, max_features=max_features,
+                        max_crops=max_crops, progress=progress)
+
+
+def write_report(data: ReportData, out: str | Path, *, max_features: int = 60, max_crops: int = 16,
+                 progress: bool = True) -> Report:
+    """Render ``data`` to the HTML file ``out`` (a folder: ``out/index.html``) and its ``<stem>_files``."""
+    page = Path(out)
+    if page.is_dir():
+        page = page / "index.html"
+    folder = page.with_name(f"{page.stem}_files")
+    if folder.exists() and not (folder / MARKER).is_file():
+        raise VebiError(f"{folder} exists and was not written by `vebi report`; move it or choose another -o")
+    page.parent.mkdir(parents=True, exist_ok=True)
+    warnings = list(data.warnings)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=page.parent))
+    try:
+        (tmp / MARKER).write_text("images of the report beside this folder; rewritten by `vebi report`\n")
+        assets = _Assets(tmp, quote(folder.name), warnings)
+        figures = _add_images(data, assets, max_features, max_crops, progress)
+        html = _render(data, assets, figures, max_features, max_crops, warnings)
+        _swap(tmp, folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    write_text(page, html)
+    return Report(page.resolve(), folder.resolve(), tuple(warnings))
+
+
+# --------------------------------------------------------------------------- images
+
+
+class _Assets:
+    """Images placed in the report's folder, each source once, under names given by the caller."""
+
+    def __init__(self, folder: Path, prefix: str, warnings: list[str]) -> None:
+        self.folder, self.prefix, self.warnings = folder, prefix, warnings
+        self.urls: dict[Path, str | None] = {}
+        self.names: set[str] = set()
+
+    def add(self, source: Path | None, name: str) -> None:
+        if source is None or source in self.urls:
+            return
+        base, n = name, 1
+        while name in self.names:  # another source asked for the same name
+            n += 1
+            name = f"{base}-{n}"
+        self.names.add(name)
+        try:
+            with Image.open(source) as img:
+                fmt, size = img.format, img.size
+                img.verify()
+            suffix = _COPY_FORMATS.get(fmt or "")
+            if suffix and max(size) <= MAX_SIDE:
+                shutil.copyfile(source, self.folder / f"{name}{suffix}")
+            else:
+                suffix = ".png"
+                with Image.open(source) as img:
+                    img = ImageOps.exif_transpose(img)
+                    img = img.convert("RGBA" if "A" in img.getbands() else "RGB")
+                    img.thumbnail((MAX_SIDE, MAX_SIDE))
+                    (self.folder / name).parent.mkdir(parents=True, exist_ok=True)
+                    img.save(self.folder / f"{name}{suffix}")
+        except (OSError, SyntaxError, ValueError) as exc:
+            self.warnings.append(f"{source} is not a readable image ({exc}); left out")
+            self.urls[source] = None
+            return
+        self.urls[source] = f"{self.prefix}/{name}{suffix}"
+
+    def add_png(self, data: bytes, name: str) -> str:
+        (self.folder / f"{name}.png").write_bytes(data)
+        return f"{self.prefix}/{name}.png"
+
+    def url(self, source: Path | None) -> str | None:
+        return None if source is None else self.urls.get(source)
+
+
+def _add_images(data: ReportData, assets: _Assets, max_features: int, max_crops: int,
+                progress: bool) -> dict[str, str]:
+    """Copy every image the page shows; draw the report's own plots. Returns the plots' URLs."""
+    for sub in ("features", "explanations", "evaluation", "plots"):
+        (assets.folder / sub).mkdir()
+    jobs: list[tuple[Path | None, str]] = []
+    for c in data.classes:
+        for f in c.features[:max_features]:
+            jobs.append((f.average, f"features/f{f.index:06d}"))
+            jobs += [(p, f"features/f{f.index:06d}_crop{k:03d}") for k, p in enumerate(f.crops[:max_crops])]
+    for n, e in enumerate(data.explanations):
+        stem = f"explanations/{n:03d}"
+        jobs += [(e.image, f"{stem}_input"), (e.combined, f"{stem}_combined"), (e.panel, f"{stem}_panel")]
+        for k, f in enumerate(e.features):
+            jobs += [(f.heatmap, f"{stem}_heatmap{k:02d}"), (f.interpretation, f"features/f{f.index:06d}")]
+        jobs += [(path, f"{stem}_baseline{k:02d}") for k, (_, path) in enumerate(e.baselines)]
+    if data.evaluation is not None:
+        jobs += [(fig.path, f"evaluation/{g.key}{k:02d}") for g in data.evaluation.groups
+                 for k, fig in enumerate(g.figures)]
+    for source, name in tqdm(jobs, desc="report images", unit="image", disable=not progress):
+        assets.add(source, name)
+    figures = {}
+    if data.classes:
+        figures["counts"] = assets.add_png(plots.relevant_counts_png(data.classes, [v.name for v in data.layers]),
+                                           "plots/relevant_counts")
+        weights = plots.weights_png(data.relevance) if data.relevance is not None else None
+        if weights is not None:
+            figures["weights"] = assets.add_png(weights, "plots/weights")
+    return figures
+
+
+def _swap(new: Path, target: Path) -> None:
+    """Put folder ``new`` at ``target``, replacing an earlier report's folder."""
+    if not target.exists():
+        os.replace(new, target)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+    os.replace(target, old / "x")
+    os.replace(new, target)
+    shutil.rmtree(old)
+
+
+# --------------------------------------------------------------------------- HTML
+
+
+def _environment() -> Environment:
+    env = Environment(loader=PackageLoader("vebi.report", "templates"), autoescape=True, undefined=StrictUndefined,
+                      trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env.filters["signed"] = lambda x: "" if x is None else f"{x:+.3g}"
+    env.filters["num"] = lambda x: "" if x is None else f"{x:.3g}"
+    env.filters["pct"] = lambda x: "" if x is None else f"{100 * x:.1f} %"
+    return env
+
+
+def _render(data: ReportData, assets: _Assets, figures: dict[str, str], max_features: int, max_crops: int,
+            warnings: list[str]) -> str:
+    css = resources.files("vebi.report").joinpath("templates", "report.css").read_text(encoding="utf-8")
+    template = _environment().get_template("report.html.j2")
+    return template.render(data=data, url=assets.url, figures=figures, max_features=max_features,
+                           max_crops=max_crops, warnings=warnings, css=Markup(css), version=vebi.__version__,
+                           run_name=data.run_dir.name)

@@ -1,0 +1,213 @@
+"""The HTML report: what it reads from a run folder, what it writes, what it leaves out, escaping, CLI."""
+
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import tiny_cnn
+from report_run import EXPECTED_COUNTS, EXPECTED_LAYER_RELEVANT, EXPECTED_SIGNS, build_run
+from vebi.cli import main
+from vebi.data import image_folder
+from vebi.errors import VebiError
+from vebi.report import build_report, collect_run
+
+PAYLOADS = ("<script>alert(1)</script>", "<img src=x onerror=alert(1)>", "<svg onload=alert(1)>")
+
+
+class _Page(HTMLParser):
+    """Tags, attributes and text of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+    def ids(self) -> set[str]:
+        return {a["id"] for _, a in self.tags if a.get("id")}
+
+    def images(self) -> list[str]:
+        return [a["src"] for t, a in self.tags if t == "img"]
+
+
+def _parse(path: Path) -> _Page:
+    page = _Page()
+    page.feed(path.read_text(encoding="utf-8"))
+    return page
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory) -> Path:
+    return build_run(tmp_path_factory.mktemp("full"))
+
+
+def test_collect_run_reads_every_stage(full_run):
+    data = collect_run(full_run)
+    assert data.warnings == ()
+    assert data.class_names == ("cat", "dog", "owl")
+    assert data.num_features == 10 and data.num_images == 12 and data.mu == 5.0
+    assert [(v.name, v.channels, v.relevant) for v in data.layers] == [("1", 4, EXPECTED_LAYER_RELEVANT[0]),
+                                                                        ("4", 6, EXPECTED_LAYER_RELEVANT[1])]
+    assert tuple(len(c.features) for c in data.classes) == EXPECTED_COUNTS
+    assert tuple((c.positive, c.negative) for c in data.classes) == EXPECTED_SIGNS
+    assert [c.images for c in data.classes] == [4, 4, 4]
+    # class 0: weights 0.5 (feature 1), -0.2 (feature 7 = layer "4" ch 3), 0.1 (feature 8), by |w|
+    cat = data.classes[0].features
+    assert [(f.index, f.layer, f.channel, f.weight) for f in cat] == [(1, "1", 1, 0.5), (7, "4", 3, -0.2),
+                                                                      (8, "4", 4, 0.1)]
+    assert all(f.average is not None and f.average.is_file() and len(f.crops) == 1 for f in cat)
+    assert cat[0].receptive_field == (3, 3)  # 3x3 conv before the first ReLU
+    assert cat[0].count == 4  # top_k = 4 images averaged
+    # accuracy on the collected images, recomputed here from the same seeded model
+    dataset = image_folder(full_run.parent / "data", with_index=False)
+    images = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    labels = torch.tensor([dataset[i][1] for i in range(len(dataset))])
+    with torch.no_grad():
+        expected = float((tiny_cnn(num_classes=3)(images).argmax(1) == labels).float().mean())
+    assert data.accuracy == pytest.approx(expected)
+
+    assert [(e.name, e.predicted, e.true_class, e.correct) for e in data.explanations] == [
+        ("img0.png", "cat", "cat", True), ("img0.png", "dog", "dog", True)]
+    first = data.explanations[0]
+    assert [f.index for f in first.features] == [1, 7, 8]
+    assert all(f.heatmap.is_file() and f.interpretation is not None for f in first.features)
+    assert [m for m, _ in first.baselines] == ["gradcam", "guided_backprop"]
+    assert first.score == pytest.approx(0.8)
+
+    ev = data.evaluation
+    assert ev is not None and ev.accuracy == 0.625
+    assert [g.key for g in ev.groups] == ["iou", "scores", "ablation"]
+    iou = ev.groups[0].tables[0]
+    assert iou.columns == ("method", "mean IoU", "best threshold", "best IoU")
+    assert iou.rows[0] == ("vebi", "0.4123", "0.3", "0.52")  # long decimals shortened to 4 digits
+    assert [f.path.name for f in ev.groups[0].figures] == ["iou_vs_threshold.png"]
+    assert ev.groups[2].tables[0].rows[0] == ("1", "0.5", "0.6667")
+    assert all(f.caption for g in ev.groups for f in g.figures)
+
+
+def test_report_links_every_image_once_and_writes_atomically(full_run, tmp_path):
+    out = tmp_path / "out" / "rep.html"
+    report = build_report(full_run, out, progress=False)
+    assert report.path == out.resolve() and report.assets == (tmp_path / "out" / "rep_files").resolve()
+    page = _parse(out)
+    srcs = page.images()
+    # 2 summary plots; 5 tiles + 5 averages and 5 crop rows in the pop-ups; explanation 1: input,
+    # 3 heatmaps, 3 interpretations, combined, 2 baselines; explanation 2: 1 + 2 + 2 + 1 + 2; 3 plots
+    assert len(srcs) == 2 + 5 + 10 + 10 + 8 + 3
+    for src in srcs:
+        assert src.startswith("rep_files/") and (out.parent / src).is_file(), src
+    assert {"summary", "classes", "explanations", "evaluation", "eval-iou", "eval-scores",
+            "eval-ablation"} <= page.ids()
+    assert not any(t == "script" for t, _ in page.tags)
+    assert not any(p.suffix == ".tmp" or p.name.startswith(".rep") for p in out.parent.iterdir())
+    # a second report replaces the image folder as a whole
+    stray = report.assets / "stray.png"
+    stray.write_bytes(b"x")
+    build_report(full_run, out, progress=False)
+    assert not stray.exists() and (report.assets / ".vebi-report").is_file()
+
+
+def test_sections_without_inputs_are_left_out(tmp_path):
+    run = build_run(tmp_path / "a", interpretation=False, explanations=False, evaluation=False)
+    page = _parse(build_report(run, progress=False).path)
+    ids = page.ids()
+    assert {"summary", "classes"} <= ids and not ids & {"explanations", "evaluation", "notes"}
+    assert len(page.images()) == 2  # only the report's own plots
+    assert "vebi interpret RUN DATA" in "".join(page.text)
+
+    run = build_run(tmp_path / "b", masks=False, interpretation=False)
+    data = collect_run(run)
+    assert [g.key for g in data.evaluation.groups] == ["scores", "ablation"]
+    ids = _parse(build_report(run, progress=False).path).ids()
+    assert {"evaluation", "eval-scores", "eval-ablation", "explanations"} <= ids and "eval-iou" not in ids
+
+    run = build_run(tmp_path / "c", relevance=False, evaluation=False)
+    page = _parse(build_report(run, progress=False).path)
+    assert "summary" in page.ids() and not page.ids() & {"classes", "explanations"}
+    assert page.images() == []
+    assert "not fitted yet" in "".join(page.text)
+
+
+def test_missing_image_is_left_out_with_a_warning(tmp_path):
+    run = build_run(tmp_path, interpretation=False, evaluation=False)
+    (run / "explanations" / "000_f1.png").unlink()
+    (run / "explanations" / "001_gradcam.png").write_bytes(b"not a png")
+    report = build_report(run, progress=False)
+    assert len(report.warnings) == 2
+    assert "000_f1.png" in report.warnings[0] and "missing" in report.warnings[0]
+    assert "001_gradcam.png" in report.warnings[1] and "not a readable image" in report.warnings[1]
+    page = _parse(report.path)
+    assert all((report.path.parent / s).is_file() for s in page.images())
+    assert "notes" in page.ids()
+    # input + 3 heatmaps (one missing) + combined + 2 baselines; input + 2 + combined + 1 baseline
+    assert len(page.images()) == 2 + (1 + 2 + 1 + 2) + (1 + 2 + 1 + 1)
+
+
+def test_user_text_is_escaped(tmp_path):
+    run = build_run(tmp_path, class_dirs=PAYLOADS[1:] + ("plain",), names=PAYLOADS,
+                    explained_name="<img src=x onerror=alert(2)>.png", evaluation=False)
+    html = build_report(run, progress=False).path.read_text(encoding="utf-8")
+    page = _parse(build_report(run, progress=False).path)
+    text = "".join(page.text)
+    for payload in PAYLOADS + ("<img src=x onerror=alert(2)>.png",):
+        assert payload in text  # shown as text ...
+    assert "<script>" not in html and "<img src=x" not in html and "<svg" not in html  # ... never as markup
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert not any(t in ("script", "svg") for t, _ in page.tags)
+    assert not any(name.startswith("on") for _, attrs in page.tags for name in attrs)
+    assert all(s.startswith("index_files/") and (run / "report" / s).is_file() for s in page.images())
+
+
+def test_listed_evaluation_files_take_their_titles_and_sections(tmp_path):
+    run = build_run(tmp_path, interpretation=False, explanations=False)
+    ev = run / "evaluation"
+    (ev / "results.json").write_text(json.dumps({"schema": 1, "tables": [
+        {"file": "scores.csv", "title": "Localisation", "caption": "How to read it.", "section": "iou"}],
+        "figures": [{"file": "gone.png", "section": "ablation"}, {"file": "deletion_curves.png"}]}))
+    data = collect_run(run)
+    assert [(g.key, [t.title for t in g.tables], [f.path.name for f in g.figures]) for g in data.evaluation.groups] \
+        == [("iou", ["Localisation"], []), ("scores", [], ["deletion_curves.png"])]
+    assert data.evaluation.groups[0].tables[0].caption == "How to read it."
+    assert data.evaluation.groups[1].figures[0].title == "Deletion curves"
+    assert data.evaluation.accuracy is None
+    assert len(data.warnings) == 1 and "gone.png" in data.warnings[0]
+    (ev / "results.json").write_text(json.dumps({"schema": 1, "figures": [{"file": "x.png", "section": "misc"}]}))
+    with pytest.raises(VebiError, match="section 'misc'"):
+        collect_run(run)
+
+
+def test_cli_writes_the_report_and_prints_its_path(full_run, tmp_path, capsys):
+    out = tmp_path / "r.html"
+    assert main(["report", str(full_run), "-o", str(out), "--no-progress"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(out.resolve())
+    assert (tmp_path / "r_files" / "plots" / "relevant_counts.png").is_file()
+
+    foreign = tmp_path / "mine_files"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("mine")
+    assert main(["report", str(full_run), "-o", str(tmp_path / "mine.html")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vebi: error:") and "mine_files" in err and len(err.splitlines()) == 1
+    assert (foreign / "keep.txt").read_text() == "mine" and not (tmp_path / "mine.html").exists()
+
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+    assert "not found" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty")]) == 2
+    assert "not a vebi run folder" in capsys.readouterr().err
+    (full_run / "evaluation" / "broken.csv").write_bytes(b"\xff\xfe\x00bad")
+    try:
+        assert main(["report", str(full_run), "-o", str(tmp_path / "b.html")]) == 2
+        assert "broken.csv" in capsys.readouterr().err
+    finally:
+        (full_run / "evaluation" / "broken.csv").unlink()
