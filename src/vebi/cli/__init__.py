@@ -6,5 +6,6 @@ from vebi.cli._app import app, fail, main, run
 # topic modules (one import line each) follow
 from vebi.cli import core  # noqa: F401,E402
 from vebi.cli import interpret  # noqa: F401,E402
+from vebi.cli import report  # noqa: F401,E402
 
 __all__ = ["app", "fail", "main", "run"]
