@@ -1,0 +1,71 @@
+"""``vebi an8flower`` (generate the benchmark, contact sheet) and ``vebi train`` (the small CNN)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from vebi.cli._app import app
+from vebi.cli.common import DeviceOpt, resolve_device
+
+
+@app.command()
+def an8flower(
+    out: Path = typer.Option(..., "-o", "--out", help="dataset folder to write (resumed if it holds the same config)"),
+    variant: str = typer.Option("single-6c", help="single-6c, double-12c or the path of a JSON variant config"),
+    per_class: int = typer.Option(500, "--per-class", help="images per class, train + test"),
+    size: int = typer.Option(112, help="image side in pixels"),
+    seed: int = typer.Option(0, help="dataset seed; image i is drawn from (seed, i)"),
+    test_fraction: float = typer.Option(0.2, "--test-fraction", help="share of each class in the test split"),
+    spp: int = typer.Option(9, help="samples per pixel (a square: 4, 9, 16, ...)"),
+    workers: int = typer.Option(2, help="rendering processes"),
+    sheet: Path | None = typer.Option(None, "--sheet", help="also write a contact sheet PNG of test examples"),
+    sheet_only: bool = typer.Option(False, "--sheet-only", help="only write --sheet from the existing dataset OUT"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Render the an8Flower benchmark: flowers whose class is the colour of known parts, with exact part masks."""
+    from vebi.an8flower import DatasetConfig, contact_sheet, generate, load_variant
+    from vebi.errors import VebiError
+
+    if sheet_only:
+        if sheet is None:
+            raise VebiError("--sheet-only needs --sheet PATH")
+        typer.echo(f"wrote {contact_sheet(out, sheet)}")
+        return
+    config = DatasetConfig(load_variant(variant), per_class, size, seed, test_fraction, spp)
+    result = generate(out, config, workers=workers, progress=progress)
+    typer.echo(
+        f"{result.total} images in {result.root} ({result.rendered} rendered, {result.skipped} already there, "
+        f"{result.seconds:.1f} s)"
+    )
+    if sheet is not None:
+        typer.echo(f"wrote {contact_sheet(out, sheet)}")
+
+
+@app.command()
+def train(
+    data: Path = typer.Argument(..., help="an8Flower dataset folder (images/train, images/test) or a folder with train/ and test/"),
+    out: Path = typer.Option(..., "-o", "--out", help="folder for model.pt and model.json"),
+    epochs: int = typer.Option(12),
+    batch_size: int = typer.Option(64, "--batch-size", "-b"),
+    lr: float = typer.Option(2e-3, help="Adam learning rate (cosine-decayed to 0)"),
+    weight_decay: float = typer.Option(1e-4, "--weight-decay"),
+    shift: int = typer.Option(4, help="random shift augmentation in pixels"),
+    seed: int = typer.Option(0),
+    width: int = typer.Option(32, help="channels of conv1 (doubling twice towards conv5)"),
+    first_stride: int = typer.Option(4, "--first-stride", help="stride of conv1"),
+    first_kernel: int | None = typer.Option(None, "--first-kernel", help="kernel of conv1 (default 2*stride+1)"),
+    device: str = DeviceOpt,
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Train the small VGG-style CNN (vebi.nets:an8net) and report its test accuracy."""
+    from vebi.train import TrainConfig, model_args
+    from vebi.train import train as run_training
+
+    config = TrainConfig(epochs, batch_size, lr, weight_decay, shift, seed, width, first_stride, first_kernel)
+    result = run_training(data, out, config, device=resolve_device(device), progress=progress)
+    used = model_args(config, len(result.class_names))
+    args = " ".join(f"--model-arg {k}={v}" for k, v in used.items() if v is not None)
+    typer.echo(f"test accuracy {result.test_accuracy:.4f}  train accuracy {result.train_accuracy:.4f}  ({result.seconds:.0f} s)")
+    typer.echo(f"model: vebi.nets:an8net --weights {result.model_path} {args}")

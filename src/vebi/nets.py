@@ -1,0 +1,62 @@
+"""Small VGG-style CNNs for the an8Flower benchmark, built by a factory usable as a model spec.
+
+``vebi.nets:an8net`` with ``--model-arg num_classes=6 --model-arg first_stride=4`` (the values in
+a trained model's ``model.json``) rebuilds the network whose state dict ``vebi train`` saved.
+Inputs are RGB tensors in [0, 1] (``torchvision.transforms.ToTensor``), no normalisation.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from torch import Tensor, nn
+
+from vebi.errors import VebiError
+
+
+class An8Net(nn.Module):
+    """conv1 (stride ``first_stride``) - conv2 - pool - conv3 - conv4 - pool - conv5 - global max - linear.
+
+    Layer names (``features.conv1`` ... ``features.conv5``, ``classifier``) are stable so that
+    layers can be chosen by name. With a 112 x 112 input and ``first_stride=4`` the conv maps are
+    28, 28, 14, 14 and 7 pixels wide. The global max pool lets a small, localised part decide.
+    """
+
+    def __init__(self, num_classes: int = 6, width: int = 32, first_stride: int = 4, first_kernel: int | None = None):
+        super().__init__()
+        if num_classes < 2 or width < 1 or first_stride < 1:
+            raise VebiError(
+                f"An8Net needs num_classes >= 2, width >= 1, first_stride >= 1 (got {num_classes}, {width}, {first_stride})"
+            )
+        kernel = 2 * first_stride + 1 if first_kernel is None else first_kernel
+        if kernel < 1:
+            raise VebiError(f"first_kernel must be positive, got {kernel}")
+        w = width
+        self.features = nn.Sequential(
+            OrderedDict(
+                [
+                    ("conv1", nn.Conv2d(3, w, kernel, stride=first_stride, padding=kernel // 2)),
+                    ("relu1", nn.ReLU()),
+                    ("conv2", nn.Conv2d(w, w, 3, padding=1)),
+                    ("relu2", nn.ReLU()),
+                    ("pool2", nn.MaxPool2d(2)),
+                    ("conv3", nn.Conv2d(w, 2 * w, 3, padding=1)),
+                    ("relu3", nn.ReLU()),
+                    ("conv4", nn.Conv2d(2 * w, 2 * w, 3, padding=1)),
+                    ("relu4", nn.ReLU()),
+                    ("pool4", nn.MaxPool2d(2)),
+                    ("conv5", nn.Conv2d(2 * w, 4 * w, 3, padding=1)),
+                    ("relu5", nn.ReLU()),
+                ]
+            )
+        )
+        self.pool = nn.AdaptiveMaxPool2d(1)
+        self.classifier = nn.Linear(4 * w, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.pool(self.features(x)).flatten(1))
+
+
+def an8net(num_classes: int = 6, width: int = 32, first_stride: int = 4, first_kernel: int | None = None) -> An8Net:
+    """Factory for model specs (``vebi.nets:an8net``); untrained, weights come from ``model.pt``."""
+    return An8Net(num_classes=num_classes, width=width, first_stride=first_stride, first_kernel=first_kernel)
