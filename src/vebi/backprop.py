@@ -55,7 +55,6 @@ __all__ = [
     "forward_with_rules",
     "gradient",
     "guided_backprop",
-    "heatmap",
     "stride_fix_kernel",
     "stride_fixed_conv_input_grad",
 ]
@@ -604,15 +603,3 @@ def channel_seed(activation: Tensor, channels: Tensor) -> Tensor:
     view = mask.view(*mask.shape, *([1] * (activation.dim() - 2)))
     return torch.where(view, activation.detach(), torch.zeros((), dtype=activation.dtype, device=activation.device))
 
-
-def heatmap(signal: Tensor) -> Tensor:
-    """Input-space signal (B, C, H, W) -> map (B, H, W) in [0, 1].
-
-    h = || max(signal, 0) ||_2 over channels, then per image (h - min h) / (max h - min h)
-    (all zeros where the map is constant).
-    """
-    h = signal.detach().clamp(min=0).pow(2).sum(dim=1).sqrt()
-    flat = h.flatten(1)
-    lo = flat.min(dim=1).values.view(-1, 1, 1)
-    span = flat.max(dim=1).values.view(-1, 1, 1) - lo
-    return torch.where(span > 0, (h - lo) / span.clamp(min=torch.finfo(h.dtype).tiny), torch.zeros_like(h))
