@@ -5,6 +5,7 @@ from vebi.cli._app import app, fail, main, run
 # one import per topic module; each module adds its commands to ``app``
 # topic modules (one import line each) follow
 from vebi.cli import core  # noqa: F401,E402
+from vebi.cli import explain  # noqa: F401,E402
 from vebi.cli import an8flower  # noqa: F401,E402
 from vebi.cli import interpret  # noqa: F401,E402
 from vebi.cli import report  # noqa: F401,E402
