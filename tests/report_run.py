@@ -1,9 +1,9 @@
 """A tiny but complete run folder for the report tests (and scripts/screenshot_report.py).
 
 Statistics come from a real ``collect`` of a seeded tiny CNN over generated images; the
-relevance has hand-set weights (so counts are known); interpretations are real
-(``vebi.interpret``); explanation and evaluation files are written here in the formats
-``vebi.report.collect_run`` documents, with small generated PNGs.
+relevance has hand-set weights (so counts are known); interpretations (``vebi.interpret``) and
+explanations (``vebi.explain``, ``vebi.baselines``) are real; evaluation files are written here
+in the format ``vebi.report.collect_run`` documents, with small generated PNGs.
 """
 
 from __future__ import annotations
@@ -16,11 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 
 from conftest import tiny_cnn
 from vebi.artifacts import save_relevance, save_run_info, save_stats
+from vebi.baselines import build_method
 from vebi.collect import collect
-from vebi.data import image_folder
+from vebi.data import image_folder, image_transform, load_image
+from vebi.explain import Explainer
 from vebi.interpret import interpret, save_interpretations
 from vebi.relevance import Relevance
 
@@ -80,34 +83,35 @@ def build_run(root: Path, class_dirs: Sequence[str] = ("cat", "dog", "owl"), *, 
         results = interpret(fit, stats, dataset, model=model, top_k=4, size=16, keep_crops=3, progress=False)
         save_interpretations(results, run, {"top_k": 4, "size": 16})
     if relevance and explanations:
-        _write_explanations(run, data, dataset.classes, fit)
+        _write_explanations(run, data, fit, model)
     if evaluation:
         _write_evaluation(run, masks)
     return run
 
 
-def _write_explanations(run: Path, data: Path, class_dirs: Sequence[str], relevance: Relevance) -> None:
-    rng = np.random.default_rng(1)
+def _write_explanations(run: Path, data: Path, relevance: Relevance, model: torch.nn.Module) -> None:
+    """The first image of the first two classes: vebi's explanation (JSON + maps, as ``vebi explain``
+    and ``Explanation.save`` write them), Grad-CAM's map in ``grad_cam/`` and a panel-only record."""
     folder = run / "explanations"
-    folder.mkdir(parents=True)
-    images = sorted((data / class_dirs[0]).iterdir())[:1] + sorted((data / class_dirs[1]).iterdir())[:1]
-    for n, image in enumerate(images):
+    classes = sorted(p.name for p in data.iterdir())
+    paths = [sorted((data / c).iterdir())[0] for c in classes[:2]]
+    batch = torch.stack([image_transform()(load_image(p)) for p in paths])
+    explanations = Explainer(model, relevance, top_k=3, interpretation_dir=run)(batch)
+    grad_cam = build_method("grad_cam", relevance)(model, batch, torch.tensor([e.target for e in explanations]))
+    rng = np.random.default_rng(1)
+    for n, (path, e) in enumerate(zip(paths, explanations, strict=True)):
         stem = f"{n:03d}"
-        j = n  # predicted class: 0, then 1
-        feats = []
-        for k, rf in enumerate(relevance.relevant(j)[:3]):
-            _png(folder / f"{stem}_f{k}.png", rng.integers(0, 256, (16, 16), dtype=np.uint8))
-            feats.append({"index": rf.index, "layer": rf.layer, "channel": rf.channel, "weight": rf.weight,
-                          "contribution": abs(rf.weight) / 10, "heatmap": f"{stem}_f{k}.png"})
-        _png(folder / f"{stem}_combined.png", rng.integers(0, 256, (16, 16), dtype=np.uint8))
-        baselines = {}
-        for method in ("gradcam", "guided_backprop"):
-            _png(folder / f"{stem}_{method}.png", rng.integers(0, 256, (16, 16), dtype=np.uint8))
-            baselines[method] = f"{stem}_{method}.png"
-        doc = {"schema": 1, "image": str(image.resolve()), "true_class": relevance.class_names[n],
-               "predicted": {"index": j, "name": relevance.class_names[j], "score": 0.8 - 0.1 * n},
-               "features": feats, "combined": f"{stem}_combined.png", "baselines": baselines}
-        (folder / f"{stem}.json").write_text(json.dumps(doc), encoding="utf-8")
+        numbers, _ = e.save(folder / stem)
+        record = {**json.loads(numbers.read_text()), "image": str(path.resolve())}
+        numbers.write_text(json.dumps(record), encoding="utf-8")
+        base = {k: record[k] for k in ("schema", "image", "predicted", "predicted_name", "score", "target",
+                                       "target_name", "target_score")}
+        (folder / "grad_cam").mkdir(parents=True, exist_ok=True)
+        (folder / "grad_cam" / f"{stem}.json").write_text(json.dumps({**base, "method": "grad_cam", "features": []}))
+        save_file({"combined": grad_cam[n].contiguous()}, str(folder / "grad_cam" / f"{stem}.safetensors"))
+        _png(folder / "gb" / f"{stem}.png", rng.integers(0, 256, (20, 60, 3), dtype=np.uint8))
+        (folder / "gb" / f"{stem}.json").write_text(json.dumps({**base, "method": "guided_backprop", "features": [],
+                                                               "panel": f"{stem}.png"}))
 
 
 def _write_evaluation(run: Path, masks: bool) -> None:
@@ -126,3 +130,16 @@ def _write_evaluation(run: Path, masks: bool) -> None:
     plots = ["ablation_curves.png", "deletion_curves.png"] + (["iou_vs_threshold.png"] if masks else [])
     for name in plots:
         _png(folder / name, rng.integers(0, 256, (60, 90, 3), dtype=np.uint8))
+
+
+def expected_images(data, with_plots: int = 2) -> int:
+    """<img> elements the page should hold for ``data`` (a ReportData), counted from its parts:
+    the summary plots; per relevant feature its tile and, in its pop-up, the average and the crop row;
+    per explanation its input, a heatmap and an interpretation per feature, the combined map and
+    one image per baseline; the evaluation figures."""
+    features = [f for c in data.classes for f in c.features]
+    tiles = sum(f.average is not None for f in features) * 2 + sum(len(f.crops) for f in features)
+    explained = sum(1 + sum(1 + (f.interpretation is not None) for f in e.features) + 1 + len(e.baselines)
+                    for e in data.explanations)
+    figures = sum(len(g.figures) for g in data.evaluation.groups) if data.evaluation else 0
+    return with_plots + tiles + explained + figures

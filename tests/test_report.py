@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from conftest import tiny_cnn
-from report_run import EXPECTED_COUNTS, EXPECTED_LAYER_RELEVANT, EXPECTED_SIGNS, build_run
+from report_run import EXPECTED_COUNTS, EXPECTED_LAYER_RELEVANT, EXPECTED_SIGNS, WEIGHTS, build_run, expected_images
 from vebi.cli import main
 from vebi.data import image_folder
 from vebi.errors import VebiError
 from vebi.report import build_report, collect_run
+from vebi.report.collect_run import MapRef
 
 PAYLOADS = ("<script>alert(1)</script>", "<img src=x onerror=alert(1)>", "<svg onload=alert(1)>")
 
@@ -76,13 +77,22 @@ def test_collect_run_reads_every_stage(full_run):
         expected = float((tiny_cnn(num_classes=3)(images).argmax(1) == labels).float().mean())
     assert data.accuracy == pytest.approx(expected)
 
-    assert [(e.name, e.predicted, e.true_class, e.correct) for e in data.explanations] == [
-        ("img0.png", "cat", "cat", True), ("img0.png", "dog", "dog", True)]
-    first = data.explanations[0]
-    assert [f.index for f in first.features] == [1, 7, 8]
-    assert all(f.heatmap.is_file() and f.interpretation is not None for f in first.features)
-    assert [m for m, _ in first.baselines] == ["gradcam", "guided_backprop"]
-    assert first.score == pytest.approx(0.8)
+    # the first image of cat and of dog (dataset indices 0 and 4), explained for the predicted class
+    with torch.no_grad():
+        probs = tiny_cnn(num_classes=3)(images).softmax(1)
+    assert len(data.explanations) == 2
+    for e, i in zip(data.explanations, (0, 4), strict=True):
+        j = int(probs[i].argmax())
+        assert (e.name, e.true_class, e.predicted, e.method) == (f"{data.class_names[i // 4]}/img0.png",
+                                                                 data.class_names[labels[i]],
+                                                                 data.class_names[j], "vebi")
+        assert e.score == pytest.approx(float(probs[i, j]), rel=1e-5) and e.target is None
+        assert {f.index for f in e.features} <= {f for f, c, w in WEIGHTS if c == j and w > 0}
+        assert all(f.heatmap == MapRef(full_run / "explanations" / f"00{i // 4}.safetensors", f"feature{k}")
+                   for k, f in enumerate(e.features))
+        assert all(f.interpretation is not None and f.interpretation.is_file() for f in e.features)
+        assert e.combined == MapRef(full_run / "explanations" / f"00{i // 4}.safetensors", "combined")
+        assert [(m, type(p)) for m, p in e.baselines] == [("guided_backprop", type(full_run)), ("grad_cam", MapRef)]
 
     ev = data.evaluation
     assert ev is not None and ev.accuracy == 0.625
@@ -101,9 +111,7 @@ def test_report_links_every_image_once_and_writes_atomically(full_run, tmp_path)
     assert report.path == out.resolve() and report.assets == (tmp_path / "out" / "rep_files").resolve()
     page = _parse(out)
     srcs = page.images()
-    # 2 summary plots; 5 tiles + 5 averages and 5 crop rows in the pop-ups; explanation 1: input,
-    # 3 heatmaps, 3 interpretations, combined, 2 baselines; explanation 2: 1 + 2 + 2 + 1 + 2; 3 plots
-    assert len(srcs) == 2 + 5 + 10 + 10 + 8 + 3
+    assert len(srcs) == expected_images(collect_run(full_run)) > 30
     for src in srcs:
         assert src.startswith("rep_files/") and (out.parent / src).is_file(), src
     assert {"summary", "classes", "explanations", "evaluation", "eval-iou", "eval-scores",
@@ -140,17 +148,18 @@ def test_sections_without_inputs_are_left_out(tmp_path):
 
 def test_missing_image_is_left_out_with_a_warning(tmp_path):
     run = build_run(tmp_path, interpretation=False, evaluation=False)
-    (run / "explanations" / "000_f1.png").unlink()
-    (run / "explanations" / "001_gradcam.png").write_bytes(b"not a png")
+    (run / "explanations" / "gb" / "000.png").unlink()
+    (run / "explanations" / "gb" / "001.png").write_bytes(b"not a png")
     report = build_report(run, progress=False)
     assert len(report.warnings) == 2
-    assert "000_f1.png" in report.warnings[0] and "missing" in report.warnings[0]
-    assert "001_gradcam.png" in report.warnings[1] and "not a readable image" in report.warnings[1]
+    assert "000.png" in report.warnings[0] and "missing" in report.warnings[0]
+    assert "001.png" in report.warnings[1] and "not a readable image" in report.warnings[1]
     page = _parse(report.path)
     assert all((report.path.parent / s).is_file() for s in page.images())
     assert "notes" in page.ids()
-    # input + 3 heatmaps (one missing) + combined + 2 baselines; input + 2 + combined + 1 baseline
-    assert len(page.images()) == 2 + (1 + 2 + 1 + 2) + (1 + 2 + 1 + 1)
+    data = collect_run(run)
+    assert [len(e.baselines) for e in data.explanations] == [1, 2]  # the missing panel is left out
+    assert len(page.images()) == expected_images(data) - 1  # the unreadable one shows as "no image"
 
 
 def test_user_text_is_escaped(tmp_path):

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from report_run import EXPECTED_COUNTS, build_run
+from report_run import EXPECTED_COUNTS, build_run, expected_images
 from vebi.errors import VebiError
-from vebi.report import build_report
+from vebi.report import build_report, collect_run
 from vebi.report.browser import chromium, find_chromium
 
 pytestmark = pytest.mark.browser
@@ -59,7 +59,7 @@ def test_report_loads_without_errors_or_missing_images(browser, report, tmp_path
     events: dict[str, list[str]] = {"console": [], "failed": [], "dialogs": []}
     page = _open(browser, report, events)
     try:
-        assert page.evaluate("document.images.length") == 38  # see test_report.py for the count
+        assert page.evaluate("document.images.length") == expected_images(collect_run(report.parent.parent))
         assert page.evaluate(BROKEN_IMAGES) == []
         for section in SECTIONS:
             assert page.locator(f"#{section}").is_visible(), section
@@ -94,7 +94,7 @@ def test_user_text_shows_as_text_in_the_same_browser(browser, report):
     page = _open(browser, report, events)
     try:
         page.wait_for_timeout(200)
-        for text in (SCRIPT_NAME, IMG_NAME, FILE_NAME, "plain & <b>bold</b>"):
+        for text in (SCRIPT_NAME, IMG_NAME, f"{IMG_NAME}/{FILE_NAME}", "plain & <b>bold</b>"):
             assert page.get_by_text(text, exact=True).first.is_visible(), text
         assert page.evaluate("document.scripts.length") == 0
         assert page.evaluate("document.querySelectorAll('svg, b').length") == 0

@@ -31,21 +31,25 @@ Interpretation (``vebi interpret``)::
 
 (this is what ``vebi.interpret.save_interpretations`` writes.)
 
-Explanations (``vebi explain``), ``explanations/*.json``, one object per image, or an object
-``{"schema": 1, "explanations": [ ... ]}`` holding a list of them::
+Explanations (``vebi explain``, ``Explanation.save``): ``explanations/*.json`` and
+``explanations/*/*.json`` (e.g. one sub-folder per baseline), one record per image and method::
 
-    {"schema": 1,
-     "image": "path/to/input.png",                 the explained image
-     "true_class": str | null,                     optional
-     "predicted": {"index": j, "name": str, "score": p},
-     "target": {"index": j, "name": str},          optional; the explained class if not predicted
-     "features": [{"index": i, "layer": str, "channel": c, "weight": w,
-                   "contribution": r, "heatmap": "x_f000012.png",
-                   "interpretation": "../interpretation/features/f000012.png"}, ...],
-                                                   interpretation optional: else looked up by index
-     "combined": "x_combined.png",                 optional
-     "panel": "x_panel.png",                       optional; shown when there are no heatmaps
-     "baselines": {"gradcam": "x_gradcam.png", ...}}                            optional
+    {"schema": 1, "method": "vebi" | baseline name,   default "vebi"
+     "image": "/path/to/input.png",                optional (vebi explain writes it); groups the
+                                                   records of one image; without it, the file stem
+     "true_class": str,                            optional; else the image's folder name when
+                                                   that is a class name
+     "predicted": j, "predicted_name": str, "score": p,
+     "target": j, "target_name": str,              explained class (shown when not the predicted)
+     "features": [{"rank": k, "index": i, "layer": str, "channel": c, "weight": w,
+                   "contribution": r, "share": s,
+                   "interpretation": "/path/to/average.png"}, ...],   else looked up by index
+     "panel": "/path/to/panel.png"}                optional; shown when there are no maps
+
+  maps, optional: ``<same stem>.safetensors`` beside the JSON with (H, W) tensors in [0, 1]:
+  "combined" and "feature<rank>" (what ``Explanation.save`` writes). The record of method
+  "vebi" (or "vebi_nofix") leads its image's group; the other records of the same image are
+  shown as baselines (their "combined" map, else their panel).
 
 Evaluation (``vebi evaluate``), ``evaluation/``::
 
@@ -74,7 +78,7 @@ from vebi.errors import VebiError
 from vebi.relevance import Relevance
 
 __all__ = ["ClassView", "EvalGroup", "EvaluationView", "ExplainedFeature", "ExplanationView", "FeatureView",
-           "Figure", "LayerView", "ReportData", "Table", "collect_run"]
+           "Figure", "LayerView", "MapRef", "Picture", "ReportData", "Table", "collect_run"]
 
 EVAL_SECTIONS: dict[str, str] = {"iou": "IoU with the ground-truth masks", "scores": "Other scores",
                                  "ablation": "Feature ablation"}
@@ -120,28 +124,41 @@ class ClassView:
 
 
 @dataclass(frozen=True)
+class MapRef:
+    """A heatmap (H, W) with values in [0, 1], stored as tensor ``key`` of the safetensors file ``path``."""
+
+    path: Path
+    key: str
+
+
+Picture = Path | MapRef  # an image file, or a heatmap the report draws
+
+
+@dataclass(frozen=True)
 class ExplainedFeature:
     index: int
     layer: str
     channel: int
     weight: float | None
-    contribution: float | None
-    heatmap: Path | None
+    contribution: float | None  # r = x_f w_f
+    share: float | None  # r_f / sum of the positive r
+    heatmap: Picture | None
     interpretation: Path | None
 
 
 @dataclass(frozen=True)
 class ExplanationView:
-    name: str  # file name of the explained image
+    name: str  # the explained image's folder/file name
     image: Path | None
     true_class: str | None
+    method: str
     predicted: str
     score: float | None
     target: str | None  # set when the explained class is not the predicted one
     features: tuple[ExplainedFeature, ...]
-    combined: Path | None
+    combined: Picture | None
     panel: Path | None
-    baselines: tuple[tuple[str, Path], ...]
+    baselines: tuple[tuple[str, Picture], ...]  # (method, its map or panel) for the same image
 
     @property
     def correct(self) -> bool | None:
@@ -229,7 +246,8 @@ def collect_run(run_dir: str | Path, *, explanations_dir: str | Path | None = No
     classes = _classes(relevance, _class_counts(run, len(class_names)), interp, warnings) if relevance else ()
     by_index = {f.index: f.average for c in classes for f in c.features if f.average is not None}
     expl_dir = Path(explanations_dir) if explanations_dir is not None else run / "explanations"
-    explanations = _read_explanations(expl_dir, by_index, warnings, max_explanations) if expl_dir.is_dir() else ()
+    explanations = (_read_explanations(expl_dir, class_names, by_index, warnings, max_explanations)
+                    if expl_dir.is_dir() else ())
     eval_dir = Path(evaluation_dir) if evaluation_dir is not None else run / "evaluation"
     evaluation = _read_evaluation(eval_dir, warnings) if eval_dir.is_dir() else None
 
@@ -339,62 +357,100 @@ def _classes(relevance: Relevance, counts: Sequence[int | None],
 # --------------------------------------------------------------------------- explanations
 
 
-def _read_explanations(folder: Path, interpretations: dict[int, Path], warnings: list[str],
-                       limit: int | None) -> tuple[ExplanationView, ...]:
-    out: list[ExplanationView] = []
-    for path in sorted(folder.glob("*.json")):
+def _read_explanations(folder: Path, class_names: Sequence[str], interpretations: dict[int, Path],
+                       warnings: list[str], limit: int | None) -> tuple[ExplanationView, ...]:
+    """Records of ``folder/*.json`` and ``folder/*/*.json`` grouped by image; vebi's record leads each group."""
+    groups: dict[str, list[tuple[Path, dict[str, Any]]]] = {}
+    for path in sorted(folder.glob("*.json")) + sorted(folder.glob("*/*.json")):
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise VebiError(f"{path} is not valid JSON ({exc})") from None
-        if not isinstance(data, dict) or not ("predicted" in data or "explanations" in data):
+        if not isinstance(data, dict) or "predicted" not in data:
             continue  # another kind of JSON file in the folder
         if data.get("schema") != SCHEMA_VERSION:
             raise VebiError(f"{path} has schema version {data.get('schema')}, this vebi reads {SCHEMA_VERSION}")
-        items = data["explanations"] if "explanations" in data else [data]
-        for item in items:
-            if "predicted" not in item:
-                continue  # another kind of JSON file in the folder
-            out.append(_explanation(item, path, interpretations, warnings))
-            if limit is not None and len(out) >= limit:
-                return tuple(out)
+        image = data.get("image")
+        key = str(_resolve(path.parent, image)) if isinstance(image, str) and image else f"stem:{path.stem}"
+        groups.setdefault(key, []).append((path, data))
+    out = []
+    for records in list(groups.values())[:limit]:
+        main = next((r for r in records if r[1].get("method", "vebi") in ("vebi", "vebi_nofix")), records[0])
+        others = [r for r in records if r is not main]
+        out.append(_explanation(main, others, class_names, interpretations, warnings))
     return tuple(out)
 
 
-def _explanation(item: dict[str, Any], path: Path, interpretations: dict[int, Path],
+def _resolve(base: Path, value: str) -> Path:
+    return Path(value) if Path(value).is_absolute() else base / value
+
+
+def _maps(path: Path) -> tuple[Path, set[str]] | None:
+    """The safetensors file of heatmaps beside an explanation's JSON, and the names it holds."""
+    maps = path.with_suffix(".safetensors")
+    if not maps.is_file():
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(maps), framework="pt") as f:
+            return maps, set(f.keys())
+    except Exception as exc:  # safetensors raises its own error types for corrupt files
+        raise VebiError(f"{maps} is not a readable safetensors file ({exc})") from None
+
+
+def _map(maps: tuple[Path, set[str]] | None, key: str) -> MapRef | None:
+    return MapRef(maps[0], key) if maps is not None and key in maps[1] else None
+
+
+def _class_name(data: dict[str, Any], key: str, class_names: Sequence[str]) -> str:
+    name = data.get(f"{key}_name")
+    if name is not None:
+        return str(name)
+    index = data.get(key)
+    if isinstance(index, int) and 0 <= index < len(class_names):
+        return class_names[index]
+    return str(index)
+
+
+def _explanation(main: tuple[Path, dict[str, Any]], others: list[tuple[Path, dict[str, Any]]],
+                 class_names: Sequence[str], interpretations: dict[int, Path],
                  warnings: list[str]) -> ExplanationView:
+    path, data = main
     base = path.parent
-    predicted = item["predicted"]
-    target = item.get("target") or {}
+    maps = _maps(path)
     features = []
-    for f in item.get("features", []):
+    for f in data.get("features", []):
         index = int(_key(f, "index", path))
-        interp = _image(base, f.get("interpretation"), "interpretation", path, warnings)
+        link = f.get("interpretation")
+        interp = _resolve(base, link) if isinstance(link, str) and link else None
+        if interp is None or not interp.is_file():
+            interp = interpretations.get(index)
         features.append(ExplainedFeature(
             index, str(f.get("layer", "")), int(f.get("channel", -1)),
             None if f.get("weight") is None else float(f["weight"]),
             None if f.get("contribution") is None else float(f["contribution"]),
-            _image(base, f.get("heatmap"), "heatmap", path, warnings),
-            interp or interpretations.get(index)))
-    image_value = item.get("image")
-    predicted_name = str(predicted.get("name", predicted.get("index", "?")))
-    target_name = target.get("name")
-    baselines = []
-    for method, file in (item.get("baselines") or {}).items():
-        found = _image(base, file, f"baseline {method}", path, warnings)
-        if found is not None:
-            baselines.append((str(method), found))
+            None if f.get("share") is None else float(f["share"]),
+            _map(maps, f"feature{f.get('rank', len(features))}"), interp))
+    image_value = data.get("image")
+    image = _image(base, image_value, "image", path, warnings)
+    predicted, target = _class_name(data, "predicted", class_names), _class_name(data, "target", class_names)
+    true_class = data.get("true_class")
+    if true_class is None and image is not None and image.parent.name in class_names:
+        true_class = image.parent.name  # class-per-folder data
+    baselines: list[tuple[str, Picture]] = []
+    for other_path, other in others:
+        picture = _map(_maps(other_path), "combined") or _image(other_path.parent, other.get("panel"), "panel",
+                                                                other_path, warnings)
+        if picture is not None:
+            baselines.append((str(other.get("method", other_path.parent.name)), picture))
     return ExplanationView(
-        name=Path(image_value).name if isinstance(image_value, str) else path.stem,
-        image=_image(base, image_value, "image", path, warnings),
-        true_class=None if item.get("true_class") is None else str(item["true_class"]),
-        predicted=predicted_name,
-        score=None if predicted.get("score") is None else float(predicted["score"]),
-        target=None if target_name is None or str(target_name) == predicted_name else str(target_name),
-        features=tuple(features),
-        combined=_image(base, item.get("combined"), "combined", path, warnings),
-        panel=_image(base, item.get("panel"), "panel", path, warnings),
-        baselines=tuple(baselines),
+        name="/".join(Path(image_value).parts[-2:]) if isinstance(image_value, str) and image_value else path.stem,
+        image=image, true_class=None if true_class is None else str(true_class), method=str(data.get("method", "vebi")),
+        predicted=predicted, score=None if data.get("score") is None else float(data["score"]),
+        target=None if data.get("target") in (None, data.get("predicted")) else target,
+        features=tuple(features), combined=_map(maps, "combined"),
+        panel=_image(base, data.get("panel"), "panel", path, warnings), baselines=tuple(baselines),
     )
 
 

@@ -19,16 +19,19 @@ from importlib import resources
 from pathlib import Path
 from urllib.parse import quote
 
+import torch
 from jinja2 import Environment, PackageLoader, StrictUndefined
+from matplotlib import colormaps
 from markupsafe import Markup
 from PIL import Image, ImageOps
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 import vebi
 from vebi.atomic import write_text
 from vebi.errors import VebiError
 from vebi.report import plots
-from vebi.report.collect_run import ReportData, collect_run
+from vebi.report.collect_run import MapRef, Picture, ReportData, collect_run
 
 __all__ = ["Report", "build_report", "default_output", "write_report"]
 
@@ -95,10 +98,11 @@ class _Assets:
 
     def __init__(self, folder: Path, prefix: str, warnings: list[str]) -> None:
         self.folder, self.prefix, self.warnings = folder, prefix, warnings
-        self.urls: dict[Path, str | None] = {}
+        self.urls: dict[Picture, str | None] = {}
         self.names: set[str] = set()
+        self._maps: dict[Path, dict[str, torch.Tensor]] = {}
 
-    def add(self, source: Path | None, name: str) -> None:
+    def add(self, source: Picture | None, name: str) -> None:
         if source is None or source in self.urls:
             return
         base, n = name, 1
@@ -106,6 +110,9 @@ class _Assets:
             n += 1
             name = f"{base}-{n}"
         self.names.add(name)
+        if isinstance(source, MapRef):
+            self._add_map(source, name)
+            return
         try:
             with Image.open(source) as img:
                 fmt, size = img.format, img.size
@@ -127,11 +134,24 @@ class _Assets:
             return
         self.urls[source] = f"{self.prefix}/{name}{suffix}"
 
+    def _add_map(self, source: MapRef, name: str) -> None:
+        """Draw heatmap h (H, W) in [0, 1] with the jet colormap (as ``vebi explain`` panels do)."""
+        if source.path not in self._maps:
+            self._maps[source.path] = load_file(str(source.path))
+        heat = self._maps[source.path][source.key].detach().float().squeeze()
+        if heat.dim() != 2:
+            self.warnings.append(f"{source.key} in {source.path} is not a 2-D map; left out")
+            self.urls[source] = None
+            return
+        rgb = colormaps["jet"](heat.clamp(0, 1).nan_to_num(0.0).numpy(), bytes=True)[..., :3]
+        Image.fromarray(rgb).save(self.folder / f"{name}.png")
+        self.urls[source] = f"{self.prefix}/{name}.png"
+
     def add_png(self, data: bytes, name: str) -> str:
         (self.folder / f"{name}.png").write_bytes(data)
         return f"{self.prefix}/{name}.png"
 
-    def url(self, source: Path | None) -> str | None:
+    def url(self, source: Picture | None) -> str | None:
         return None if source is None else self.urls.get(source)
 
 
