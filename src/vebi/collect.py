@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from vebi import distributed, memory
+from vebi.checkpoint import Checkpointer
 from vebi.errors import VebiError
 from vebi.features import FeatureSpace
 from vebi.hooks import forward_hooks, preserved_state
@@ -69,14 +73,22 @@ def collect(
     class_names: Sequence[str] | None = None,
     progress: bool = True,
     total: int | None = None,
+    gram_dtype: torch.dtype = torch.float64,
+    memory_budget: str | int | None = None,
+    resume: FeatureStats | None = None,
+    on_batch: Callable[[FeatureStats], None] | None = None,
 ) -> FeatureStats:
     """One pass of ``model`` (in eval mode, no grad) over ``data``, accumulating ``FeatureStats``.
 
     ``data`` yields (images, labels) or (images, labels, image_indices); without indices the
     images are numbered 0, 1, ... in iteration order, so a loader must not shuffle. Statistics
-    live on the model's device. ``labels="predicted"`` regresses on the model's own predictions.
-    ``class_names`` defaults to the dataset's ``classes`` or to the number of model outputs.
-    The model's training flags, requires_grad and hooks are as before afterwards.
+    live on the model's device and nothing is read back from it per batch. ``labels="predicted"``
+    regresses on the model's own predictions. ``class_names`` defaults to the dataset's
+    ``classes`` or to the number of model outputs. Before the statistics are allocated (after the
+    first forward pass, which gives m) their memory is checked against ``memory_budget`` (bytes or
+    '8GiB'; default $VEBI_MEMORY_BUDGET or the free memory), see ``vebi.memory``. ``resume``
+    continues earlier statistics with the images of ``data``; ``on_batch(stats)`` runs after every
+    batch (checkpoints). The model's training flags, requires_grad and hooks are as before afterwards.
     """
     check_response(response)
     if labels not in LABEL_MODES:
@@ -87,26 +99,32 @@ def collect(
     if class_names is None:
         class_names = getattr(getattr(data, "dataset", data), "classes", None)
     reader = _LayerReader(response)
-    stats: FeatureStats | None = None
-    running = 0
+    stats = resume
+    running = resume.count if resume is not None else 0
     if total is None and hasattr(data, "__len__"):
         total = len(data)  # type: ignore[arg-type]
+    bar = tqdm(data, total=total, desc="collect", unit="batch", disable=not progress)
     with preserved_state(model), forward_hooks(model, {n: reader for n in names}), torch.no_grad():
         model.eval()
-        for batch in tqdm(data, total=total, desc="collect", unit="batch", disable=not progress):
+        for batch in bar:
             images, targets, indices = _unpack(batch, running)
             running += images.shape[0]
             reader.clear()
-            logits = model(images.to(device=device, dtype=dtype))
+            logits = model(images.to(device=device, dtype=dtype, non_blocking=True))
             missing = [n for n in names if n not in reader.pooled]
             if missing:
                 raise VebiError(f"layer(s) {', '.join(missing)} did not run in the forward pass")
+            space = FeatureSpace(tuple(names), tuple(reader.pooled[n].shape[1] for n in names))
             if stats is None:
                 if class_names is None:
                     class_names = [str(i) for i in range(logits.shape[1])]
-                space = FeatureSpace(tuple(names), tuple(reader.pooled[n].shape[1] for n in names))
-                stats = FeatureStats(space, tuple(class_names), response, labels, top_k,
-                                     dict(reader.shapes), (images.shape[2], images.shape[3]), device)
+                _check_memory(space.size, len(class_names), top_k, images.shape[0], gram_dtype, device,
+                              memory_budget, on_batch is not None, bar)
+                stats = FeatureStats(space, tuple(class_names), response, labels, top_k, dict(reader.shapes),
+                                     (images.shape[2], images.shape[3]), device, gram_dtype=gram_dtype)
+            elif stats.space != space:
+                raise VebiError(f"the statistics to continue have features {stats.space.to_dict()}, "
+                                f"this model gives {space.to_dict()}")
             predictions = logits.argmax(dim=1)
             if labels == "predicted":
                 if logits.shape[1] != stats.num_classes:
@@ -114,10 +132,90 @@ def collect(
                                     f"{stats.num_classes} classes; predicted labels need one output per class")
                 target = predictions
             else:
-                target = targets.to(device)
+                target = targets  # range-checked on the host by update() before it moves
             x = normalise([reader.pooled[n] for n in names])
             yx = torch.cat([reader.yx[n] for n in names], dim=1)
             stats.update(x, target, indices, yx, predictions if logits.shape[1] == stats.num_classes else None)
+            if on_batch is not None:
+                on_batch(stats)
     if stats is None:
         raise VebiError("the data yielded no images")
+    return stats
+
+
+def _check_memory(m: int, classes: int, top_k: int, batch_size: int, gram_dtype: torch.dtype,
+                  device: torch.device, budget: str | int | None, checkpoint: bool, bar: Any) -> None:
+    est = memory.estimate(m, classes, top_k, batch_size, gram_dtype=gram_dtype,
+                          world_size=distributed.current().world_size, checkpoint=checkpoint)
+    memory.check(est, device, budget)
+    if est.total >= 2**30 and not bar.disable:
+        bar.write(f"statistics of {m} features take about {memory.format_size(est.total)} "
+                  f"(G {memory.format_size(est.gram)})", file=sys.stderr)
+
+
+class _Indexed(torch.utils.data.Dataset):
+    """(image, label, dataset index) of the items of a dataset (whatever else it yields)."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[Any, Any, int]:
+        item = self.dataset[i]
+        return item[0], item[1], i
+
+
+def collect_dataset(
+    model: nn.Module,
+    dataset: Any,
+    *,
+    batch_size: int = 32,
+    workers: int = 0,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 0,
+    checkpoint_key: dict[str, Any] | None = None,
+    on_result: Callable[[FeatureStats], None] | None = None,
+    progress: bool = True,
+    **options: Any,
+) -> FeatureStats:
+    """``collect`` over a map-style dataset, sharded across torch.distributed ranks and resumable.
+
+    Rank r of W (see ``vebi.distributed``) takes images r, r + W, ...; every rank returns the
+    statistics of the whole dataset. With ``checkpoint`` (a folder) and ``checkpoint_every`` = n,
+    each rank replaces ``checkpoint/rank{r}-of-{W}.safetensors`` every n batches, and a later
+    call with the same arguments continues from there. ``checkpoint_key`` adds what identifies
+    the run (model, data) to the check on resume. ``on_result(stats)`` runs on rank 0 (to save
+    the result) before the checkpoints are removed. ``options`` go to ``collect``. The result
+    equals one uninterrupted single-process pass up to the order of floating-point sums.
+    """
+    if len(dataset) == 0:
+        raise VebiError("the dataset holds no images")
+    where = distributed.current()
+    mine = distributed.shard(len(dataset), where)
+    saver, resume = None, None
+    if checkpoint is not None and checkpoint_every:
+        key = {**(checkpoint_key or {}), "images": len(dataset), "batch_size": batch_size,
+               "rank": where.rank, "world_size": where.world_size,
+               **{k: v for k, v in options.items() if k in ("layers", "response", "labels", "top_k")},
+               "gram_dtype": str(options.get("gram_dtype", torch.float64))}
+        saver = Checkpointer(Path(checkpoint) / f"rank{where.rank}-of-{where.world_size}.safetensors",
+                             checkpoint_every, key)
+        found = saver.load(model_device(model))
+        if found is not None:
+            resume = found.stats
+            if progress:
+                tqdm.write(f"resuming from {saver.path}: {resume.count} of {len(mine)} images done", file=sys.stderr)
+    rest = torch.utils.data.Subset(_Indexed(dataset), mine[(resume.count if resume else 0):])
+    loader = torch.utils.data.DataLoader(rest, batch_size=batch_size, shuffle=False, num_workers=workers,
+                                         pin_memory=model_device(model).type == "cuda")
+    stats = resume if not len(rest) else collect(model, loader, progress=progress, resume=resume, on_batch=saver,
+                                                 **options)
+    stats = distributed.reduce_stats(stats)
+    if on_result is not None and where.is_main:
+        on_result(stats)
+    if saver is not None:
+        distributed.barrier()  # the result is written before any checkpoint goes
+        saver.remove()
     return stats

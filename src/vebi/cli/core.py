@@ -56,27 +56,49 @@ def collect(
     batch_size: int = typer.Option(32, "--batch-size", "-b"),
     workers: int = typer.Option(0, help="DataLoader worker processes"),
     device: str = DeviceOpt,
+    checkpoint_every: int = typer.Option(0, "--checkpoint-every", help="save the running statistics every N batches "
+                                         "to OUT/checkpoints; the same command then resumes from there (0: never)"),
+    gram_dtype: str = typer.Option("float64", "--gram-dtype", help="float64, or float32 for half the memory of G"),
+    memory_budget: str | None = typer.Option(None, "--memory-budget", help="memory the statistics may take per "
+                                             "process, e.g. 8GiB (default: $VEBI_MEMORY_BUDGET or the free memory)"),
 ) -> None:
-    """One pass over DATA: responses, streaming statistics and top images per feature, saved to OUT."""
+    """One pass over DATA: responses, streaming statistics and top images per feature, saved to OUT.
+
+    Under `torchrun --nproc-per-node N vebi collect ...` each process takes every N-th image and
+    process 0 writes the one result (gloo on CPU, nccl on GPUs).
+    """
     import torch
 
-    from vebi.artifacts import save_run_info, save_stats
-    from vebi.collect import collect as run_collect
+    from vebi import distributed
+    from vebi.artifacts import model_fingerprint, save_run_info, save_stats
+    from vebi.collect import collect_dataset
 
-    if batch_size < 1 or top_k < 1:
-        raise VebiError("--batch-size and --top-k must be at least 1")
-    minfo = model_info(model, weights, model_arg)
-    net = build_model(minfo).to(resolve_device(device))
-    dinfo = data_info(net, model, str(data), size, normalize)
-    dataset = build_dataset(dinfo)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
-    stats = run_collect(net, loader, layers=layer or None, response=response, labels=labels, top_k=top_k,
-                        class_names=dataset.classes)
-    save_stats(stats, out, net)
-    save_run_info(out, {"model": minfo, "data": dinfo, "layers": list(stats.space.layers)})
-    acc = f", accuracy {stats.accuracy:.3f}" if stats.accuracy is not None else ""
-    typer.echo(f"collected {stats.count} images x {stats.space.size} features "
-               f"({len(stats.space.layers)} layers){acc} -> {out}")
+    if batch_size < 1 or top_k < 1 or checkpoint_every < 0:
+        raise VebiError("--batch-size and --top-k must be at least 1, --checkpoint-every at least 0")
+    if gram_dtype not in ("float64", "float32"):
+        raise VebiError(f"--gram-dtype must be float64 or float32, not {gram_dtype!r}")
+    dev = distributed.device_for(resolve_device(device), distributed.current())
+    with distributed.process_group(dev) as where:
+        minfo = model_info(model, weights, model_arg)
+        net = build_model(minfo).to(dev)
+        dinfo = data_info(net, model, str(data), size, normalize)
+        dataset = build_dataset(dinfo)
+
+        def write(stats) -> None:
+            save_stats(stats, out, net)
+            save_run_info(out, {"model": minfo, "data": dinfo, "layers": list(stats.space.layers)})
+
+        stats = collect_dataset(
+            net, dataset, batch_size=batch_size, workers=workers, checkpoint=out / "checkpoints",
+            checkpoint_every=checkpoint_every, on_result=write, progress=where.is_main,
+            checkpoint_key={"model": minfo, "fingerprint": model_fingerprint(net), "data": dinfo},
+            layers=layer or None, response=response, labels=labels, top_k=top_k, class_names=dataset.classes,
+            gram_dtype=getattr(torch, gram_dtype), memory_budget=memory_budget)
+    if where.is_main:
+        acc = f", accuracy {stats.accuracy:.3f}" if stats.accuracy is not None else ""
+        procs = f" in {where.world_size} processes" if where.world_size > 1 else ""
+        typer.echo(f"collected {stats.count} images x {stats.space.size} features "
+                   f"({len(stats.space.layers)} layers){procs}{acc} -> {out}")
 
 
 @app.command()
