@@ -169,6 +169,10 @@ class Rule:
 
     ops: frozenset[str] = frozenset()
 
+    def applies(self, call: OpCall) -> bool:
+        """Whether this call's backward changes under the rule (else it runs unchanged)."""
+        return True
+
     def apply(self, call: OpCall) -> Any:
         raise VebiError(f"rule {type(self).__name__} does not define apply()")
 
@@ -298,11 +302,11 @@ class StrideFixConv(Rule):
 
     ops = frozenset({"conv2d"})
 
+    def applies(self, call: OpCall) -> bool:
+        return _pair(call.params["stride"]) != (1, 1)  # padding="same" needs stride 1 anyway
+
     def apply(self, call: OpCall) -> Any:
-        p = call.params
-        if _pair(p["stride"]) == (1, 1) or isinstance(p["padding"], str) and p["padding"] != "valid":
-            return call.original()
-        return _StrideFixFunction.apply(call.x, p["weight"], p["bias"], call)
+        return _StrideFixFunction.apply(call.x, call.params["weight"], call.params["bias"], call)
 
 
 class _StrideFixFunction(torch.autograd.Function):
@@ -479,9 +483,11 @@ class _RuleMode(TorchFunctionMode):
             self.trace.functional[(name, op)] += 1
         if rule is None:
             return func(*args, **kwargs)
+        call = OpCall(op, params.pop("x"), params, func, tuple(args), dict(kwargs))
+        if not rule.applies(call):
+            return func(*args, **kwargs)
         self.trace.applied[(name, op, type(rule).__name__)] += 1
-        x = params.pop("x")
-        return rule.apply(OpCall(op, x, params, func, tuple(args), dict(kwargs)))
+        return rule.apply(call)
 
 
 def _check_layers(model: nn.Module, layers: Sequence[str]) -> dict[str, nn.Module]:
