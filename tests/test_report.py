@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 import torch
@@ -118,6 +119,11 @@ def test_report_links_every_image_once_and_writes_atomically(full_run, tmp_path)
             "eval-ablation"} <= page.ids()
     assert not any(t == "script" for t, _ in page.tags)
     assert not any(p.suffix == ".tmp" or p.name.startswith(".rep") for p in out.parent.iterdir())
+    # a page name that needs quoting in URLs
+    odd = build_report(full_run, tmp_path / "odd" / "a b#1.html", progress=False).path
+    odd_srcs = _parse(odd).images()
+    assert len(odd_srcs) == len(srcs) and all(s.startswith("a%20b%231_files/") for s in odd_srcs)
+    assert all((odd.parent / unquote(s)).is_file() for s in odd_srcs)
     # a second report replaces the image folder as a whole
     stray = report.assets / "stray.png"
     stray.write_bytes(b"x")
@@ -133,11 +139,11 @@ def test_sections_without_inputs_are_left_out(tmp_path):
     assert len(page.images()) == 2  # only the report's own plots
     assert "vebi interpret RUN DATA" in "".join(page.text)
 
-    run = build_run(tmp_path / "b", masks=False, interpretation=False)
+    run = build_run(tmp_path / "b", masks=False, interpretation=False, explanations=False)
     data = collect_run(run)
     assert [g.key for g in data.evaluation.groups] == ["scores", "ablation"]
     ids = _parse(build_report(run, progress=False).path).ids()
-    assert {"evaluation", "eval-scores", "eval-ablation", "explanations"} <= ids and "eval-iou" not in ids
+    assert {"evaluation", "eval-scores", "eval-ablation"} <= ids and not ids & {"eval-iou", "explanations"}
 
     run = build_run(tmp_path / "c", relevance=False, evaluation=False)
     page = _parse(build_report(run, progress=False).path)

@@ -68,7 +68,10 @@ def test_report_loads_without_errors_or_missing_images(browser, report, tmp_path
         assert not page.locator("#top-c0-f1").is_visible()
         page.locator("#card-c0-f1").click()
         assert page.locator("#top-c0-f1").is_visible()
-        assert page.locator("#top-c0-f1 .crop-row img").evaluate("i => i.naturalWidth") == 3 * 16
+        crop_row = page.locator("#top-c0-f1 .crop-row img")
+        with Image.open(report.parent / crop_row.get_attribute("src")) as img:
+            assert crop_row.evaluate("i => [i.naturalWidth, i.naturalHeight]") == list(img.size)
+        assert crop_row.is_visible()
         page.locator("#top-c0-f1 .close").click()
         assert not page.locator("#top-c0-f1").is_visible()
         shot = tmp_path / "report.png"

@@ -368,7 +368,7 @@ def _read_explanations(folder: Path, class_names: Sequence[str], interpretations
             raise VebiError(f"{path} is not valid JSON ({exc})") from None
         if not isinstance(data, dict) or "predicted" not in data:
             continue  # another kind of JSON file in the folder
-        if data.get("schema") != SCHEMA_VERSION:
+        if data.get("schema", SCHEMA_VERSION) != SCHEMA_VERSION:  # baseline records of vebi explain carry none
             raise VebiError(f"{path} has schema version {data.get('schema')}, this vebi reads {SCHEMA_VERSION}")
         image = data.get("image")
         key = str(_resolve(path.parent, image)) if isinstance(image, str) and image else f"stem:{path.stem}"

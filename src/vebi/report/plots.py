@@ -67,15 +67,21 @@ def weights_png(relevance: Relevance) -> bytes | None:
     w = relevance.weights[union].detach().cpu().double().numpy().T  # (C, |union|)
     limit = float(np.abs(w).max()) or 1.0
     c = w.shape[0]
-    fig = Figure(figsize=(min(max(4.0, 1.8 + 0.06 * len(union)), 9.5), 1.1 + 0.3 * max(c, 2)), layout="constrained")
+    fig = Figure(figsize=(min(max(5.6, 2.4 + 0.06 * len(union)), 9.5), 1.3 + 0.3 * max(c, 2)), layout="constrained")
     ax = fig.add_subplot()
     image = ax.imshow(w, aspect="auto", cmap="RdBu_r", norm=TwoSlopeNorm(0.0, -limit, limit), interpolation="nearest")
     ax.set_yticks(np.arange(c), [_short(n) for n in relevance.class_names], fontsize=8)
     layers = [relevance.space.feature(i).layer for i in union]
     starts = [k for k in range(len(union)) if k == 0 or layers[k] != layers[k - 1]]
+    ends = starts[1:] + [len(union)]
     for k in starts[1:]:
         ax.axvline(k - 0.5, color="#333333", linewidth=0.8)
-    ax.set_xticks(starts, [_short(layers[k], 16) for k in starts], fontsize=7, rotation=30, ha="left")
-    ax.set_xlabel(f"{len(union)} features relevant to at least one class, grouped by layer", fontsize=9)
+    centres = [(a + b - 1) / 2 for a, b in zip(starts, ends, strict=True)]
+    ax.set_xticks(centres, [_short(layers[k].rsplit(".", 1)[-1], 14) for k in starts], fontsize=7, rotation=35,
+                  ha="right", rotation_mode="anchor")
+    for label, k in zip(ax.get_xticklabels(), starts, strict=True):
+        position = relevance.space.layers.index(layers[k])
+        label.set_color(_LAYER_COLORS[position % len(_LAYER_COLORS)])
+    ax.set_xlabel(f"{len(union)} features relevant to some class, by layer", fontsize=8)
     fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02).ax.tick_params(labelsize=7)
     return _png(fig)
