@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote
@@ -119,6 +120,10 @@ def test_report_links_every_image_once_and_writes_atomically(full_run, tmp_path)
             "eval-ablation"} <= page.ids()
     assert not any(t == "script" for t, _ in page.tags)
     assert not any(p.suffix == ".tmp" or p.name.startswith(".rep") for p in out.parent.iterdir())
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # not the private mode of temporary files
+    assert report.assets.stat().st_mode & 0o777 == 0o777 & ~umask
     # a page name that needs quoting in URLs
     odd = build_report(full_run, tmp_path / "odd" / "a b#1.html", progress=False).path
     odd_srcs = _parse(odd).images()

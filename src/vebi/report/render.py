@@ -77,7 +77,9 @@ def write_report(data: ReportData, out: str | Path, *, max_features: int = 60, m
     page.parent.mkdir(parents=True, exist_ok=True)
     warnings = list(data.warnings)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=page.parent))
+    umask = _umask()
     try:
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the report is as readable as any new folder
         (tmp / MARKER).write_text("images of the report beside this folder; rewritten by `vebi report`\n")
         assets = _Assets(tmp, quote(folder.name), warnings)
         figures = _add_images(data, assets, max_features, max_crops, progress)
@@ -87,6 +89,7 @@ def write_report(data: ReportData, out: str | Path, *, max_features: int = 60, m
         if tmp.exists():
             shutil.rmtree(tmp)
     write_text(page, html)
+    page.chmod(0o666 & ~umask)
     return Report(page.resolve(), folder.resolve(), tuple(warnings))
 
 
@@ -184,6 +187,12 @@ def _add_images(data: ReportData, assets: _Assets, max_features: int, max_crops:
         if weights is not None:
             figures["weights"] = assets.add_png(weights, "plots/weights")
     return figures
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _swap(new: Path, target: Path) -> None:
