@@ -12,7 +12,7 @@ from torch import nn
 
 from vebi.errors import VebiError
 from vebi.features import FeatureSpace
-from vebi.interpret import grid_file, interpret, load_interpretations, save_interpretations
+from vebi.interpret import Interpretation, grid_file, interpret, load_interpretations, save_interpretations
 from vebi.receptive import ReceptiveField
 from vebi.relevance import Relevance
 from vebi.stats import FeatureStats
@@ -116,13 +116,26 @@ def test_each_image_read_once_and_resize_of_non_square_field():
                        progress=False)
     assert sorted(ds.reads) == [0, 1, 2, 3, 4]  # images 1 and 4 serve three features, read once
     b0 = p.features[1]
-    assert b0.receptive_field == (2, 4) and b0.image_indices == (1, 3, 0) and b0.crops.shape == (1, 2, 4, 4)
-    # the 2x4 field of b is stretched to 4x4 (bilinear): rows of a 2-row crop repeat
+    assert b0.receptive_field == (2, 4) and b0.image_indices == (1, 3, 0)
     crop = _crop(1, 3, -1, 2, 4, 0.0)
-    stretched = F.interpolate(crop[None], size=(4, 4), mode="bilinear", align_corners=False, antialias=True)[0]
-    torch.testing.assert_close(b0.crops[0], stretched)
-    torch.testing.assert_close(b0.crops[0][:, 0], crop[:, 0])
-    torch.testing.assert_close(b0.crops[0][:, 3], crop[:, 1])
+    torch.testing.assert_close(b0.crops, crop[None])  # kept crops stay at field size when it fits in 4x4
+    # the average of the 2x4 field is stretched to 4x4 (bilinear): rows of the 2-row average repeat
+    mean = (crop + _crop(3, 5, 4, 2, 4, 0.0) + _crop(0, 0, -1, 2, 4, 0.0)) / 3
+    stretched = F.interpolate(mean[None], size=(4, 4), mode="bilinear", align_corners=False, antialias=True)[0]
+    torch.testing.assert_close(b0.average, stretched)
+    torch.testing.assert_close(b0.average[:, 0], mean[:, 0])
+    torch.testing.assert_close(b0.average[:, 3], mean[:, 1])
+    # averages are resized once per feature; by linearity that is the mean of the resized crops
+    a0 = p.features[0]
+    crops = [_crop(4, -1, -1, 3, 3, 0.0), _crop(1, 1, 3, 3, 3, 0.0), _crop(2, 3, 3, 3, 3, 0.0)]
+    resized = F.interpolate(torch.stack(crops), size=(4, 4), mode="bilinear", align_corners=False, antialias=True)
+    torch.testing.assert_close(a0.average, resized.mean(dim=0))
+    # a field larger than the common size: kept crops are shrunk to it as well
+    (p2,) = interpret(_relevance(), _stats(), _CountingDataset(6), fields=FIELDS, top_k=3, size=2, keep_crops=2,
+                      fill=0.0, classes=["p"], progress=False)
+    shrunk = F.interpolate(torch.stack(crops[:2]), size=(2, 2), mode="bilinear", align_corners=False, antialias=True)
+    torch.testing.assert_close(p2.features[0].crops, shrunk)
+    assert p2.features[1].crops.shape == (2, 2, 2, 2)
 
 
 def test_bad_inputs_raise_vebi_errors():
@@ -140,6 +153,11 @@ def test_bad_inputs_raise_vebi_errors():
 
     with pytest.raises(VebiError, match="dataset image 0 is 5x5 but the statistics were collected at 6x6"):
         interpret(rel, stats, Small(6), fields=FIELDS, progress=False)
+    empty = Relevance(torch.zeros(3, 2, dtype=torch.float64), SPACE, ("p", "q"), mu=1.0)
+    nothing_read = _CountingDataset(6)
+    assert interpret(empty, stats, nothing_read, progress=False) == (
+        Interpretation(0, "p", ()), Interpretation(1, "q", ()))
+    assert nothing_read.reads == []
     with pytest.raises(VebiError, match="unknown class 'z'"):
         interpret(rel, stats, _CountingDataset(6), fields=FIELDS, classes=["z"], progress=False)
 
@@ -161,7 +179,7 @@ def test_save_and_load_round_trip(tmp_path):
             torch.testing.assert_close(f.average, g.average)
             torch.testing.assert_close(f.crops, g.crops)
     meta = json.loads((folder / "interpretation.json").read_text())
-    assert meta["settings"] == {"top_k": 3}
+    assert (meta["settings"], meta["size"], meta["top_k"]) == ({"top_k": 3}, 3, 3)
     first = meta["classes"][0]["features"][0]
     assert (first["layer"], first["channel"], first["average"]) == ("a", 0, "000-p/000-a-c0.png")
     with Image.open(folder / first["crops"]) as strip:

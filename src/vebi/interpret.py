@@ -43,16 +43,18 @@ from vebi.stats import FeatureStats
 
 __all__ = ["FeatureInterpretation", "Interpretation", "grid_file", "interpret", "load_interpretations", "save_interpretations"]
 
-_FLUSH_ELEMENTS = 1 << 23  # crop elements gathered before one batched resize
+_FLUSH_ELEMENTS = 1 << 20  # crop elements gathered by one indexing operation
+_CANVAS_ELEMENTS = 1 << 20  # elements of the canvas holding a chunk of images
 
 
 @dataclass(frozen=True)
 class FeatureInterpretation:
     """One relevant feature of a class and its interpretation image.
 
-    ``average`` is (C, S, S) float32; ``crops`` (n, C, S, S) float32 are the crops of its
-    first n top images (rank order), ``image_indices`` the dataset indices of all averaged
-    crops (rank order), ``receptive_field`` the field's (height, width) in input pixels.
+    ``average`` is (C, S, S) float32; ``crops`` (n, C, min(h, S), min(w, S)) float32 are the
+    crops of its first n top images (rank order) at the field's own resolution, shrunk to at
+    most S; ``image_indices`` the dataset indices of all averaged crops (rank order);
+    ``receptive_field`` the field's (h, w) in input pixels.
     """
 
     index: int
@@ -109,32 +111,23 @@ def interpret(
     per_class = {j: relevance.relevant(j)[:max_features] for j in class_ids}
     slots = sorted({f.index for feats in per_class.values() for f in feats})
     layers = sorted({stats.space.feature(i).layer for i in slots})
+    if not slots:
+        return tuple(Interpretation(j, relevance.class_names[j], ()) for j in class_ids)
     fields = _fields(model, fields, layers, stats.input_size)
 
     plan = _Plan(stats, slots, fields, min(top_k, stats.top_k), weighted)
-    sums, kept, fill_value = _accumulate(plan, dataset, size, keep_crops, fill, num_workers, progress)
+    sums, kept, image_mean = _accumulate(plan, dataset, keep_crops, num_workers, progress)
+    fill_value = _fill(fill, image_mean)
+    features = _finish(plan, sums, kept, size, fill_value)
 
-    features: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    for s, index in enumerate(slots):
-        weight_sum = float(plan.weights[plan.slot == s].sum())
-        mean = sums[s] / weight_sum if weight_sum > 0 else torch.zeros_like(sums[s])
-        average = mean[:-1] + fill_value[:, None, None] * (1.0 - mean[-1:])
-        n = min(keep_crops, int((plan.slot == s).sum()))
-        crops = kept[s, :n, :-1] + fill_value[None, :, None, None] * (1.0 - kept[s, :n, -1:])
-        features[index] = (average, crops)
-
-    result = []
-    for j in class_ids:
-        items = []
-        for rf in per_class[j]:
-            s = slots.index(rf.index)
-            field = fields[rf.layer]
-            average, crops = features[rf.index]
-            rows = np.nonzero(plan.slot == s)[0]
-            indices = tuple(int(i) for i in plan.image[rows[np.argsort(plan.rank[rows], kind="stable")]])
-            items.append(FeatureInterpretation(rf.index, rf.layer, rf.channel, rf.weight, field.size, average, crops, indices))
-        result.append(Interpretation(j, relevance.class_names[j], tuple(items)))
-    return tuple(result)
+    slot_of = {index: s for s, index in enumerate(slots)}
+    images_of = plan.images_by_slot()
+    return tuple(
+        Interpretation(j, relevance.class_names[j], tuple(
+            FeatureInterpretation(f.index, f.layer, f.channel, f.weight, fields[f.layer].size,
+                                  *features[slot_of[f.index]], images_of[slot_of[f.index]])
+            for f in per_class[j]))
+        for j in class_ids)
 
 
 # --------------------------------------------------------------------------- checks
@@ -157,7 +150,7 @@ def _fields(model: nn.Module | None, fields: Mapping[str, ReceptiveField] | None
     if fields is None:
         if model is None:
             raise VebiError("interpret needs the model or the receptive fields of its layers")
-        return receptive_fields(model, layers, input_size=input_size) if layers else {}
+        return receptive_fields(model, layers, input_size=input_size)
     missing = [layer for layer in layers if layer not in fields]
     if missing:
         raise VebiError(f"no receptive field given for layer(s) {', '.join(missing)}")
@@ -187,27 +180,65 @@ class _Plan:
         y, x = yx[valid][:, 0].numpy(), yx[valid][:, 1].numpy()
         layer_of = [stats.space.feature(i).layer for i in slots]
         self.layers = sorted(set(layer_of))
-        self.group = np.array([self.layers.index(layer_of[s]) for s in self.slot], dtype=np.int64)
+        group_of_slot = np.array([self.layers.index(layer) for layer in layer_of], dtype=np.int64)
+        self.group = group_of_slot[self.slot]
         rf = [fields[layer] for layer in self.layers]
         start = np.array([f.start for f in rf]).reshape(-1, 2)[self.group]
         stride = np.array([f.stride for f in rf]).reshape(-1, 2)[self.group]
         self.sizes = [f.size for f in rf]
         self.top = start[:, 0] + y * stride[:, 0]
         self.left = start[:, 1] + x * stride[:, 1]
+        self.weighted = weighted
         self.weights = self._weights(values[valid].numpy(), weighted)
+        self.group_slots = [np.nonzero(group_of_slot == g)[0] for g in range(len(self.layers))]
+        local_of_slot = np.zeros(len(slots), dtype=np.int64)
+        for members in self.group_slots:
+            local_of_slot[members] = np.arange(len(members))
+        self.local = local_of_slot[self.slot]
+        self.slot_counts = np.bincount(self.slot, minlength=len(slots))
+        self.weight_sums = np.bincount(self.slot, weights=self.weights, minlength=len(slots))
         order = np.lexsort((self.rank, self.slot, self.image))
-        for name in ("slot", "rank", "image", "group", "top", "left", "weights"):
+        for name in ("slot", "rank", "image", "group", "local", "top", "left", "weights"):
             setattr(self, name, getattr(self, name)[order])
+
+    def images_by_slot(self) -> list[tuple[int, ...]]:
+        """Per slot, the dataset indices of its crops in rank order."""
+        order = np.lexsort((self.rank, self.slot))
+        bounds = np.cumsum(self.slot_counts)[:-1]
+        return [tuple(int(i) for i in part) for part in np.split(self.image[order], bounds)]
 
     def _weights(self, values: np.ndarray, weighted: bool) -> np.ndarray:
         if not weighted:
             return np.ones(len(values))
         weights = np.clip(values, 0.0, None)
-        for s in np.unique(self.slot):
-            mine = self.slot == s
-            if weights[mine].sum() <= 0:
-                weights[mine] = 1.0  # no positive response: plain average
+        nothing = np.bincount(self.slot, weights=weights)[self.slot] <= 0
+        weights[nothing] = 1.0  # a feature without any positive response: plain average
         return weights
+
+    def _inside_ranges(self, rows: np.ndarray, h: int, w: int) -> tuple[np.ndarray, ...]:
+        """Half-open ranges, in crop coordinates, of each row's box that lie inside the image."""
+        y0, x0 = np.clip(-self.top[rows], 0, h), np.clip(-self.left[rows], 0, w)
+        y1, x1 = np.clip(self.input_size[0] - self.top[rows], 0, h), np.clip(self.input_size[1] - self.left[rows], 0, w)
+        return y0, x0, np.maximum(y1, y0), np.maximum(x1, x0)
+
+    def inside(self, rows: np.ndarray, h: int, w: int) -> torch.Tensor:
+        """(n, h, w) float: 1 where the box of each row lies inside the image."""
+        y0, x0, y1, x1 = (torch.as_tensor(a)[:, None] for a in self._inside_ranges(rows, h, w))
+        ys, xs = torch.arange(h), torch.arange(w)
+        return (((ys >= y0) & (ys < y1))[:, :, None] & ((xs >= x0) & (xs < x1))[:, None, :]).float()
+
+    def coverage(self, rows: np.ndarray, slots: int, h: int, w: int) -> torch.Tensor:
+        """(slots, h, w): per slot, the weighted count of its crops with each pixel inside the image.
+
+        Each crop adds its weight on a rectangle: four corner updates of a difference array,
+        then cumulative sums along both axes.
+        """
+        y0, x0, y1, x1 = self._inside_ranges(rows, h, w)
+        weights, local = self.weights[rows], self.local[rows]
+        corners = np.zeros((slots, h + 1, w + 1))
+        for ys, xs, sign in ((y0, x0, 1), (y0, x1, -1), (y1, x0, -1), (y1, x1, 1)):
+            np.add.at(corners, (local, ys, xs), sign * weights)
+        return torch.as_tensor(corners.cumsum(axis=1).cumsum(axis=2)[:, :h, :w], dtype=torch.float32)
 
     def margins(self) -> tuple[int, int, int, int]:
         """Padding (top, left, bottom, right) that puts every box inside the padded image."""
@@ -223,43 +254,52 @@ class _Plan:
 # --------------------------------------------------------------------------- reading and cropping
 
 
-def _accumulate(plan: _Plan, dataset: Any, size: int, keep_crops: int, fill: float | Sequence[float] | None,
-                num_workers: int, progress: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Weighted sums of the resized crops per slot and the kept crops, both with a validity channel.
+def _accumulate(plan: _Plan, dataset: Any, keep_crops: int, num_workers: int,
+                progress: bool) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+    """Per layer group: weighted sums of the zero-padded crops per slot and the kept crops, at field size.
 
-    Crops are cut from the image zero-padded with an extra all-ones channel, so after resizing
-    channel C holds the share of each pixel that lies inside the image; padding with ``fill``
-    is applied at the end (resizing is linear, so this equals padding before resizing).
+    Images are written, a chunk at a time, into a zero canvas with margins wide enough for every
+    box; the crops of a chunk are gathered with one indexing operation per layer and summed per
+    slot. Returns the sums (n_g, C, h, w), the kept crops (n_g, keep, C, h, w) and the images'
+    per-channel mean.
     """
     height, width = plan.input_size
     unique, starts = np.unique(plan.image, return_index=True)
-    if len(unique) and (unique[-1] >= len(dataset)):
+    if not len(unique):
+        raise VebiError("the statistics hold no top images for the chosen features")
+    if unique[-1] >= len(dataset):
         raise VebiError(f"the statistics refer to image {int(unique[-1])} but the dataset has {len(dataset)} images")
     ends = np.append(starts[1:], len(plan.image))
     pad_top, pad_left, pad_bottom, pad_right = plan.margins()
-    num_slots = int(plan.slot.max()) + 1 if len(plan.slot) else 0
-    sums: torch.Tensor | None = None
-    kept: torch.Tensor | None = None
-    pixel_sum: torch.Tensor | None = None
-    pending: dict[int, list[tuple[torch.Tensor, int]]] = {g: [] for g in range(len(plan.layers))}
+    canvas_shape = (height + pad_top + pad_bottom, width + pad_left + pad_right)
+    inside = (slice(None), slice(pad_top, pad_top + height), slice(pad_left, pad_left + width))
+    sums: list[torch.Tensor] = []
+    kept: list[torch.Tensor] = []
+    canvas = torch.zeros(0)
+    pixel_sum = torch.zeros(0, dtype=torch.float64)
+    chunk: list[int] = []  # positions in ``unique`` of the images now in the canvas
 
-    def flush(group: int) -> None:
-        entries = pending[group]
-        if not entries:
-            return
-        batch = torch.stack([crop for crop, _ in entries]).double()
-        rows = np.array([row for _, row in entries])
-        if batch.shape[-2:] != (size, size):
-            batch = F.interpolate(batch, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        weights = torch.as_tensor(plan.weights[rows], dtype=torch.float64)
-        sums.index_add_(0, torch.as_tensor(plan.slot[rows]), batch * weights[:, None, None, None])
-        keep = plan.rank[rows] < keep_crops
-        if keep.any():
-            kept[torch.as_tensor(plan.slot[rows][keep]), torch.as_tensor(plan.rank[rows][keep])] = (
-                batch[torch.as_tensor(keep)].float())
-        entries.clear()
+    def process() -> None:
+        rows = np.concatenate([np.arange(starts[n], ends[n]) for n in chunk])
+        position = np.repeat(np.arange(len(chunk)), [ends[n] - starts[n] for n in chunk])
+        for group, (h, w) in enumerate(plan.sizes):
+            mine = plan.group[rows] == group
+            # every h x w window of every image in the canvas, as a view: (B, Y, X, C, h, w)
+            windows = canvas.unfold(2, h, 1).unfold(3, w, 1).permute(0, 2, 3, 1, 4, 5)
+            per_piece = max(1, _FLUSH_ELEMENTS // (h * w * canvas.shape[1]))
+            for first in range(0, int(mine.sum()), per_piece):
+                piece = rows[mine][first:first + per_piece]
+                crops = windows[torch.as_tensor(position[mine][first:first + per_piece]),
+                                torch.as_tensor(plan.top[piece] + pad_top), torch.as_tensor(plan.left[piece] + pad_left)]
+                local = torch.as_tensor(plan.local[piece])
+                keep = torch.as_tensor(plan.rank[piece] < keep_crops)
+                if keep.any():
+                    kept[group][local[keep], torch.as_tensor(plan.rank[piece])[keep]] = crops[keep]
+                if plan.weighted:
+                    crops *= torch.as_tensor(plan.weights[piece], dtype=crops.dtype)[:, None, None, None]
+                sums[group].index_add_(0, local, crops)
+        chunk.clear()
 
-    loaded = 0
     for n, (index, item) in enumerate(tqdm(_read(dataset, unique, num_workers), total=len(unique), desc="interpret",
                                            unit="image", disable=not progress)):
         image = _as_image(item, index)
@@ -267,28 +307,61 @@ def _accumulate(plan: _Plan, dataset: Any, size: int, keep_crops: int, fill: flo
             raise VebiError(f"dataset image {index} is {image.shape[-2]}x{image.shape[-1]} but the statistics "
                             f"were collected at {height}x{width}; read the data at the same size")
         channels = image.shape[0]
-        if sums is None:
-            sums = torch.zeros(num_slots, channels + 1, size, size, dtype=torch.float64)
-            kept = torch.zeros(num_slots, keep_crops, channels + 1, size, size, dtype=torch.float32)
+        if not len(canvas):
+            per_chunk = max(1, _CANVAS_ELEMENTS // (canvas_shape[0] * canvas_shape[1] * channels))
+            canvas = torch.zeros(min(per_chunk, len(unique)), channels, *canvas_shape)
             pixel_sum = torch.zeros(channels, dtype=torch.float64)
-        pixel_sum += image.double().sum(dim=(1, 2))
-        loaded += 1
-        padded = image.new_zeros(channels + 1, height + pad_top + pad_bottom, width + pad_left + pad_right)
-        padded[:channels, pad_top:pad_top + height, pad_left:pad_left + width] = image
-        padded[channels, pad_top:pad_top + height, pad_left:pad_left + width] = 1.0
-        for row in range(starts[n], ends[n]):
-            group = int(plan.group[row])
-            h, w = plan.sizes[group]
-            top, left = int(plan.top[row]) + pad_top, int(plan.left[row]) + pad_left
-            pending[group].append((padded[:, top:top + h, left:left + w], row))
-            if len(pending[group]) * (channels + 1) * h * w >= _FLUSH_ELEMENTS:
-                flush(group)
-    for group in pending:
-        flush(group)
-    if sums is None:
-        return torch.zeros(0, 1, size, size), torch.zeros(0, keep_crops, 1, size, size), torch.zeros(0)
-    fill_value = _fill(fill, pixel_sum / max(loaded * height * width, 1), sums.shape[1] - 1)
-    return sums.float(), kept, fill_value
+            for group, (h, w) in enumerate(plan.sizes):
+                count = len(plan.group_slots[group])
+                sums.append(torch.zeros(count, channels, h, w))
+                kept.append(torch.zeros(count, keep_crops, channels, h, w))
+        elif channels != canvas.shape[1]:
+            raise VebiError(f"dataset image {index} has {channels} channels, earlier ones {canvas.shape[1]}")
+        canvas[len(chunk)][inside] = image
+        pixel_sum += image.sum(dim=(1, 2)).double()
+        chunk.append(n)
+        if len(chunk) == len(canvas):
+            process()
+    if chunk:
+        process()
+    return sums, kept, (pixel_sum / (len(unique) * height * width)).float()
+
+
+def _finish(plan: _Plan, sums: list[torch.Tensor], kept: list[torch.Tensor], size: int,
+            fill: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(average (C, S, S), kept crops (n, C, min(h, S), min(w, S))) per slot.
+
+    A zero-padded crop plus ``fill`` times (1 - m), m its box's inside-the-image indicator, is
+    the crop padded with ``fill``; so the average is  sums / sum w + fill (1 - sum w m / sum w).
+    Padding is done at field size, then every image is resized once.
+    """
+    out: list[tuple[torch.Tensor, torch.Tensor]] = [None] * len(plan.slot_counts)  # type: ignore[list-item]
+    for group, slots in enumerate(plan.group_slots):
+        h, w = plan.sizes[group]
+        rows = np.nonzero(plan.group == group)[0]
+        local = torch.as_tensor(plan.local[rows])
+        weight_sum = torch.as_tensor(plan.weight_sums[slots], dtype=torch.float32).clamp_min(1e-30)[:, None, None]
+        coverage = plan.coverage(rows, len(slots), h, w) / weight_sum
+        averages = _resize(sums[group] / weight_sum[:, None] + fill[None, :, None, None] * (1.0 - coverage[:, None]),
+                           (size, size))
+        n, keep, channels = kept[group].shape[:3]
+        kept_masks = torch.zeros(n, keep, h, w)
+        with_rank = plan.rank[rows] < keep
+        kept_masks[local[with_rank], torch.as_tensor(plan.rank[rows][with_rank])] = plan.inside(rows[with_rank], h, w)
+        padded = kept[group] + fill[None, None, :, None, None] * (1.0 - kept_masks[:, :, None])
+        shrunk = (min(h, size), min(w, size))
+        crops = _resize(padded.reshape(n * keep, channels, h, w), shrunk).reshape(n, keep, channels, *shrunk)
+        for position, slot in enumerate(slots):
+            count = min(keep, int(plan.slot_counts[slot]))
+            out[slot] = (averages[position].clone(), crops[position, :count].clone())
+    return out
+
+
+def _resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of (N, C, h, w) to (N, C, *size), antialiased (when shrinking)."""
+    if tuple(images.shape[-2:]) == tuple(size) or images.shape[0] == 0:
+        return images
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
 def _read(dataset: Any, indices: np.ndarray, num_workers: int) -> Iterable[tuple[int, Any]]:
@@ -311,14 +384,14 @@ def _as_image(item: Any, index: int) -> torch.Tensor:
     return image.detach().to("cpu", torch.float32)
 
 
-def _fill(fill: float | Sequence[float] | None, mean: torch.Tensor, channels: int) -> torch.Tensor:
+def _fill(fill: float | Sequence[float] | None, mean: torch.Tensor) -> torch.Tensor:
     if fill is None:
-        return mean.float()
+        return mean
     values = torch.as_tensor(fill, dtype=torch.float32).flatten()
     if values.numel() == 1:
-        return values.expand(channels).clone()
-    if values.numel() != channels:
-        raise VebiError(f"fill has {values.numel()} values but the images have {channels} channels")
+        return values.expand(mean.numel()).clone()
+    if values.numel() != mean.numel():
+        raise VebiError(f"fill has {values.numel()} values but the images have {mean.numel()} channels")
     return values
 
 
@@ -335,7 +408,8 @@ def save_interpretations(interpretations: Sequence[Interpretation], run_dir: str
 
     Per class ``CCC-name.png`` (grid of its features' averages, |weight| order) and folder
     ``CCC-name/`` with ``RRR-layer-cN.png`` (average) and ``RRR-layer-cN-crops.png`` (kept crops
-    in a row) per feature; ``interpretation.json`` (metadata, ``settings``) and
+    in a row, each shown at the averages' size) per feature; ``interpretation.json`` (metadata: ``size`` of the averages, ``top_k``
+    the most crops averaged, ``settings``, and per class its features) and
     ``interpretation.safetensors`` (the exact tensors, read back by ``load_interpretations``).
     """
     run = Path(run_dir)
@@ -356,7 +430,7 @@ def save_interpretations(interpretations: Sequence[Interpretation], run_dir: str
                 crops_png = None
                 if feat.crops.shape[0]:
                     crops_png = f"{stem}-crops.png"
-                    _write_png(staging / crops_png, torch.cat(list(feat.crops), dim=2))
+                    _save_pil(staging / crops_png, _strip(feat.crops, int(feat.average.shape[-1])))
                 entries.append({
                     "index": feat.index, "layer": feat.layer, "channel": feat.channel, "weight": feat.weight,
                     "receptive_field": list(feat.receptive_field), "count": feat.count,
@@ -367,8 +441,11 @@ def save_interpretations(interpretations: Sequence[Interpretation], run_dir: str
             classes.append({"index": interp.class_index, "name": interp.class_name, "grid": grid, "features": entries})
         with atomic_path(staging / "interpretation.safetensors") as tmp:
             save_file({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}, str(tmp))
-        write_text(staging / "interpretation.json", json.dumps(
-            {"schema": SCHEMA_VERSION, "settings": dict(settings or {}), "classes": classes}, indent=2) + "\n")
+        sizes = {int(f.average.shape[-1]) for i in interpretations for f in i.features}
+        meta = {"schema": SCHEMA_VERSION, "size": sizes.pop() if len(sizes) == 1 else None,
+                "top_k": max((f.count for i in interpretations for f in i.features), default=0),
+                "settings": dict(settings or {}), "classes": classes}
+        write_text(staging / "interpretation.json", json.dumps(meta, indent=2) + "\n")
         target = run / INTERPRETATION_DIR
         _replace_folder(staging, target)
     finally:
@@ -434,6 +511,15 @@ def _save_pil(path: Path, picture: Image.Image) -> None:
     picture.save(buffer, format="PNG")
     path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes(path, buffer.getvalue())
+
+
+def _strip(crops: torch.Tensor, size: int) -> Image.Image:
+    """The crops side by side, each shown at size x size (pixels repeated, not blurred)."""
+    tiles = [_to_pil(crop).resize((size, size), Image.Resampling.NEAREST) for crop in crops]
+    strip = Image.new(tiles[0].mode, (size * len(tiles), size))
+    for i, tile in enumerate(tiles):
+        strip.paste(tile, (i * size, 0))
+    return strip
 
 
 def _write_grid(path: Path, interp: Interpretation) -> None:

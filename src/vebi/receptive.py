@@ -21,7 +21,6 @@ more than half padding.
 
 from __future__ import annotations
 
-import difflib
 import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vebi.errors import VebiError
+from vebi.layers import get_module
 
 __all__ = ["ReceptiveField", "receptive_field", "receptive_fields"]
 
@@ -118,11 +118,7 @@ def _layer_name(model: nn.Module, layer: str | nn.Module) -> str:
             if module is layer:
                 return name
         raise VebiError(f"module {type(layer).__name__} is not part of the model")
-    names = [name for name, _ in model.named_modules() if name]
-    if layer not in names:
-        close = difflib.get_close_matches(layer, names, n=5)
-        hint = f"; close matches: {', '.join(close)}" if close else ""
-        raise VebiError(f"the model has no layer named '{layer}'{hint}")
+    get_module(model, layer)  # VebiError naming close matches when there is no such layer
     return layer
 
 
