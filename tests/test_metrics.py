@@ -188,11 +188,13 @@ def _sig(values):
 
 def test_deletion_insertion_hand_computed():
     model = SumLogit()
-    deletion, insertion = perturbation_curves(model, IMAGE, ORDER_MAP, torch.tensor([0]), steps=4, baseline="zero")
+    deletion, insertion = perturbation_curves(model, IMAGE, ORDER_MAP, torch.tensor([0]), steps=4,
+                                              insertion_baseline="zero")
     assert torch.allclose(deletion[0], _sig([10.0, 9.0, 7.0, 4.0, 0.0]))
     assert torch.allclose(insertion[0], _sig([0.0, 1.0, 3.0, 6.0, 10.0]))
     # steps = 2 changes floor(k * 4 / 2) = 0, 2, 4 pixels; "mean" puts 2.5 in removed pixels
-    deletion, insertion = perturbation_curves(model, IMAGE, ORDER_MAP, torch.tensor([0]), steps=2, baseline="mean")
+    deletion, insertion = perturbation_curves(model, IMAGE, ORDER_MAP, torch.tensor([0]), steps=2,
+                                              deletion_baseline="mean", insertion_baseline="mean")
     assert torch.allclose(deletion[0], _sig([10.0, 2.5 + 2.5 + 3 + 4, 10.0]))
     assert torch.allclose(insertion[0], _sig([10.0, 1 + 2 + 2.5 + 2.5, 10.0]))
 
@@ -220,9 +222,11 @@ def test_deletion_insertion_streaming_and_model_state():
     images = torch.rand(5, 3, 8, 8, generator=g)
     maps = torch.rand(5, 8, 8, generator=g)
     target = torch.tensor([0, 1, 2, 0, 1])
-    whole = DeletionInsertion(steps=4)
+    assert (DeletionInsertion().deletion_baseline, DeletionInsertion().insertion_baseline) == ("zero", "zero")
+    whole = DeletionInsertion(steps=4, deletion_baseline="blur", insertion_baseline="blur")
     whole.update(model, images, maps, target)
-    a, b = DeletionInsertion(steps=4), DeletionInsertion(steps=4)
+    a = DeletionInsertion(steps=4, deletion_baseline="blur", insertion_baseline="blur")
+    b = DeletionInsertion(steps=4, deletion_baseline="blur", insertion_baseline="blur")
     a.update(model, images[:2], maps[:2], target[:2])
     b.update(model, images[2:], maps[2:], target[2:])
     merged = a.merge(b)
@@ -236,3 +240,5 @@ def test_deletion_insertion_streaming_and_model_state():
     assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     with pytest.raises(VebiError, match="do not match"):
         whole.update(model, images, maps[:, :4], target)
+    with pytest.raises(VebiError, match="merge"):
+        whole.merge(DeletionInsertion(steps=4))

@@ -241,7 +241,9 @@ def integrated_gradients(
     if steps < 1:
         raise VebiError(f"integrated gradients needs steps >= 1, got {steps}")
     chunk = internal_batch_size if internal_batch_size is not None else max(images.shape[0], 256)
-    return _captum("ig", model, images, target, baselines=float(baseline), n_steps=int(steps), internal_batch_size=chunk)
+    return _captum(
+        "ig", model, images, target, baselines=float(baseline), n_steps=int(steps), internal_batch_size=chunk
+    )
 
 
 # ----------------------------------------------------------------------------- Grad-CAM family

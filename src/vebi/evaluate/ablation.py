@@ -89,7 +89,9 @@ def ablate(model: nn.Module, features: Iterable[Any]) -> Iterator[nn.Module]:
             if not isinstance(output, Tensor) or output.dim() < 2:
                 raise VebiError(f"cannot ablate channels of layer {layer!r}: its output is not a (B, C, ...) tensor")
             if max(channels) >= output.shape[1]:
-                raise VebiError(f"layer {layer!r} has {output.shape[1]} channels; channel {max(channels)} does not exist")
+                raise VebiError(
+                    f"layer {layer!r} has {output.shape[1]} channels; channel {max(channels)} does not exist"
+                )
             if output.device not in index_cache:
                 index_cache[output.device] = torch.tensor(sorted(set(channels)), device=output.device)
             return output.index_fill(1, index_cache[output.device], 0)
@@ -138,7 +140,8 @@ def class_accuracies(
             images, labels = _unpack(batch)
             labels = labels.to(torch.int64).cpu()
             if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-                raise VebiError(f"labels must be in 0..{num_classes - 1}, found {int(labels.min())}..{int(labels.max())}")
+                found = f"{int(labels.min())}..{int(labels.max())}"
+                raise VebiError(f"labels must be in 0..{num_classes - 1}, found {found}")
             totals += torch.bincount(labels, minlength=num_classes)
             x = images.to(device=device, dtype=dtype)
             for s, keys in enumerate(sets):
@@ -223,6 +226,7 @@ class ClassAblation:
     def rows(self) -> list[dict[str, Any]]:
         """One flat row per count k (for CSV)."""
         out = []
+        top_class, top_mca = self.top_mean_class_accuracy, self.top_mean_mca
         for i, k in enumerate(self.counts):
             out.append({
                 "class_index": self.class_index,
@@ -234,8 +238,8 @@ class ClassAblation:
                 "random_class_accuracy_std": self.random_class_accuracy_std[i],
                 "random_mca_mean": self.random_mca_mean[i],
                 "random_mca_std": self.random_mca_std[i],
-                "top_mean_class_accuracy": None if self.top_mean_class_accuracy is None else self.top_mean_class_accuracy[i],
-                "top_mean_mca": None if self.top_mean_mca is None else self.top_mean_mca[i],
+                "top_mean_class_accuracy": None if top_class is None else top_class[i],
+                "top_mean_mca": None if top_mca is None else top_mca[i],
             })
         return out
 
