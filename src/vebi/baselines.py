@@ -273,7 +273,7 @@ def default_cam_layer(model: nn.Module, images: Tensor) -> str:
         if name and not isinstance(module, _RESAMPLING):
             handles.append(module.register_forward_hook(hook(name)))
     try:
-        x = images[:1].detach().to(_device(model, images.device))
+        x = images[:1].detach().to(_device(model, images.device), _dtype(model, images.dtype))
         with preserve_model(model), torch.no_grad():
             model(x)
     finally:
