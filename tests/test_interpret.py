@@ -138,6 +138,18 @@ def test_each_image_read_once_and_resize_of_non_square_field():
     assert p2.features[1].crops.shape == (2, 2, 2, 2)
 
 
+def test_same_bytes_with_and_without_reader_workers():
+    common = dict(fields=FIELDS, top_k=3, size=5, weighted=True, fill=0.25, progress=False)
+    first = interpret(_relevance(), _stats(), _CountingDataset(6), **common)
+    again = interpret(_relevance(), _stats(), _CountingDataset(6), **common)
+    workers = interpret(_relevance(), _stats(), _CountingDataset(6), num_workers=1, **common)
+    for other in (again, workers):
+        for a, b in zip(first, other, strict=True):
+            for f, g in zip(a.features, b.features, strict=True):
+                assert torch.equal(f.average, g.average) and torch.equal(f.crops, g.crops)
+                assert f.image_indices == g.image_indices
+
+
 def test_bad_inputs_raise_vebi_errors():
     stats, rel = _stats(), _relevance()
     with pytest.raises(VebiError, match="model or the receptive fields"):

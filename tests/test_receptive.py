@@ -150,6 +150,27 @@ def test_global_pooling_needs_input_size():
     assert rf.box(0, 0, (10, 12)) == (0, 0, 10, 12)
 
 
+class _SqueezeExcite(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(4, 4, 1), nn.Sigmoid())
+        self.out = nn.Conv2d(4, 4, 3, stride=2)
+
+    def forward(self, x):
+        a = self.conv(x)
+        return self.out(a * self.gate(a))
+
+
+def test_squeeze_excite_gate_sees_whole_input_unless_ignored():
+    net = _SqueezeExcite()
+    rf = receptive_field(net, "out", input_size=(20, 30))
+    assert (rf.size, rf.stride, rf.start) == ((20, 30), (0, 0), (0, 0))
+    # the local path only: conv (3, 1, -1), then 3x3 stride 2 -> (5, 2, -1)
+    local = receptive_field(net, "out", ignore_global=True)
+    assert (local.size, local.stride, local.start) == ((5, 5), (2, 2), (-1, -1))
+
+
 def test_errors_name_the_problem():
     with pytest.raises(VebiError, match="close matches: block.main"):
         receptive_field(_ResidualNet(), "block.mian")

@@ -13,7 +13,8 @@ element) and dilation d maps (size, stride, start) to
 Per-location ops (batch norm, activations, dropout, identity) leave the field unchanged.
 Where branches meet (addition, multiplication, concatenation of channels) the field is the
 union of the branches' fields: the smallest start and the largest end. A global pooling makes
-the field the whole input; flattening ends the spatial map. Normalisation layers count as
+the field the whole input (so a squeeze-and-excitation gate does too, unless
+``ignore_global``); flattening ends the spatial map. Normalisation layers count as
 per-location affine maps (their batch/instance statistics are not counted), and reflection /
 replication padding is treated as zero padding, which gives the same box unless a window is
 more than half padding.
@@ -29,6 +30,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
+import torchvision.ops
 from torch import nn
 
 from vebi.errors import VebiError
@@ -77,17 +79,22 @@ class ReceptiveField:
 
 
 def receptive_field(
-    model: nn.Module, layer: str | nn.Module, *, input_size: tuple[int, int] | None = None
+    model: nn.Module, layer: str | nn.Module, *, input_size: tuple[int, int] | None = None,
+    ignore_global: bool = False,
 ) -> ReceptiveField:
     """Receptive field of ``layer`` (a dotted ``named_modules()`` name or the module itself).
 
     ``input_size`` (H, W) is only needed when a global pooling lies upstream of the layer.
+    ``ignore_global``: where a branch that sees the whole input (a squeeze-and-excitation gate,
+    global context) joins a branch with a finite field, keep the finite one.
     """
-    return receptive_fields(model, [layer], input_size=input_size)[_layer_name(model, layer)]
+    return receptive_fields(model, [layer], input_size=input_size, ignore_global=ignore_global)[
+        _layer_name(model, layer)]
 
 
 def receptive_fields(
-    model: nn.Module, layers: Iterable[str | nn.Module], *, input_size: tuple[int, int] | None = None
+    model: nn.Module, layers: Iterable[str | nn.Module], *, input_size: tuple[int, int] | None = None,
+    ignore_global: bool = False,
 ) -> dict[str, ReceptiveField]:
     """Receptive fields of several layers from one trace of ``model``, keyed by layer name.
 
@@ -101,7 +108,7 @@ def receptive_fields(
         node = outputs.get(name)
         if node is None:
             raise VebiError(f"layer '{name}' is not called in the model's forward pass, or does not return one tensor")
-        state = _propagate(graph, root, node)
+        state = _propagate(graph, root, node, ignore_global)
         if not isinstance(state, tuple):
             what = "does not depend on the input" if state is None else "has no spatial map (flattened)"
             raise VebiError(f"layer '{name}' {what}, so it has no receptive field")
@@ -214,6 +221,7 @@ _POINTWISE_FUNCTIONS: set[Any] = {
     F.hardsigmoid, F.elu, F.selu, F.celu, F.sigmoid, F.tanh, F.softplus, F.prelu, F.threshold,
     F.dropout, F.dropout2d, F.alpha_dropout, F.feature_alpha_dropout, F.batch_norm,
     F.instance_norm, F.group_norm, F.local_response_norm, F.channel_shuffle,
+    torchvision.ops.stochastic_depth,  # drops whole samples or rows of the batch
 }
 
 _POINTWISE_METHODS = {
@@ -228,7 +236,7 @@ _NON_TENSOR_METHODS = {"size", "dim", "numel", "ndimension", "nelement"}
 _BAD_SPATIAL_DIMS = {2, 3, -1, -2}
 
 
-def _propagate(graph: fx.Graph, root: nn.Module, target: fx.Node) -> Any:
+def _propagate(graph: fx.Graph, root: nn.Module, target: fx.Node, ignore_global: bool) -> Any:
     """Field state of ``target``, computed over its ancestors only (in graph order)."""
     needed: set[fx.Node] = set()
     stack = [target]
@@ -244,7 +252,7 @@ def _propagate(graph: fx.Graph, root: nn.Module, target: fx.Node) -> Any:
             states[node] = None if seen_input else _INPUT
             seen_input = True
         elif node in needed:
-            states[node] = _node_state(node, states, root)
+            states[node] = _node_state(node, states, root, ignore_global)
         if node is target:
             return states[node]
     raise AssertionError("target node not in graph")
@@ -257,18 +265,20 @@ def _arg_states(value: Any, states: dict[fx.Node, Any]) -> list[Any]:
     return found
 
 
-def _union(found: Sequence[Any], where: str) -> Any:
+def _union(found: Sequence[Any], where: str, ignore_global: bool) -> Any:
     maps = [s for s in found if isinstance(s, tuple)]
     if any(s == _FLAT for s in found):
         return _FLAT
     if not maps:
         return None
-    return tuple(_union_axis([m[i] for m in maps], where) for i in range(2))
+    return tuple(_union_axis([m[i] for m in maps], where, ignore_global) for i in range(2))
 
 
-def _union_axis(axes: Sequence[_Axis], where: str) -> _Axis:
-    if any(a.size is None for a in axes):
+def _union_axis(axes: Sequence[_Axis], where: str, ignore_global: bool) -> _Axis:
+    local = [a for a in axes if a.size is not None]
+    if len(local) < len(axes) and (not ignore_global or not local):
         return _WHOLE
+    axes = local
     strides = {a.stride for a in axes}
     if len(strides) > 1:
         raise VebiError(f"branches joined at {where} have different strides {sorted(strides)}; their receptive fields are not one box")
@@ -366,24 +376,25 @@ def _get_attr(root: nn.Module, target: str) -> Any:
     return value
 
 
-def _node_state(node: fx.Node, states: dict[fx.Node, Any], root: nn.Module) -> Any:
+def _node_state(node: fx.Node, states: dict[fx.Node, Any], root: nn.Module, ignore_global: bool) -> Any:
     where = f"'{node.target if node.op != 'call_module' else str(node.target).removeprefix('model.')}'"
     if node.op in ("get_attr", "output"):
-        return _union(_arg_states(node.args, states), where) if node.op == "output" else None
+        return _union(_arg_states(node.args, states), where, ignore_global) if node.op == "output" else None
     found = _arg_states((node.args, node.kwargs), states)
     if all(s is None for s in found):
         return None
-    first = states[node.args[0]] if node.args and isinstance(node.args[0], fx.Node) else _union(found, where)
+    joined = _union(found, where, ignore_global)
+    first = states[node.args[0]] if node.args and isinstance(node.args[0], fx.Node) else joined
     if node.op == "call_module":
-        return _module_state(_get_attr(root, str(node.target)), node, first, found, where)
+        return _module_state(_get_attr(root, str(node.target)), node, first, joined, where)
     if node.op == "call_method":
-        return _method_state(str(node.target), node, first, found, where)
-    return _function_state(node.target, node, first, found, where, root)
+        return _method_state(str(node.target), node, first, joined, where)
+    return _function_state(node.target, node, first, joined, where, root)
 
 
-def _module_state(module: nn.Module, node: fx.Node, state: Any, found: list[Any], where: str) -> Any:
+def _module_state(module: nn.Module, node: fx.Node, state: Any, joined: Any, where: str) -> Any:
     if isinstance(module, _POINTWISE_MODULES):
-        return _union(found, where)
+        return joined
     if isinstance(module, (nn.Softmax, nn.Softmin, nn.LogSoftmax, nn.GLU)):
         dim = getattr(module, "dim", None)
         if isinstance(state, tuple) and dim not in (0, 1, -3):
@@ -415,11 +426,11 @@ def _module_state(module: nn.Module, node: fx.Node, state: Any, found: list[Any]
     raise VebiError(f"layer {where} ({type(module).__name__}) is not supported by the receptive-field tracer")
 
 
-def _method_state(name: str, node: fx.Node, state: Any, found: list[Any], where: str) -> Any:
+def _method_state(name: str, node: fx.Node, state: Any, joined: Any, where: str) -> Any:
     if name in _NON_TENSOR_METHODS:
         return None
     if name in _POINTWISE_METHODS:
-        return _union(found, where)
+        return joined
     if name in ("mean", "sum", "amax", "amin", "max", "min", "std", "var"):
         dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
         return _reduce(state, dims, bool(node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False)))
@@ -434,16 +445,16 @@ def _method_state(name: str, node: fx.Node, state: Any, found: list[Any], where:
     raise VebiError(f"tensor method {where} is not supported by the receptive-field tracer")
 
 
-def _function_state(fn: Any, node: fx.Node, state: Any, found: list[Any], where: str, root: nn.Module) -> Any:
+def _function_state(fn: Any, node: fx.Node, state: Any, joined: Any, where: str, root: nn.Module) -> Any:
     if fn in _POINTWISE_FUNCTIONS:
-        return _union(found, where)
+        return joined
     if fn is getattr:
         return None
     if fn is operator.getitem:
         return _getitem(state, node.args[1], where)
     if fn in (torch.cat, torch.concat, torch.stack):
         _check_dim(node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0), where)
-        return _union(found, where)
+        return joined
     if fn in (torch.chunk, torch.split):
         _check_dim(node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0), where)
         return state

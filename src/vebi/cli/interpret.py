@@ -20,6 +20,8 @@ def interpret_command(
     cls: list[str] | None = typer.Option(None, "--class", "-c", help="class name (repeatable); default: all"),
     max_features: int | None = typer.Option(None, "--max-features", help="at most this many features per class"),
     keep_crops: int = typer.Option(8, "--keep-crops", help="individual top crops kept per feature"),
+    ignore_global: bool = typer.Option(False, "--ignore-global",
+                                       help="receptive fields without global-context branches (squeeze-and-excitation gates)"),
     workers: int = typer.Option(0, help="DataLoader worker processes reading the images"),
     progress: bool = typer.Option(True, help="show a progress bar"),
 ) -> None:
@@ -27,6 +29,7 @@ def interpret_command(
     from vebi.artifacts import load_relevance, load_run_info, load_stats
     from vebi.cli.common import build_dataset, build_model
     from vebi.interpret import grid_file, interpret, save_interpretations
+    from vebi.receptive import receptive_fields
 
     if top_k < 1 or size < 1 or keep_crops < 0 or workers < 0 or (max_features is not None and max_features < 1):
         raise VebiError("--top-k, --size and --max-features must be at least 1, --keep-crops and --workers at least 0")
@@ -39,10 +42,11 @@ def interpret_command(
     dataset = build_dataset({**info["data"], "mean": None, "std": None}, path=str(data))
     if len(dataset.classes) != len(stats.class_names) or tuple(dataset.classes) != tuple(stats.class_names):
         raise VebiError(f"{data} has classes {', '.join(dataset.classes)}, the run has {', '.join(stats.class_names)}")
-    results = interpret(relevance, stats, dataset, model=model, top_k=top_k, size=size, weighted=weighted,
+    fields = receptive_fields(model, stats.space.layers, input_size=stats.input_size, ignore_global=ignore_global)
+    results = interpret(relevance, stats, dataset, fields=fields, top_k=top_k, size=size, weighted=weighted,
                         classes=cls or None, max_features=max_features, keep_crops=keep_crops,
                         num_workers=workers, progress=progress)
-    settings = {"top_k": top_k, "size": size, "weighted": weighted, "keep_crops": keep_crops,
+    settings = {"top_k": top_k, "size": size, "weighted": weighted, "keep_crops": keep_crops, "ignore_global": ignore_global,
                 "max_features": max_features, "data": str(Path(data).resolve()), "fill": "mean of the images read"}
     folder = save_interpretations(results, run, settings)
     for interp in results:
