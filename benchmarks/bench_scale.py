@@ -61,18 +61,18 @@ def _run(rank: int, world: int, a: argparse.Namespace, init: str, out_dir: str) 
         dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     stats = FeatureStats(FeatureSpace(("features",), (a.features,)), tuple(str(c) for c in range(a.classes)),
                          top_k=a.top_k, device=device)
-    if device.type == "cuda":
-        torch.cuda.set_sync_debug_mode("error")  # any read-back inside update() fails the benchmark
     timed = 0.0
     for j in range(rank, -(-a.rows // a.batch_size), world):
         x, labels, ids, yx = _batch(j, a, device)
         _sync(device)
         t0 = time.perf_counter()
+        if device.type == "cuda":
+            torch.cuda.set_sync_debug_mode("error")  # a read-back inside update() fails the benchmark
         stats.update(x, labels, ids, yx, labels)
+        if device.type == "cuda":
+            torch.cuda.set_sync_debug_mode(0)
         _sync(device)
         timed += time.perf_counter() - t0
-    if device.type == "cuda":
-        torch.cuda.set_sync_debug_mode(0)
     t0 = time.perf_counter()
     stats = reduce_stats(stats)
     reduce_s = time.perf_counter() - t0

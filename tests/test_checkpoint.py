@@ -67,6 +67,20 @@ def test_resume_after_a_crash_equals_one_pass(tmp_path, crash_at):
     assert not tmp_path.exists()  # checkpoint and its folder go once the result is handed over
 
 
+def test_other_process_counts_are_refused_and_leftovers_cleared(tmp_path):
+    opts = {"batch_size": 2, "top_k": 3, "progress": False, "checkpoint": tmp_path, "checkpoint_every": 2}
+    with pytest.raises(RuntimeError, match="power cut"):
+        collect_dataset(net(), _Images(crash_at=6), **opts)
+    (tmp_path / ".rank0-of-1.safetensors.k1ll3d.tmp.safetensors").write_bytes(b"half written")
+    stray = tmp_path / "rank1-of-2.safetensors"
+    stray.write_bytes(b"")
+    with pytest.raises(VebiError, match=r"another number of processes \(rank1-of-2"):
+        collect_dataset(net(), _Images(), **opts)
+    stray.unlink()
+    assert collect_dataset(net(), _Images(), **opts).count == 17
+    assert not tmp_path.exists()
+
+
 def test_checkpoint_of_another_run_is_refused(tmp_path):
     stats = collect_dataset(net(), _Images(), batch_size=4, top_k=2, progress=False)
     path = tmp_path / "rank0-of-1.safetensors"

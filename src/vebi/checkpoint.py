@@ -85,8 +85,9 @@ class Checkpointer:
             save_file(tensors, str(tmp), metadata={"vebi": json.dumps(meta)})
 
     def remove(self) -> None:
-        """Delete the checkpoint, and its folder once no other process's checkpoint is left in it."""
-        self.path.unlink(missing_ok=True)
+        """Delete the checkpoint (and temporary files of a write that was killed), then the folder if empty."""
+        for path in (self.path, *self.path.parent.glob(f".{self.path.name}.*")):
+            path.unlink(missing_ok=True)
         try:
             self.path.parent.rmdir()
         except OSError:

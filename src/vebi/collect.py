@@ -200,8 +200,13 @@ def collect_dataset(
                "rank": where.rank, "world_size": where.world_size,
                **{k: v for k, v in options.items() if k in ("layers", "response", "labels", "top_k")},
                "gram_dtype": str(options.get("gram_dtype", torch.float64))}
-        saver = Checkpointer(Path(checkpoint) / f"rank{where.rank}-of-{where.world_size}.safetensors",
-                             checkpoint_every, key)
+        name = f"rank{where.rank}-of-{where.world_size}.safetensors"
+        others = sorted(p.name for p in Path(checkpoint).glob("rank*-of-*.safetensors")
+                        if not p.name.endswith(f"-of-{where.world_size}.safetensors"))
+        if others:
+            raise VebiError(f"{checkpoint} holds checkpoints of another number of processes ({others[0]}); "
+                            f"resume with as many processes as before, or delete {checkpoint}")
+        saver = Checkpointer(Path(checkpoint) / name, checkpoint_every, key)
         found = saver.load(model_device(model))
         if found is not None:
             resume = found.stats
