@@ -56,6 +56,28 @@ def test_relu6_rules_gate_on_both_bounds():
     assert backward_row(model, x, bp.deconvnet(), "1", g) == [1, 1, 1, 0]
 
 
+def test_rules_by_module_name_override_rules_by_type():
+    shift = nn.Conv2d(1, 1, 1)
+    with torch.no_grad():
+        shift.weight.fill_(1.0)
+        shift.bias.fill_(-3.0)
+    model = nn.Sequential(scaled_conv(1.0), nn.ReLU(), shift, nn.ReLU(), nn.Conv2d(1, 1, 1, stride=2))
+    # x = [-1, 2, 5]: first ReLU gate [0, 1, 1]; second ReLU sees [-3, -1, 2], gate [0, 0, 1]
+    x, g = row(-1, 2, 5), row(1, 1, -1)
+    deconv = {nn.ReLU: bp.DeconvReLU()}
+    assert backward_row(model, x, bp.RuleMap(types=deconv), "3", g) == [1, 1, 0]
+    # first plain: relu(g) = [1, 1, 0], then gate [0, 1, 1]
+    assert backward_row(model, x, bp.RuleMap(types=deconv, names=(("1", None),)), "3", g) == [0, 1, 0]
+    # second plain: g * [0, 0, 1] = [0, 0, -1], then relu
+    assert backward_row(model, x, bp.RuleMap(types=deconv, names=(("3", None),)), "3", g) == [0, 0, 0]
+    assert backward_row(model, x, bp.RuleMap(types=deconv, names=(("[13]", None),)), "3", g) == [0, 0, -1]
+    # a name pattern whose rule does not handle convolutions leaves the type rule for them in place
+    fix_kept = bp.RuleMap(types={nn.Conv2d: bp.StrideFixConv()}, names=(("*", bp.GuidedReLU()),))
+    fw = bp.forward_with_rules(model, x, fix_kept, ["4"])
+    assert fw.trace.applied[("4", "conv2d", "StrideFixConv")] == 1
+    assert fw.trace.applied[("1", "relu", "GuidedReLU")] == 1
+
+
 class FunctionalBlock(nn.Module):
     """conv -> F.relu(inplace) -> conv (weight 1) -> torch.relu: two functional rectifiers."""
 
@@ -177,6 +199,18 @@ def test_stride_fix_equals_its_definition_for_any_stride_padding_dilation_groups
         expected = _fix_by_definition(g, conv.weight.detach(), (h, w), (sh, sw), (ph, pw), (dh, dw), groups)
         torch.testing.assert_close(fw.backward({"0": g}), expected, rtol=1e-10, atol=1e-10)
         checked += 1
+
+
+def test_stride_fix_follows_weights_changed_in_place():
+    conv = nn.Conv2d(1, 1, (1, 2), stride=(1, 2), bias=False)
+    model = nn.Sequential(conv)
+    x, g = row(*range(6)), row(1, 2, 3)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([1.0, 2.0]).view(1, 1, 1, 2))
+    assert backward_row(model, x, bp.gradient(stride_fix=True), "0", g) == [1, 3, 4, 6, 7, 6]
+    with torch.no_grad():
+        conv.weight.mul_(-1)  # the kernel cached for these weights must not be reused
+    assert backward_row(model, x, bp.gradient(stride_fix=True), "0", g) == [-1, -3, -4, -6, -7, -6]
 
 
 def test_stride_one_convolutions_keep_the_plain_backward():

@@ -22,10 +22,10 @@ Three separate parts:
 from __future__ import annotations
 
 import contextlib
-import difflib
 import fnmatch
 import math
 import warnings
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,8 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
+from torch.utils.weak import WeakTensorKeyDictionary
 
 from vebi.errors import VebiError
+from vebi.layers import get_module
 
 __all__ = [
     "ArgmaxPool",
@@ -160,7 +162,7 @@ def _pair(v: Any) -> tuple[int, int]:
 # What: rules
 # --------------------------------------------------------------------------------------------
 
-class Rule:
+class Rule(ABC):
     """A replacement backward for the operations named in ``ops``.
 
     ``apply(call)`` returns what the call returns in the forward pass (same values), recorded
@@ -173,8 +175,8 @@ class Rule:
         """Whether this call's backward changes under the rule (else it runs unchanged)."""
         return True
 
-    def apply(self, call: OpCall) -> Any:
-        raise VebiError(f"rule {type(self).__name__} does not define apply()")
+    @abstractmethod
+    def apply(self, call: OpCall) -> Any: ...
 
 
 class _Rectifier(Rule):
@@ -182,8 +184,8 @@ class _Rectifier(Rule):
 
     ops = frozenset({"relu"})
 
-    def grad(self, g: Tensor, passed: Tensor) -> Tensor:
-        raise VebiError(f"rule {type(self).__name__} does not define grad()")
+    @abstractmethod
+    def grad(self, g: Tensor, passed: Tensor) -> Tensor: ...
 
     def apply(self, call: OpCall) -> Any:
         return _RectifierFunction.apply(call.x, self, call)
@@ -194,7 +196,7 @@ class GradientReLU(_Rectifier):
     """Plain gradient: grad_in = g * [lo < x_in < hi] (lo = 0; hi = inf for ReLU, 6 for ReLU6)."""
 
     def grad(self, g: Tensor, passed: Tensor) -> Tensor:
-        return g * passed
+        return torch.where(passed, g, 0.0)
 
 
 @dataclass(frozen=True)
@@ -202,7 +204,7 @@ class GuidedReLU(_Rectifier):
     """Guided backprop: grad_in = g * [lo < x_in < hi] * [g > 0]."""
 
     def grad(self, g: Tensor, passed: Tensor) -> Tensor:
-        return g.clamp(min=0) * passed
+        return torch.where(passed, g, 0.0).clamp_(min=0)
 
 
 @dataclass(frozen=True)
@@ -275,13 +277,22 @@ def stride_fix_kernel(weight: Tensor, stride: Any, dilation: Any) -> Tensor:
     kh, kw = weight.shape[-2:]
     dilated = weight.new_zeros(*weight.shape[:2], dh * (kh - 1) + 1, dw * (kw - 1) + 1)
     dilated[..., ::dh, ::dw] = weight
-    rows = F.pad(dilated, (0, 0, 0, sh - 1))
-    for th in range(1, sh):
-        rows = rows + F.pad(dilated, (0, 0, th, sh - 1 - th))
-    box = F.pad(rows, (0, sw - 1))
-    for tw in range(1, sw):
-        box = box + F.pad(rows, (tw, sw - 1 - tw))
-    return box
+    # full correlation of every kernel slice with an s_h x s_w box of ones
+    box = F.conv_transpose2d(dilated.reshape(-1, 1, *dilated.shape[-2:]), weight.new_ones(1, 1, sh, sw))
+    return box.reshape(*weight.shape[:2], *box.shape[-2:])
+
+
+_KERNELS: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
+
+
+def _cached_stride_fix_kernel(weight: Tensor, stride: Any, dilation: Any) -> Tensor:
+    """:func:`stride_fix_kernel`, kept per weight tensor until it changes (its version counter moves) or dies."""
+    key = (weight._version, _pair(stride), _pair(dilation), weight.dtype, weight.device)
+    hit = _KERNELS.get(weight)
+    if hit is None or hit[0] != key:
+        hit = (key, stride_fix_kernel(weight.detach(), stride, dilation))
+        _KERNELS[weight] = hit
+    return hit[1]
 
 
 def _subtract_rows(target: Tensor, corr: Tensor, offset: int) -> None:
@@ -316,15 +327,13 @@ class _StrideFixFunction(torch.autograd.Function):
         padding = 0 if p["padding"] == "valid" else p["padding"]
         ctx.save_for_backward(weight)
         ctx.meta = (tuple(x.shape[-2:]), p["stride"], padding, p["dilation"], int(p["groups"]))
-        ctx.box = None
+        ctx.box = _cached_stride_fix_kernel(weight, p["stride"], p["dilation"])
         return call.original()
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, None, None, None]:
         (weight,) = ctx.saved_tensors
         size, stride, padding, dilation, groups = ctx.meta
-        if ctx.box is None:  # built once per forward, shared by all backward passes through it
-            ctx.box = stride_fix_kernel(weight, stride, dilation)
         gx = stride_fixed_conv_input_grad(g, weight, size, stride, padding, dilation, groups, ctx.box)
         return gx, None, None, None
 
@@ -376,8 +385,9 @@ class _ArgmaxPoolFunction(torch.autograd.Function):
 class RuleMap:
     """Where each rule applies.
 
-    ``names``: (glob pattern over ``named_modules()`` names, rule or None) pairs, first match
-    wins, None keeps the plain backward there. ``types``: module type -> rule (looked up along
+    ``names``: (glob pattern over ``named_modules()`` names, rule or None) pairs; the first
+    pattern that matches the running module and whose rule handles the operation wins, None
+    keeping the plain backward there for every operation. ``types``: module type -> rule (looked up along
     the module's MRO). ``functional``: a recognised operation called from a module that is
     not of its own type (``F.relu`` in a block's ``forward``) gets the rule of that type.
     """
@@ -388,10 +398,10 @@ class RuleMap:
 
     def rule_for(self, op: str, name: str, module: nn.Module | None) -> tuple[Rule | None, bool]:
         """The rule for ``op`` called while ``module`` (named ``name``) runs, and whether the call is functional."""
-        for pattern, rule in self.names:
-            if fnmatch.fnmatchcase(name, pattern):
-                return (rule if rule is not None and op in rule.ops else None), False
         native = module is not None and isinstance(module, _NATIVE[op])
+        for pattern, rule in self.names:
+            if (rule is None or op in rule.ops) and fnmatch.fnmatchcase(name, pattern):
+                return rule, not native
         if module is not None:
             for cls in type(module).__mro__:
                 rule = self.types.get(cls)
@@ -491,13 +501,9 @@ class _RuleMode(TorchFunctionMode):
 
 
 def _check_layers(model: nn.Module, layers: Sequence[str]) -> dict[str, nn.Module]:
-    modules = dict(model.named_modules())
     for layer in layers:
-        if layer not in modules:
-            close = difflib.get_close_matches(layer, [n for n in modules if n], n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise VebiError(f"the model has no layer named {layer!r}{hint}")
-    return modules
+        get_module(model, layer)  # VebiError naming close matches
+    return dict(model.named_modules())
 
 
 @contextlib.contextmanager

@@ -1,0 +1,163 @@
+"""Cost of one explanation (k = 3 features, stride fix on) relative to one Grad-CAM call and one
+guided-backprop call, on the same model and images, at batch 1 and batch 16.
+
+Targets: explanation / Grad-CAM (pytorch-grad-cam) <= 2.5, explanation / Captum GuidedBackprop <= 2.
+
+Model: torchvision ResNet-18 (weights=None, 10 classes, eval), random images. The relevance is a
+seeded random sparse W over the default layers (the 8 residual blocks), scaled by layer width so
+that features of every depth get chosen; the "layer4 only" rows put all relevant features in the
+last two blocks (every backward pass runs through the whole network: the worst case).
+Grad-CAM targets ``layer4`` and is called as the library is normally used (parameters keep
+``requires_grad``, so its ``backward()`` also fills parameter gradients); the "Grad-CAM (frozen)"
+column is the same call with parameters frozen, as vebi's own passes run. Interleaved repeats,
+medians of per-repeat times; every method is warmed up first. The FLOP columns
+(``torch.utils.flop_counter``: convolutions and matrix products, forward and backward) give the
+same ratios independently of the machine's load.
+
+    python benchmarks/bench_explain.py [--size 112] [--repeats 5] [--threads N] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+
+import torch
+import torchvision
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
+
+from vebi.explain import Explainer
+from vebi.features import FeatureSpace
+from vebi.hooks import capture_outputs
+from vebi.layers import default_layers
+from vebi.relevance import Relevance
+
+
+def _relevance(model: torch.nn.Module, size: int, device: torch.device, last_only: bool) -> Relevance:
+    layers = default_layers(model)
+    with torch.no_grad(), capture_outputs(model, layers) as acts:
+        model(torch.zeros(1, 3, size, size, device=device))
+    space = FeatureSpace(tuple(layers), tuple(acts[n].shape[1] for n in layers))
+    gen = torch.Generator().manual_seed(0)
+    weights = torch.rand(space.size, 10, generator=gen, dtype=torch.float64)
+    weights *= torch.rand(space.size, 10, generator=gen) < 0.05
+    weights *= torch.tensor([c for c in space.channels for _ in range(c)], dtype=torch.float64)[:, None]
+    if last_only:
+        weights[: space.layer_slice("layer4.0").start] = 0
+    return Relevance(weights, space, tuple(f"c{i}" for i in range(10)), 10.0)
+
+
+class _FlopCount(TorchDispatchMode):
+    """Sum of ``torch.utils.flop_counter``'s per-op FLOPs (without its module tracker, whose
+    backward hooks cannot run inside ``torch.autograd.grad`` on leaf inputs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        count = flop_registry.get(func._overloadpacket)
+        if count is not None:
+            self.total += count(*args, **kwargs, out_val=out)
+        return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(fn, device: torch.device) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def measure(batch: int, size: int, repeats: int, device: torch.device, last_only: bool) -> dict[str, float]:
+    from captum.attr import GuidedBackprop
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=10).eval().to(device)
+    relevance = _relevance(model, size, device, last_only)
+    images = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(1)).to(device)
+    with torch.no_grad():
+        target = model(images).argmax(dim=1)
+    explainer = Explainer(model, relevance, top_k=3)
+    guided = GuidedBackprop(model)
+    cam_targets = [ClassifierOutputTarget(int(t)) for t in target]
+
+    def explain() -> None:
+        explainer(images)
+
+    def captum_gbp() -> None:
+        guided.attribute(images.clone().requires_grad_(True), target=target)
+
+    def grad_cam(frozen: bool) -> None:
+        for p in model.parameters():
+            p.requires_grad_(not frozen)
+        cam = GradCAM(model=model, target_layers=[model.layer4])
+        try:
+            # with frozen parameters the input must carry the graph (as in vebi.baselines.grad_cam)
+            cam(input_tensor=images.clone().requires_grad_(frozen), targets=cam_targets)
+        finally:
+            cam.activations_and_grads.release()
+            for p in model.parameters():
+                p.requires_grad_(True)
+                p.grad = None
+
+    methods = {"explain": explain, "gradcam": lambda: grad_cam(False), "gradcam_frozen": lambda: grad_cam(True),
+               "captum_gbp": captum_gbp}
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    result: dict[str, float] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, fn in methods.items():  # warm-up, and the FLOPs of one call (machine-independent)
+            with _FlopCount() as counter:
+                fn()
+            result[f"{name}_flops"] = float(counter.total)
+        for _ in range(repeats):
+            for name, fn in methods.items():
+                times[name].append(_time(fn, device))
+    result.update({name: statistics.median(values) for name, values in times.items()})
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=112)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    print(f"ResNet-18, {args.size}x{args.size}, {device}, {torch.get_num_threads()} threads, "
+          f"median of {args.repeats} interleaved repeats")
+    header = (f"{'features':<12} {'batch':>5} {'explain s':>10} {'GradCAM s':>10} {'GC frozen s':>11} "
+              f"{'Captum GBP s':>12} {'/GradCAM':>9} {'/GC frozen':>10} {'/GBP':>6} {'FLOPs /GC':>10} "
+              f"{'/GC frozen':>10} {'/GBP':>6}")
+    print(header)
+    print("-" * len(header))
+    for last_only in (False, True):
+        for batch in (1, 16):
+            t = measure(batch, args.size, args.repeats, device, last_only)
+            f = {k: t[f"{k}_flops"] for k in ("explain", "gradcam", "gradcam_frozen", "captum_gbp")}
+            print(f"{'layer4 only' if last_only else 'all blocks':<12} {batch:>5} {t['explain']:>10.4f} "
+                  f"{t['gradcam']:>10.4f} {t['gradcam_frozen']:>11.4f} {t['captum_gbp']:>12.4f} "
+                  f"{t['explain'] / t['gradcam']:>9.2f} {t['explain'] / t['gradcam_frozen']:>10.2f} "
+                  f"{t['explain'] / t['captum_gbp']:>6.2f} {f['explain'] / f['gradcam']:>10.2f} "
+                  f"{f['explain'] / f['gradcam_frozen']:>10.2f} {f['explain'] / f['captum_gbp']:>6.2f}")
+    print("targets: explain / GradCAM <= 2.5, explain / Captum GBP <= 2 (time ratios; FLOP ratios for reference)")
+
+if __name__ == "__main__":
+    main()
