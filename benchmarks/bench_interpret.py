@@ -103,7 +103,8 @@ def measure(images: int, repeats: int, size: int) -> dict[str, float]:
         out[f"{name}_wall"] = statistics.median(p[0] for p in pairs)
         out[f"{name}_cpu"] = statistics.median(p[1] for p in pairs)
     for i, kind in enumerate(("wall", "cpu")):
-        out[f"ratio_{kind}"] = statistics.median(b[i] / a[i] for a, b in zip(times["load"], times["interpret"], strict=True))
+        pairs = zip(times["load"], times["interpret"], strict=True)
+        out[f"ratio_{kind}"] = statistics.median(b[i] / a[i] for a, b in pairs)
     return out
 
 
@@ -124,7 +125,8 @@ def main() -> None:
         r = measure(images, args.repeats, args.size)
         verdict = "OK" if r["ratio_cpu"] <= 2 else "OVER"
         print(f"{r['images']:>7}{r['distinct']:>9}{crops / r['distinct']:>10.1f}{r['fields']:>11}"
-              f"{r['load_cpu']:>8.3f}{r['interpret_cpu']:>9.3f}{r['ratio_cpu']:>10.2f}{r['ratio_wall']:>11.2f}  {verdict}")
+              f"{r['load_cpu']:>8.3f}{r['interpret_cpu']:>9.3f}{r['ratio_cpu']:>10.2f}{r['ratio_wall']:>11.2f}"
+              f"  {verdict}")
     print("times are medians of process CPU time (steadier than wall-clock on a shared machine)")
 
 

@@ -150,6 +150,31 @@ def test_global_pooling_needs_input_size():
     assert rf.box(0, 0, (10, 12)) == (0, 0, 10, 12)
 
 
+class _Functional(nn.Module):
+    """Functional ops between named markers (identity modules) that expose their outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(4, 1, 3, 5))
+        self.a, self.b, self.c = nn.Identity(), nn.Identity(), nn.Identity()
+
+    def forward(self, x):
+        x = F.conv2d(x, self.weight, stride=(1, 2), padding=(1, 0))  # H (3, 1, -1), W (5, 2, 0)
+        x = F.relu(F.pad(x, (1, 0, 0, 2)))  # one column before: W start -2
+        x = self.a(F.max_pool2d(x, 2))  # H (4, 2, -1), W (7, 4, -2)
+        x = self.b(F.avg_pool2d(x, kernel_size=3, stride=1, padding=1))  # H (8, 2, -3), W (15, 4, -6)
+        return self.c(x.mean((2, 3), keepdim=True) + x)
+
+
+def test_functional_ops():
+    net = _Functional()
+    assert net(torch.zeros(1, 1, 12, 20)).shape == (1, 4, 7, 4)
+    assert _field(net, "a") == ((4, 7), (2, 4), (-1, -2))
+    assert _field(net, "b") == ((8, 15), (2, 4), (-3, -6))
+    assert _field(net, "c", input_size=(12, 20)) == ((12, 20), (0, 0), (0, 0))
+    assert _field(net, "c", ignore_global=True) == ((8, 15), (2, 4), (-3, -6))
+
+
 class _SqueezeExcite(nn.Module):
     def __init__(self) -> None:
         super().__init__()

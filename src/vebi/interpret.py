@@ -41,7 +41,8 @@ from vebi.receptive import ReceptiveField, receptive_fields
 from vebi.relevance import Relevance
 from vebi.stats import FeatureStats
 
-__all__ = ["FeatureInterpretation", "Interpretation", "grid_file", "interpret", "load_interpretations", "save_interpretations"]
+__all__ = ["FeatureInterpretation", "Interpretation", "grid_file", "interpret", "load_interpretations",
+           "save_interpretations"]
 
 _FLUSH_ELEMENTS = 1 << 20  # crop elements gathered by one indexing operation
 _CANVAS_ELEMENTS = 1 << 20  # elements of the canvas holding a chunk of images
@@ -290,7 +291,8 @@ def _accumulate(plan: _Plan, dataset: Any, keep_crops: int, num_workers: int,
             for first in range(0, int(mine.sum()), per_piece):
                 piece = rows[mine][first:first + per_piece]
                 crops = windows[torch.as_tensor(position[mine][first:first + per_piece]),
-                                torch.as_tensor(plan.top[piece] + pad_top), torch.as_tensor(plan.left[piece] + pad_left)]
+                                torch.as_tensor(plan.top[piece] + pad_top),
+                                torch.as_tensor(plan.left[piece] + pad_left)]
                 local = torch.as_tensor(plan.local[piece])
                 keep = torch.as_tensor(plan.rank[piece] < keep_crops)
                 if keep.any():
@@ -408,8 +410,9 @@ def save_interpretations(interpretations: Sequence[Interpretation], run_dir: str
 
     Per class ``CCC-name.png`` (grid of its features' averages, |weight| order) and folder
     ``CCC-name/`` with ``RRR-layer-cN.png`` (average) and ``RRR-layer-cN-crops.png`` (kept crops
-    in a row, each shown at the averages' size) per feature; ``interpretation.json`` (metadata: ``size`` of the averages, ``top_k``
-    the most crops averaged, ``settings``, and per class its features) and
+    in a row, each shown at the averages' size) per feature; ``interpretation.json``
+    (metadata: ``size`` of the averages, ``top_k`` the most crops averaged, ``settings``, and
+    per class its features) and
     ``interpretation.safetensors`` (the exact tensors, read back by ``load_interpretations``).
     """
     run = Path(run_dir)

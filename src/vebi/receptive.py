@@ -187,7 +187,8 @@ class _Axis:
     def window(self, kernel: int, stride: int, pad: int, dilation: int) -> _Axis:
         if self.size is None:
             return self
-        return _Axis(self.size + dilation * (kernel - 1) * self.stride, self.stride * stride, self.start - pad * self.stride)
+        size = self.size + dilation * (kernel - 1) * self.stride
+        return _Axis(size, self.stride * stride, self.start - pad * self.stride)
 
     def shift(self, pad: int) -> _Axis:
         return self if self.size is None else _Axis(self.size, self.stride, self.start - pad * self.stride)
@@ -281,7 +282,8 @@ def _union_axis(axes: Sequence[_Axis], where: str, ignore_global: bool) -> _Axis
     axes = local
     strides = {a.stride for a in axes}
     if len(strides) > 1:
-        raise VebiError(f"branches joined at {where} have different strides {sorted(strides)}; their receptive fields are not one box")
+        raise VebiError(f"branches joined at {where} have different strides {sorted(strides)}; "
+                        "their receptive fields are not one box")
     start = min(a.start for a in axes)
     end = max(a.start + a.size for a in axes)  # type: ignore[operator]
     return _Axis(end - start, axes[0].stride, start)
@@ -335,7 +337,8 @@ def _global(state: Any, output_size: Any, where: str) -> Any:
         elif int(size) == 1:
             axes.append(_WHOLE)
         else:
-            raise VebiError(f"adaptive pooling to size {size} at {where} has no fixed window; receptive fields need fixed windows")
+            raise VebiError(f"adaptive pooling to size {size} at {where} has no fixed window; "
+                            "receptive fields need fixed windows")
     return tuple(axes)
 
 
@@ -354,7 +357,8 @@ def _reduce(state: Any, dims: Any, keepdim: bool) -> Any:
 
 def _check_dim(dim: Any, where: str) -> None:
     if isinstance(dim, int) and dim in _BAD_SPATIAL_DIMS:
-        raise VebiError(f"{where} joins or splits along a spatial dimension ({dim}); receptive fields need channel-wise joins")
+        raise VebiError(f"{where} joins or splits along a spatial dimension ({dim}); "
+                        "receptive fields need channel-wise joins")
 
 
 def _getitem(state: Any, index: Any, where: str) -> Any:
@@ -398,7 +402,8 @@ def _module_state(module: nn.Module, node: fx.Node, state: Any, joined: Any, whe
     if isinstance(module, (nn.Softmax, nn.Softmin, nn.LogSoftmax, nn.GLU)):
         dim = getattr(module, "dim", None)
         if isinstance(state, tuple) and dim not in (0, 1, -3):
-            raise VebiError(f"{type(module).__name__} at {where} works along dimension {dim}; receptive fields need a channel dimension")
+            raise VebiError(f"{type(module).__name__} at {where} works along dimension {dim}; "
+                            "receptive fields need a channel dimension")
         return state
     if isinstance(module, nn.Conv2d):
         if module.padding_mode == "circular":
@@ -458,27 +463,29 @@ def _function_state(fn: Any, node: fx.Node, state: Any, joined: Any, where: str,
     if fn in (torch.chunk, torch.split):
         _check_dim(node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0), where)
         return state
-    kw = _normalized_kwargs(node)
     if fn is F.conv2d:
+        kw = _call_args(node, ("input", "weight", "bias", "stride", "padding", "dilation"))
         weight = kw["weight"]
-        kernel = tuple(_get_attr(root, str(weight.target)).shape[-2:]) if isinstance(weight, fx.Node) and weight.op == "get_attr" else None
-        if kernel is None:
+        if not (isinstance(weight, fx.Node) and weight.op == "get_attr"):
             raise VebiError(f"conv2d at {where} takes its weight from a computed tensor; its kernel size is unknown")
+        kernel = tuple(_get_attr(root, str(weight.target)).shape[-2:])
         dilation = _pair(kw.get("dilation", 1))
         padding = _conv_padding(kw.get("padding", 0), kernel, dilation)  # type: ignore[arg-type]
         return _window(state, kernel, kw.get("stride", 1), padding, dilation)
-    if fn in (F.max_pool2d, torch.max_pool2d):
+    if fn in (F.max_pool2d, torch.max_pool2d, F.avg_pool2d):
+        names = ("input", "kernel_size", "stride", "padding") + (("dilation",) if fn is not F.avg_pool2d else ())
+        kw = _call_args(node, names)
         return _window(state, kw["kernel_size"], kw.get("stride"), kw.get("padding", 0), kw.get("dilation", 1))
-    if fn in (F.avg_pool2d, torch._C._nn.avg_pool2d):
-        return _window(state, kw["kernel_size"], kw.get("stride"), kw.get("padding", 0), 1)
     if fn in (F.adaptive_avg_pool2d, F.adaptive_max_pool2d):
-        return _global(state, kw["output_size"], where)
+        return _global(state, _call_args(node, ("input", "output_size"))["output_size"], where)
     if fn is F.pad:
+        kw = _call_args(node, ("input", "pad", "mode"))
         return _pad(state, kw["pad"], "circular" if kw.get("mode") == "circular" else "constant", where)
     if fn in (torch.mean, torch.sum, torch.amax, torch.amin):
+        kw = _call_args(node, ("input", "dim", "keepdim"))
         return _reduce(state, kw.get("dim"), bool(kw.get("keepdim", False)))
     if fn is torch.flatten:
-        end = kw.get("end_dim", -1)
+        end = _call_args(node, ("input", "start_dim", "end_dim")).get("end_dim", -1)
         return state if end in (0, 1) else (_FLAT if state is not None else None)
     if fn is F.linear:
         if isinstance(state, tuple):
@@ -488,14 +495,9 @@ def _function_state(fn: Any, node: fx.Node, state: Any, joined: Any, where: str,
     raise VebiError(f"function '{name}' is not supported by the receptive-field tracer")
 
 
-def _normalized_kwargs(node: fx.Node) -> dict[str, Any]:
-    """Arguments of a call by parameter name (positional ones included)."""
-    from torch.fx.operator_schemas import normalize_function
-
-    normalized = normalize_function(node.target, node.args, node.kwargs, normalize_to_only_use_kwargs=True)  # type: ignore[arg-type]
-    if normalized is None:
-        raise VebiError(f"cannot read the arguments of '{getattr(node.target, '__name__', node.target)}'")
-    return dict(normalized.kwargs)
+def _call_args(node: fx.Node, names: Sequence[str]) -> dict[str, Any]:
+    """A call's arguments by parameter name: the leading positional ones, then the keywords."""
+    return {**dict(zip(names, node.args, strict=False)), **node.kwargs}
 
 
 def _to_field(name: str, state: tuple[_Axis, _Axis], input_size: tuple[int, int] | None) -> ReceptiveField:
@@ -503,7 +505,8 @@ def _to_field(name: str, state: tuple[_Axis, _Axis], input_size: tuple[int, int]
     for i, axis in enumerate(state):
         if axis.size is None:
             if input_size is None:
-                raise VebiError(f"layer '{name}' sees the whole input (global pooling upstream); pass input_size to get its box")
+                raise VebiError(f"layer '{name}' sees the whole input (global pooling upstream); "
+                                "pass input_size to get its box")
             sizes.append(int(input_size[i]))
             strides.append(0)
             starts.append(0)

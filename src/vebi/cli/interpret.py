@@ -21,7 +21,8 @@ def interpret_command(
     max_features: int | None = typer.Option(None, "--max-features", help="at most this many features per class"),
     keep_crops: int = typer.Option(8, "--keep-crops", help="individual top crops kept per feature"),
     ignore_global: bool = typer.Option(False, "--ignore-global",
-                                       help="receptive fields without global-context branches (squeeze-and-excitation gates)"),
+                                       help="receptive fields without global-context branches "
+                                            "(squeeze-and-excitation gates)"),
     workers: int = typer.Option(0, help="DataLoader worker processes reading the images"),
     progress: bool = typer.Option(True, help="show a progress bar"),
 ) -> None:
@@ -46,7 +47,8 @@ def interpret_command(
     results = interpret(relevance, stats, dataset, fields=fields, top_k=top_k, size=size, weighted=weighted,
                         classes=cls or None, max_features=max_features, keep_crops=keep_crops,
                         num_workers=workers, progress=progress)
-    settings = {"top_k": top_k, "size": size, "weighted": weighted, "keep_crops": keep_crops, "ignore_global": ignore_global,
+    settings = {"top_k": top_k, "size": size, "weighted": weighted, "keep_crops": keep_crops,
+                "ignore_global": ignore_global,
                 "max_features": max_features, "data": str(Path(data).resolve()), "fill": "mean of the images read"}
     folder = save_interpretations(results, run, settings)
     for interp in results:
