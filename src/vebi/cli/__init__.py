@@ -9,5 +9,7 @@ from vebi.cli import explain  # noqa: F401,E402
 from vebi.cli import an8flower  # noqa: F401,E402
 from vebi.cli import interpret  # noqa: F401,E402
 from vebi.cli import report  # noqa: F401,E402
+from vebi.cli import evaluate  # noqa: F401,E402
 
 __all__ = ["app", "fail", "main", "run"]
+from vebi.cli import demo  # noqa: F401,E402

@@ -1,0 +1,245 @@
+"""The evaluation runner and ``vebi evaluate`` on a tiny hand-made an8Flower-like dataset.
+
+Each image is noise below 0.36 with one 8 x 8 square of its class's colour (channel value 0.9);
+its mask is that square. A test method "oracle" returns exactly the square (IoU 1 at every
+threshold, pointing 1, mass 1) and "blank" an all-zero map (IoU 0, pointing 0, mass 0), so the
+runner's bookkeeping can be checked against known numbers.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import tiny_cnn
+from vebi.artifacts import save_relevance, save_run_info, save_stats
+from vebi.baselines import METHODS, register_method
+from vebi.cli import main
+from vebi.collect import collect
+from vebi.data import image_folder
+from vebi.evaluate.output import format_summary, write_evaluation
+from vebi.evaluate.runner import _balanced_subset, default_methods, evaluate_run
+from vebi.relevance import Relevance
+
+CLASSES = ("blue", "green", "red")  # ImageFolder order; colour channel 2, 1, 0
+CHANNEL = {"red": 0, "green": 1, "blue": 2}
+SIZE, SQUARE, PER_CLASS = 24, 8, 4
+# (feature index, class, weight): layer "1" holds features 0-3, layer "4" features 4-9
+WEIGHTS = ((1, 0, 0.5), (7, 0, -0.2), (3, 1, 0.9), (7, 1, 0.3), (8, 1, 0.1), (5, 2, 0.4))
+CONFTEST = str(Path(__file__).with_name("conftest.py"))
+
+
+def _png(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def make_dataset(root: Path) -> Path:
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for name in CLASSES:
+            for i in range(PER_CLASS):
+                image = rng.integers(0, 92, (SIZE, SIZE, 3), dtype=np.uint8)
+                y, x = (int(v) for v in rng.integers(0, SIZE - SQUARE, 2))
+                image[y:y + SQUARE, x:x + SQUARE] = 30
+                image[y:y + SQUARE, x:x + SQUARE, CHANNEL[name]] = 230
+                mask = np.zeros((SIZE, SIZE), np.uint8)
+                mask[y:y + SQUARE, x:x + SQUARE] = 255
+                _png(root / "images" / split / name / f"{i:06d}.png", image)
+                _png(root / "masks" / split / name / f"{i:06d}.png", mask)
+    return root
+
+
+def make_run(root: Path) -> tuple[Path, Path]:
+    data = make_dataset(root / "data")
+    model = tiny_cnn(num_classes=len(CLASSES))
+    train = image_folder(data / "images" / "train", with_index=False)
+    loader = torch.utils.data.DataLoader(train, batch_size=5, shuffle=False)
+    stats = collect(model, loader, layers=["1", "4"], top_k=4, class_names=train.classes, progress=False)
+    weights = torch.zeros(stats.space.size, len(CLASSES), dtype=torch.float64)
+    for f, j, w in WEIGHTS:
+        weights[f, j] = w
+    run = root / "run"
+    save_stats(stats, run, model)
+    save_relevance(Relevance(weights, stats.space, stats.class_names, 5.0, stats.response, 1e-10), run)
+    save_run_info(run, {"model": {"spec": f"{CONFTEST}:tiny_cnn", "weights": None, "args": {}},
+                        "data": {"path": str(data / "images" / "train"), "size": None, "channels": 3, "mean": None,
+                                 "std": None},
+                        "layers": ["1", "4"]})
+    return run, data
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("evaluate"))
+
+
+@pytest.fixture
+def test_methods():
+    register_method("oracle", lambda relevance=None: lambda model, images, target: (images.amax(dim=1) > 0.5).float())
+    register_method("blank", lambda relevance=None: lambda model, images, target: torch.zeros_like(images[:, 0]))
+    try:
+        yield
+    finally:
+        METHODS.pop("oracle", None)
+        METHODS.pop("blank", None)
+
+
+def _model_predictions(data: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    test = image_folder(data / "images" / "test", with_index=False)
+    images = torch.stack([test[i][0] for i in range(len(test))])
+    with torch.no_grad():
+        predicted = tiny_cnn(num_classes=len(CLASSES))(images).argmax(dim=1)
+    return predicted, torch.tensor(test.targets)
+
+
+def test_runner_scores_every_method_and_the_ablation(tiny, test_methods, tmp_path):
+    run, data = tiny
+    methods = (*default_methods(), "oracle", "blank")
+    result = evaluate_run(run, data, masks=data, methods=methods, thresholds=(0.25, 0.5, 0.75), steps=4,
+                          batch_size=5, progress=False)
+    predicted, truth = _model_predictions(data)
+    n = len(truth)
+    correct = int((predicted == truth).sum())
+    assert 0 < correct < n  # both subsets are exercised
+    assert (result.images, result.correct) == (n, correct)
+    assert result.accuracy == pytest.approx(correct / n)
+    assert result.data.endswith(str(Path("images") / "test")) and result.masks.endswith(str(Path("masks") / "test"))
+    names = [m.name for m in result.methods]
+    assert names[:5] == ["vebi", "vebi_feature1", "vebi_feature2", "vebi_feature3", "vebi_nofix"]
+    assert {"grad_cam", "grad_cam_plus_plus", "guided_backprop", "deconvnet", "integrated_gradients",
+            "activation_map", "oracle", "blank"} <= set(names)
+    assert result.settings["cam_layer"] == "4"  # tiny_cnn's last ReLU, resolved once
+
+    oracle, blank = result.method("oracle"), result.method("blank")
+    assert (oracle.correct.images, oracle.wrong.images, oracle.all.images) == (correct, n - correct, n)
+    for subset in ("correct", "wrong", "all"):
+        o, b = oracle.localization(subset), blank.localization(subset)
+        assert [e.mean for e in o.iou.curve] == [1.0, 1.0, 1.0]
+        assert (o.pointing.mean, o.mass_in_mask.mean, o.iou.best_threshold) == (1.0, 1.0, 0.25)
+        assert [e.mean for e in b.iou.curve] == [0.0, 0.0, 0.0]
+        assert (b.pointing.mean, b.mass_in_mask.mean) == (0.0, 0.0)
+    assert (oracle.blank, blank.blank) == (0, n)
+    # deletion of a map that is zero everywhere removes pixels in row-major order; both start at p(x)
+    for m in result.methods:
+        assert len(m.faithfulness.deletion_curve) == 5 and m.faithfulness.deletion_curve[0].n == n
+        assert m.faithfulness.deletion_curve[0].mean == pytest.approx(blank.faithfulness.deletion_curve[0].mean)
+        assert 0.0 <= m.faithfulness.deletion_auc.mean <= 1.0
+
+    # per class relevant counts from WEIGHTS: blue (0) 2, green (1) 3, red (2) 1
+    assert result.relevant_counts == (2, 3, 1)
+    ab = result.ablation
+    assert [c.counts for c in ab.classes] == [(0, 1, 2), (0, 1, 2, 3), (0, 1)]
+    assert [c.features[0] for c in ab.classes] == [("1", 1), ("1", 3), ("4", 1)]  # |weight| order
+    per_class = [float((predicted[truth == c] == c).double().mean()) for c in range(len(CLASSES))]
+    assert list(ab.baseline_class_accuracy) == pytest.approx(per_class)
+    assert ab.baseline_mca == pytest.approx(sum(per_class) / 3)
+    assert list(result.class_accuracy) == pytest.approx(per_class)
+    assert sorted(result.union_ablation.features) == [("1", 1), ("1", 3), ("4", 1), ("4", 3), ("4", 4)]
+
+    files = write_evaluation(result, tmp_path / "out")
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["schema"] == 1 and saved["accuracy"] == pytest.approx(correct / n)
+    assert saved["methods"]["oracle"]["correct"]["iou"]["mean_over_thresholds"]["mean"] == 1.0
+    assert saved["methods"]["blank"]["blank_maps"] == n
+    assert [row["method"] for row in saved["summary"]] == names
+    listed = {e["file"] for e in saved["tables"] + saved["figures"]}
+    assert listed == {p.name for p in files} - {"results.json", "timings.json"}
+    assert {"scores.csv", "iou_summary.csv", "iou_vs_threshold.png", "ablation_curves.png",
+            "ablation_union.csv", "deletion_insertion.png"} <= listed
+    assert all((tmp_path / "out" / f).stat().st_size > 0 for f in listed)
+    header = (tmp_path / "out" / "iou_curves.csv").read_text().splitlines()[0]
+    assert header.startswith("method,subset,threshold,mean")
+    table = format_summary(result)
+    assert "oracle" in table and "1.000" in table and f"accuracy {correct / n:.4f}" in table
+
+    from vebi.report.collect_run import collect_run
+
+    view = collect_run(run, evaluation_dir=tmp_path / "out").evaluation
+    assert view.accuracy == pytest.approx(correct / n)
+    assert {g.key for g in view.groups} == {"iou", "scores", "ablation"}
+
+
+def test_runner_without_masks_keeps_the_mask_free_scores(tiny):
+    run, data = tiny
+    result = evaluate_run(run, data / "images" / "test", methods=["grad_cam"], steps=2, max_images=6,
+                          ablation=False, progress=False)
+    (m,) = result.methods
+    assert (m.correct, m.wrong, m.all) == (None, None, None)
+    assert m.faithfulness.deletion_auc.n == 6 and result.images == 6
+    assert result.ablation is None and result.union_ablation is None
+    assert "IoU" not in format_summary(result)
+
+
+def test_balanced_subset_takes_classes_in_turn():
+    labels = [0, 0, 0, 0, 1, 1, 2]
+    chosen = _balanced_subset(labels, 4, seed=3)
+    assert sorted(labels[i] for i in chosen) == [0, 0, 1, 2]
+    assert chosen == sorted(chosen) and len(set(chosen)) == 4
+    assert _balanced_subset(labels, 4, seed=3) == chosen
+    assert _balanced_subset(labels, None, seed=3) == list(range(7))
+
+
+def test_cli_writes_the_folder_and_is_reproducible(tiny, tmp_path, capsys):
+    run, data = tiny
+    args = ["evaluate", str(run), str(data), "--masks", str(data), "--methods", "vebi,grad_cam", "--max-images", "6",
+            "--steps", "2", "--thresholds", "0.3,0.6", "--ablation-seeds", "2", "--no-progress", "--seed", "1"]
+    assert main([*args, "-o", str(tmp_path / "a")]) == 0
+    printed = capsys.readouterr().out
+    assert "vebi_feature1" in printed and "grad_cam" in printed and "union of" in printed
+    assert main([*args, "-o", str(tmp_path / "b")]) == 0
+    first = (tmp_path / "a" / "results.json").read_bytes()
+    assert first == (tmp_path / "b" / "results.json").read_bytes()
+    saved = json.loads(first)
+    assert saved["settings"]["thresholds"] == [0.3, 0.6] and saved["settings"]["ablation_seeds"] == [1, 2]
+    assert saved["images"] == 6 and set(saved["methods"]) == {"vebi", "vebi_feature1", "vebi_feature2",
+                                                               "vebi_feature3", "grad_cam"}
+
+
+def test_cli_default_output_is_the_run_evaluation_folder(tiny, tmp_path):
+    run, data = tiny
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    assert main(["evaluate", str(copy), str(data), "--methods", "grad_cam", "--max-images", "3", "--steps", "1",
+                 "--no-ablation", "--no-progress"]) == 0
+    assert json.loads((copy / "evaluation" / "results.json").read_text())["images"] == 3
+
+
+def _error(capsys, argv: list[str]) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vebi: error: ") and "Traceback" not in err and "\n" not in err
+    return err
+
+
+def test_cli_errors(tiny, tmp_path, capsys):
+    run, data = tiny
+    base = ["evaluate", str(run), str(data / "images" / "test"), "--no-progress", "--methods", "grad_cam"]
+    assert "mask folder" in _error(capsys, [*base, "--masks", str(tmp_path / "nowhere")])
+
+    partial = tmp_path / "partial"
+    import shutil
+
+    shutil.copytree(data / "masks" / "test", partial)
+    (partial / "red" / "000002.png").unlink()
+    err = _error(capsys, [*base, "--masks", str(partial)])
+    assert "1 of 12 images have no mask" in err and "red/000002.png" in err
+
+    _png(partial / "red" / "000002.png", np.zeros((10, 12), np.uint8))
+    assert "is 12x10 but its image is 24x24" in _error(capsys, [*base, "--masks", str(partial)])
+
+    assert "unknown method" in _error(capsys, ["evaluate", str(run), str(data), "--methods", "nope"])
+    assert "thresholds" in _error(capsys, [*base, "--thresholds", "0.5,0.2"])
+    assert "thresholds" in _error(capsys, [*base, "--thresholds", "half"])
+    other = tmp_path / "other"
+    (other / "cat").mkdir(parents=True)
+    _png(other / "cat" / "a.png", np.zeros((SIZE, SIZE, 3), np.uint8))
+    assert "not the run's classes" in _error(capsys, ["evaluate", str(run), str(other), "--no-progress"])
+    assert "run.json" in _error(capsys, ["evaluate", str(tmp_path), str(data), "--no-progress"])
