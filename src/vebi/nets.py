@@ -17,39 +17,43 @@ from vebi.errors import VebiError
 class An8Net(nn.Module):
     """conv1 (stride ``first_stride``) - conv2 - pool - conv3 - conv4 - pool - conv5 - global max - linear.
 
-    Layer names (``features.conv1`` ... ``features.conv5``, ``classifier``) are stable so that
+    Every conv is followed by batch norm (``batch_norm``) and a ReLU. Layer names
+    (``features.conv1`` ... ``features.conv5``, ``features.relu1`` ..., ``classifier``) are stable so
     layers can be chosen by name. With a 112 x 112 input and ``first_stride=4`` the conv maps are
     28, 28, 14, 14 and 7 pixels wide. The global max pool lets a small, localised part decide.
     """
 
-    def __init__(self, num_classes: int = 6, width: int = 32, first_stride: int = 4, first_kernel: int | None = None):
+    def __init__(
+        self,
+        num_classes: int = 6,
+        width: int = 32,
+        first_stride: int = 4,
+        first_kernel: int = 7,
+        batch_norm: bool = True,
+    ):
         super().__init__()
-        if num_classes < 2 or width < 1 or first_stride < 1:
+        if num_classes < 2 or width < 1 or first_stride < 1 or first_kernel < 1:
             raise VebiError(
-                f"An8Net needs num_classes >= 2, width >= 1, first_stride >= 1 (got {num_classes}, {width}, {first_stride})"
+                "An8Net needs num_classes >= 2, width, first_stride and first_kernel >= 1; got "
+                f"{num_classes}, {width}, {first_stride}, {first_kernel}"
             )
-        kernel = 2 * first_stride + 1 if first_kernel is None else first_kernel
-        if kernel < 1:
-            raise VebiError(f"first_kernel must be positive, got {kernel}")
         w = width
-        self.features = nn.Sequential(
-            OrderedDict(
-                [
-                    ("conv1", nn.Conv2d(3, w, kernel, stride=first_stride, padding=kernel // 2)),
-                    ("relu1", nn.ReLU()),
-                    ("conv2", nn.Conv2d(w, w, 3, padding=1)),
-                    ("relu2", nn.ReLU()),
-                    ("pool2", nn.MaxPool2d(2)),
-                    ("conv3", nn.Conv2d(w, 2 * w, 3, padding=1)),
-                    ("relu3", nn.ReLU()),
-                    ("conv4", nn.Conv2d(2 * w, 2 * w, 3, padding=1)),
-                    ("relu4", nn.ReLU()),
-                    ("pool4", nn.MaxPool2d(2)),
-                    ("conv5", nn.Conv2d(2 * w, 4 * w, 3, padding=1)),
-                    ("relu5", nn.ReLU()),
-                ]
-            )
-        )
+        convs = [
+            ("conv1", nn.Conv2d(3, w, first_kernel, stride=first_stride, padding=first_kernel // 2)),
+            ("conv2", nn.Conv2d(w, w, 3, padding=1)),
+            ("conv3", nn.Conv2d(w, 2 * w, 3, padding=1)),
+            ("conv4", nn.Conv2d(2 * w, 2 * w, 3, padding=1)),
+            ("conv5", nn.Conv2d(2 * w, 4 * w, 3, padding=1)),
+        ]
+        layers: list[tuple[str, nn.Module]] = []
+        for i, (name, conv) in enumerate(convs, start=1):
+            layers.append((name, conv))
+            if batch_norm:
+                layers.append((f"bn{i}", nn.BatchNorm2d(conv.out_channels)))
+            layers.append((f"relu{i}", nn.ReLU()))
+            if i in (2, 4):
+                layers.append((f"pool{i}", nn.MaxPool2d(2)))
+        self.features = nn.Sequential(OrderedDict(layers))
         self.pool = nn.AdaptiveMaxPool2d(1)
         self.classifier = nn.Linear(4 * w, num_classes)
 
@@ -57,6 +61,8 @@ class An8Net(nn.Module):
         return self.classifier(self.pool(self.features(x)).flatten(1))
 
 
-def an8net(num_classes: int = 6, width: int = 32, first_stride: int = 4, first_kernel: int | None = None) -> An8Net:
+def an8net(
+    num_classes: int = 6, width: int = 32, first_stride: int = 4, first_kernel: int = 7, batch_norm: bool = True
+) -> An8Net:
     """Factory for model specs (``vebi.nets:an8net``); untrained, weights come from ``model.pt``."""
-    return An8Net(num_classes=num_classes, width=width, first_stride=first_stride, first_kernel=first_kernel)
+    return An8Net(num_classes, width, first_stride, first_kernel, batch_norm)

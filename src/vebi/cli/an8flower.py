@@ -55,17 +55,21 @@ def train(
     seed: int = typer.Option(0),
     width: int = typer.Option(32, help="channels of conv1 (doubling twice towards conv5)"),
     first_stride: int = typer.Option(4, "--first-stride", help="stride of conv1"),
-    first_kernel: int | None = typer.Option(None, "--first-kernel", help="kernel of conv1 (default 2*stride+1)"),
+    first_kernel: int = typer.Option(7, "--first-kernel", help="kernel of conv1"),
+    batch_norm: bool = typer.Option(True, "--batch-norm/--no-batch-norm", help="batch norm after every conv"),
     device: str = DeviceOpt,
+    threads: int | None = typer.Option(None, help="torch CPU threads (default: torch's); 1 is fastest on a busy machine"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Train the small VGG-style CNN (vebi.nets:an8net) and report its test accuracy."""
+    import json
+
     from vebi.train import TrainConfig, model_args
     from vebi.train import train as run_training
 
-    config = TrainConfig(epochs, batch_size, lr, weight_decay, shift, seed, width, first_stride, first_kernel)
-    result = run_training(data, out, config, device=resolve_device(device), progress=progress)
+    config = TrainConfig(epochs, batch_size, lr, weight_decay, shift, seed, width, first_stride, first_kernel, batch_norm)
+    result = run_training(data, out, config, device=resolve_device(device), threads=threads, progress=progress)
     used = model_args(config, len(result.class_names))
-    args = " ".join(f"--model-arg {k}={v}" for k, v in used.items() if v is not None)
+    args = " ".join(f"--model-arg {k}={json.dumps(v)}" for k, v in used.items())
     typer.echo(f"test accuracy {result.test_accuracy:.4f}  train accuracy {result.train_accuracy:.4f}  ({result.seconds:.0f} s)")
     typer.echo(f"model: vebi.nets:an8net --weights {result.model_path} {args}")
