@@ -1,0 +1,59 @@
+"""`vebi demo` end to end at a tiny size, and its stage cache."""
+
+import json
+from dataclasses import replace
+
+import pytest
+
+import vebi.cli._app as app_module
+from vebi.demo import DemoConfig, run_demo
+
+TINY = DemoConfig(per_class=8, size=32, epochs=1, top_k=5, explain_images=6, eval_images=6)
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    lines: list[str] = []
+    report = run_demo(out, TINY, echo=lines.append)
+    return out, report, lines
+
+
+def test_demo_runs_every_stage_and_writes_the_report(demo_run):
+    out, report, lines = demo_run
+    ran = [ln for ln in lines if ln.endswith(" s") and ln.startswith("[")]
+    assert len(ran) == 12, lines
+    assert report.is_file() and report.name == "index.html"
+    html = report.read_text()
+    assert "00-red" in html  # the class names of single-6c reach the page
+    assert (out / "run" / "evaluation" / "results.json").is_file()
+    assert (out / "run" / "interpretation" / "interpretation.json").is_file()
+    assert (out / "contact-sheet.png").is_file()
+    assert len(list((out / "stages").glob("*.json"))) == 12
+
+
+def test_rerun_reuses_every_stage(demo_run, monkeypatch):
+    out, _, _ = demo_run
+
+    def must_not_run(argv):
+        raise AssertionError(f"stage rerun: {argv}")
+
+    monkeypatch.setattr(app_module, "main", must_not_run)
+    lines: list[str] = []
+    run_demo(out, TINY, echo=lines.append)
+    assert sum("reused" in ln for ln in lines) == 12
+
+
+def test_changed_option_reruns_that_stage_and_what_follows(demo_run, monkeypatch, tmp_path):
+    out, _, _ = demo_run
+    snapshot = {p.name: p.read_text() for p in (out / "stages").glob("*.json")}
+    called: list[str] = []
+    monkeypatch.setattr(app_module, "main", lambda argv: called.append(argv[0]) or 0)
+    try:
+        run_demo(out, replace(TINY, mu=2.0), echo=lambda _: None)
+    finally:  # leave the module's run as it was for other tests
+        for name, text in snapshot.items():
+            (out / "stages" / name).write_text(text)
+    assert called[:1] == ["fit"] and "an8flower" not in called and "train" not in called and "collect" not in called
+    assert called.count("explain") == 5 and called[-2:] == ["evaluate", "report"]
+    assert json.loads((out / "demo.json").read_text())["mu"] == 2.0
