@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from vebi.baselines import preserve_model
 from vebi.errors import VebiError
 from vebi.evaluate.ablation import AblationResult, UnionAblationResult, ablation_curves, union_ablation
 from vebi.evaluate.faithfulness import DeletionInsertion, FaithfulnessResult
@@ -257,7 +258,8 @@ def default_methods() -> tuple[str, ...]:
 MapFn = Callable[[nn.Module, Tensor, Tensor], dict[str, Tensor]]
 
 
-def _map_functions(methods: Sequence[str], relevance: Any, top_k: int, cam_layer: str | None) -> list[tuple[str, MapFn]]:
+def _map_functions(methods: Sequence[str], relevance: Any, top_k: int,
+                   cam_layer: str | None) -> list[tuple[str, MapFn]]:
     """(label, fn) pairs; fn(model, images, target) -> {method name: (B, H, W) maps on the CPU}."""
     from vebi.baselines import build_method
     from vebi.explain import Explainer
@@ -394,8 +396,6 @@ def evaluate_run(
     predictions: list[Tensor] = []
     labels: list[Tensor] = []
     first_batch: Tensor | None = None
-    from vebi.baselines import preserve_model
-
     with preserve_model(model, freeze=False, no_inplace=False), torch.no_grad():
         for batch in tqdm(loader, desc="predict", unit="batch", disable=not progress):
             x = batch[0].to(dev)
@@ -409,8 +409,8 @@ def evaluate_run(
     correct_mask = predicted == truth
     per_class = [float(correct_mask[truth == c].double().mean()) if bool((truth == c).any()) else float("nan")
                  for c in range(num_classes)]
-    if cam_layer is None and any(m in ("grad_cam", "grad_cam_plus_plus") for m in chosen):
-        assert first_batch is not None
+    uses_cam = any(m in ("grad_cam", "grad_cam_plus_plus") for m in chosen)
+    if cam_layer is None and first_batch is not None and uses_cam:
         cam_layer = default_cam_layer(model, first_batch)
 
     names = _output_names(chosen, top_k)
@@ -474,7 +474,8 @@ def evaluate_run(
         "mask_rule": "8-bit mask: value > 127 is inside (0/1 masks: non-zero)", "empty_iou": 1.0,
     }
     return EvaluationResult(
-        run=str(run), data=str(images_root), masks=None if masks_root is None else str(masks_root), class_names=tuple(relevance.class_names),
+        run=str(run), data=str(images_root), masks=None if masks_root is None else str(masks_root),
+        class_names=tuple(relevance.class_names),
         images=len(indices), correct=int(correct_mask.sum()), accuracy=float(correct_mask.double().mean()),
         class_accuracy=tuple(per_class), network=_network_info(info["model"]), settings=settings,
         methods=tuple(scores), ablation=curves, union_ablation=union,
