@@ -202,3 +202,18 @@ def test_cli_generates_and_reports_errors(tmp_path, capsys):
     assert main(["an8flower", "--spp", "5", "-o", str(tmp_path / "y")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and err[0].startswith("vebi: error: unknown variant") and "square" in err[1]
+
+
+def test_rendering_leaves_the_callers_mitsuba_variant_alone():
+    import mitsuba as mi
+
+    previous = mi.variant()
+    mi.set_variant("scalar_spectral")
+    try:
+        params = sample_params(SINGLE_6C, 2, np.random.default_rng(0))
+        assert render(params, 16, spp=1).image.shape == (16, 16, 3)
+        assert mi.variant() == "scalar_spectral"
+    finally:
+        mi.set_variant(previous or "scalar_rgb")
+    with pytest.raises(VebiError, match="not a class"):
+        sample_params(SINGLE_6C, 6, np.random.default_rng(0))

@@ -16,7 +16,7 @@ import numpy as np
 
 from vebi.an8flower.backgrounds import background_image
 from vebi.an8flower.meshes import PARTS
-from vebi.an8flower.scene import RenderParams, _mitsuba, build_scene, linear_to_srgb, sensor_dict, srgb_to_linear
+from vebi.an8flower.scene import RenderParams, build_scene, linear_to_srgb, scalar_variant, sensor_dict, srgb_to_linear
 
 BACKGROUND_LABEL = 0
 PART_LABELS: dict[str, int] = {part: i + 1 for i, part in enumerate(PARTS)}
@@ -57,20 +57,21 @@ def _labels(mi, scene, params: RenderParams, size: int) -> np.ndarray:
 
 def render(params: RenderParams, size: int, spp: int = 9) -> Rendering:
     """Render the image (``spp`` stratified samples per pixel, a square) and the visible-part label map of ``params``."""
-    mi = _mitsuba()
-    scene = build_scene(params, size, spp)
-    rgba = np.asarray(mi.render(scene, spp=spp, seed=params.render_seed), dtype=np.float64)
+    with scalar_variant() as mi:
+        scene = build_scene(params, size, spp)
+        rgba = np.asarray(mi.render(scene, spp=spp, seed=params.render_seed), dtype=np.float64)
+        labels = _labels(mi, scene, params, size)
     background = srgb_to_linear(background_image(params.background, size))
     linear = rgba[..., :3] + (1.0 - np.clip(rgba[..., 3:], 0.0, 1.0)) * background
     linear = linear * np.asarray(params.gain)
     image = np.rint(linear_to_srgb(linear) * 255.0).astype(np.uint8)
-    return Rendering(image=image, labels=_labels(mi, scene, params, size))
+    return Rendering(image=image, labels=labels)
 
 
 def render_labels(params: RenderParams, size: int, hide: tuple[str, ...] = ()) -> np.ndarray:
     """Only the label map (optionally with the parts in ``hide`` removed from the scene)."""
-    mi = _mitsuba()
-    return _labels(mi, build_scene(params, size, 1, hide=hide), params, size)
+    with scalar_variant() as mi:
+        return _labels(mi, build_scene(params, size, 1, hide=hide), params, size)
 
 
 def probe(params: RenderParams, size: int, hide: tuple[str, ...] = ()) -> np.ndarray:
@@ -80,6 +81,5 @@ def probe(params: RenderParams, size: int, hide: tuple[str, ...] = ()) -> np.nda
     surface behind it is farther away, or absent), so comparing probes with and without a part
     checks the label maps' visibility.
     """
-    mi = _mitsuba()
-    scene = build_scene(params, size, 1, hide=hide)
-    return _centre_aovs(mi, scene, params, size, "distance:depth,albedo:albedo")
+    with scalar_variant() as mi:
+        return _centre_aovs(mi, build_scene(params, size, 1, hide=hide), params, size, "distance:depth,albedo:albedo")

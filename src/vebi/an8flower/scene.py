@@ -8,6 +8,8 @@ does not depend on the class either, so two classes with the same seed differ on
 from __future__ import annotations
 
 import colorsys
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +17,7 @@ import numpy as np
 from vebi.an8flower.backgrounds import Background, sample_background
 from vebi.an8flower.meshes import PARTS, FlowerShape, flower_meshes, sample_shape
 from vebi.an8flower.variants import RGB, Variant
+from vebi.errors import VebiError
 
 # Shared colour distributions of the parts that are not designated: (hue range in degrees,
 # saturation range, value range) in HSV, sRGB.
@@ -124,6 +127,8 @@ def _jitter(rgb: RGB, u: np.ndarray) -> RGB:
 
 def sample_params(variant: Variant, label: int, rng: np.random.Generator) -> RenderParams:
     """Draw one image's parameters for class ``label`` of ``variant``."""
+    if not 0 <= label < len(variant.classes):
+        raise VebiError(f"label {label} is not a class of variant {variant.name} (0..{len(variant.classes) - 1})")
     shape = sample_shape(rng)
     camera = Camera(
         azimuth=float(shape.head_yaw + rng.uniform(-50.0, 50.0)),
@@ -179,12 +184,18 @@ def linear_to_srgb(c: np.ndarray) -> np.ndarray:
     return np.where(c <= 0.0031308, c * 12.92, 1.055 * c ** (1.0 / 2.4) - 0.055)
 
 
-def _mitsuba():
+@contextlib.contextmanager
+def scalar_variant() -> Iterator:
+    """The ``mitsuba`` module with the ``scalar_rgb`` variant active; a caller's other variant is restored after."""
     import mitsuba as mi
 
-    if mi.variant() != "scalar_rgb":
+    if mi.variant() is None:  # nothing to restore
         mi.set_variant("scalar_rgb")
-    return mi
+    if mi.variant() == "scalar_rgb":
+        yield mi
+        return
+    with mi.scoped_set_variant("scalar_rgb"):
+        yield mi
 
 
 def _mesh(mi, name: str, verts: np.ndarray, faces: np.ndarray, rgb: RGB, ambient: np.ndarray):
@@ -210,8 +221,9 @@ def _mesh(mi, name: str, verts: np.ndarray, faces: np.ndarray, rgb: RGB, ambient
 
 def sensor_dict(params: RenderParams, size: int, spp: int, centred: bool) -> dict:
     """A perspective sensor: ``spp`` (a square) stratified jittered samples per pixel, or with
-    ``centred`` one sample at each pixel centre (exact label maps)."""
-    mi = _mitsuba()
+    ``centred`` one sample at each pixel centre (exact label maps). Use inside :func:`scalar_variant`."""
+    import mitsuba as mi
+
     origin, target, up = params.camera.frame()
     sampler = (
         {"type": "stratified", "sample_count": 1, "jitter": False}
@@ -238,9 +250,10 @@ def build_scene(params: RenderParams, size: int, spp: int = 9, *, hide: tuple[st
 
     Lighting: a directional key light with shadows (the ``direct`` integrator, no inter-reflection)
     plus a flat ambient term ``ambient * tint * albedo`` emitted by every surface towards the camera
-    only. The box pixel filter keeps every sample inside its own pixel.
+    only. The box pixel filter keeps every sample inside its own pixel. Use inside :func:`scalar_variant`.
     """
-    mi = _mitsuba()
+    import mitsuba as mi
+
     scene: dict = {
         "type": "scene",
         "integrator": {"type": "direct", "bsdf_samples": 0, "emitter_samples": 1},
