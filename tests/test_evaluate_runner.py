@@ -212,6 +212,27 @@ def test_cli_default_output_is_the_run_evaluation_folder(tiny, tmp_path):
     assert json.loads((copy / "evaluation" / "results.json").read_text())["images"] == 3
 
 
+def test_cli_ablation_only(tiny, tmp_path, capsys):
+    run, data = tiny
+    out = tmp_path / "ablation"
+    assert main(["evaluate", str(run), str(data), "--methods", "none", "--no-progress", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "mean over classes" in printed and "explanations" not in printed
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["methods"] == {} and saved["summary"] == []
+    assert {e["file"] for e in saved["tables"] + saved["figures"]} == {
+        "ablation_summary.csv", "ablation_curves.csv", "ablation_curves.png", "ablation_union.csv"}
+    rows = (out / "ablation_summary.csv").read_text().splitlines()
+    header, classes, mean = rows[0].split(","), [r.split(",") for r in rows[1:4]], rows[4].split(",")
+    column = header.index("relevant_class_accuracy")
+    assert len(rows) == 5 and mean[1] == "mean over classes"
+    assert float(mean[column]) == pytest.approx(sum(float(r[column]) for r in classes) / 3, abs=1e-6)
+
+    from vebi.report.collect_run import collect_run
+
+    assert [g.key for g in collect_run(run, evaluation_dir=out).evaluation.groups] == ["ablation"]
+
+
 def _error(capsys, argv: list[str]) -> str:
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
@@ -236,6 +257,7 @@ def test_cli_errors(tiny, tmp_path, capsys):
     assert "is 12x10 but its image is 24x24" in _error(capsys, [*base, "--masks", str(partial)])
 
     assert "unknown method" in _error(capsys, ["evaluate", str(run), str(data), "--methods", "nope"])
+    assert "nothing to evaluate" in _error(capsys, [*base[:-2], "--methods", "none", "--no-ablation"])
     assert "thresholds" in _error(capsys, [*base, "--thresholds", "0.5,0.2"])
     assert "thresholds" in _error(capsys, [*base, "--thresholds", "half"])
     other = tmp_path / "other"

@@ -35,7 +35,7 @@ def evaluate_command(
                                       "without it only the mask-free scores and the ablation are computed"),
     methods: list[str] | None = typer.Option(None, "--methods", "-m", help="methods to evaluate (repeatable or "
                                              "comma-separated; default: all, vebi's single-feature maps come with "
-                                             "vebi)"),
+                                             "vebi; 'none': only the ablation)"),
     thresholds: list[str] | None = typer.Option(None, "--thresholds", help="IoU thresholds, comma-separated "
                                                 "(default 0.05, 0.10, ..., 0.95)"),
     max_images: int | None = typer.Option(None, "--max-images", help="evaluate a seeded class-balanced subset of "
@@ -57,10 +57,15 @@ def evaluate_command(
     from vebi.evaluate.output import format_summary, write_evaluation
     from vebi.evaluate.runner import evaluate_run
 
+    names = _split_list(methods)
+    chosen = None if not names else [] if names == ["none"] else names
+    if chosen == [] and not ablation:
+        raise VebiError("--methods none with --no-ablation leaves nothing to evaluate")
+
     if masks is not None and not masks.exists():
         raise VebiError(f"mask folder {masks} not found")
     result = evaluate_run(
-        run, data, masks=masks, methods=_split_list(methods) or None, thresholds=_thresholds(thresholds),
+        run, data, masks=masks, methods=chosen, thresholds=_thresholds(thresholds),
         max_images=max_images, seed=seed, top_k=top_k, steps=steps, batch_size=batch_size, cam_layer=cam_layer,
         ablation=ablation, ablation_seeds=ablation_seeds, max_ablation_features=max_ablation_features,
         device=resolve_device(device), progress=progress,

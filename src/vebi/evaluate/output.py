@@ -5,7 +5,8 @@ Files (all written atomically)::
     results.json                    every number (``EvaluationResult.to_dict``) plus the lists
                                     "tables" and "figures" that ``vebi report`` shows
     timings.json                    seconds per method and for the ablation (not reproducible)
-    scores.csv                      one row per method: headline scores (MethodScores.summary_row)
+    scores.csv                      one row per method: headline scores (MethodScores.summary_row);
+                                    this and the other per-method files only when a method was evaluated
     iou_summary.csv                 per method and image subset (correct / wrong / all): IoU, best
                                     threshold, pointing, mass in mask        (with masks)
     iou_curves.csv                  per method, subset and threshold: mean IoU and 95 % interval
@@ -14,7 +15,8 @@ Files (all written atomically)::
     deletion_insertion.png          the two curves per method
     ablation_curves.csv             per class and k: class accuracy and mCA for relevant / random /
                                     highest-mean features (AblationResult.rows)
-    ablation_summary.csv            per class: all n relevant features ablated vs n random vs n top-mean
+    ablation_summary.csv            per class (and their mean): all n relevant features ablated vs n
+                                    random vs n top-mean
     ablation_union.csv              union of all relevant features vs random sets of its size
     ablation_curves.png             per class: class accuracy vs features ablated
 """
@@ -116,6 +118,14 @@ def _ablation_summary_rows(result: EvaluationResult) -> list[dict]:
             "top_mean_mca": None if c.top_mean_mca is None else c.top_mean_mca[-1],
         })
     return rows
+
+
+def _ablation_mean(result: EvaluationResult) -> dict[str, Any]:
+    """Class accuracies of :func:`_ablation_summary_rows` averaged over the classes."""
+    rows = _ablation_summary_rows(result)
+    keys = ("baseline_class_accuracy", "relevant_class_accuracy", "random_class_accuracy_mean",
+            "top_mean_class_accuracy")
+    return {k: None if any(r[k] is None for r in rows) else sum(r[k] for r in rows) / len(rows) for k in keys}
 
 
 def _union_rows(result: EvaluationResult) -> list[dict]:
@@ -234,12 +244,12 @@ def write_evaluation(result: EvaluationResult, out: str | Path) -> list[Path]:
         written.append(folder / name)
         figures.append({"file": name, "section": section, "title": title, "caption": caption})
 
-    n_correct = result.correct
-    table("scores.csv", [m.summary_row() for m in result.methods], "scores", "Scores per method",
-          f"IoU (mean over thresholds, 95 % interval), best threshold and its IoU, pointing game and mass in mask "
-          f"on the {n_correct} correctly classified images (iou_mean_wrong: on the wrongly classified ones); "
-          f"deletion AUC (lower is better) and insertion AUC (higher is better) on all {result.images} images; "
-          "explanations are for the predicted class.")
+    if result.methods:
+        table("scores.csv", [m.summary_row() for m in result.methods], "scores", "Scores per method",
+              f"IoU (mean over thresholds, 95 % interval), best threshold and its IoU, pointing game and mass in "
+              f"mask on the {result.correct} correctly classified images (iou_mean_wrong: on the wrongly classified "
+              f"ones); deletion AUC (lower is better) and insertion AUC (higher is better) on all {result.images} "
+              "images; explanations are for the predicted class.")
     summary, curves = _localization_rows(result)
     if summary:
         table("iou_summary.csv", summary, "iou", "Localisation per method and image subset",
@@ -251,14 +261,17 @@ def write_evaluation(result: EvaluationResult, out: str | Path) -> list[Path]:
         figure("iou_vs_threshold.png", _iou_plot(result), "iou", "IoU vs threshold",
                "Each line is one method's mean IoU between its thresholded heatmap and the ground-truth mask "
                "(band: 95 % interval over images); a higher curve localises the class-deciding part better.")
-    table("deletion_insertion_curves.csv", _faithfulness_rows(result), "scores", "Deletion and insertion curves",
-          "Mean probability of the explained class as pixels are removed from the image (deletion) or added to a "
-          "black image (insertion) in heatmap order, at each fraction of pixels.")
-    figure("deletion_insertion.png", _faithfulness_plot(result), "scores", "Deletion and insertion curves",
-           "Class probability as pixels are removed (left; a faster drop is better) or inserted (right; a faster "
-           "rise is better) in the order of each method's heatmap.")
+    if result.methods:
+        table("deletion_insertion_curves.csv", _faithfulness_rows(result), "scores", "Deletion and insertion curves",
+              "Mean probability of the explained class as pixels are removed from the image (deletion) or added to "
+              "a black image (insertion) in heatmap order, at each fraction of pixels.")
+        figure("deletion_insertion.png", _faithfulness_plot(result), "scores", "Deletion and insertion curves",
+               "Class probability as pixels are removed (left; a faster drop is better) or inserted (right; a "
+               "faster rise is better) in the order of each method's heatmap.")
     if result.ablation is not None:
-        table("ablation_summary.csv", _ablation_summary_rows(result), "ablation", "Ablation: all relevant features",
+        mean_row = {"class_index": "", "class_name": "mean over classes", **_ablation_mean(result)}
+        table("ablation_summary.csv", [*_ablation_summary_rows(result), mean_row], "ablation",
+              "Ablation: all relevant features",
               "Per class, accuracy after zeroing its n relevant features, against n random features (mean and std "
               "over seeds) and the n features of highest mean response; class accuracy and mean class accuracy "
               "(mCA).")
@@ -289,8 +302,11 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 def format_summary(result: EvaluationResult) -> str:
     """A plain-text table of the headline numbers (as printed by ``vebi evaluate``)."""
     lines = [f"{result.images} images, accuracy {result.accuracy:.4f} ({result.correct} correct, "
-             f"{result.images - result.correct} wrong); explanations for the predicted class"]
+             f"{result.images - result.correct} wrong)" + ("; explanations for the predicted class" if result.methods
+                                                            else "")]
     masks = any(m.correct is not None or m.wrong is not None for m in result.methods)
+    if not result.methods:
+        return "\n".join(lines + _ablation_lines(result))
     header = f"{'method':<22}"
     if masks:
         header += f" {'IoU':>6} {'95% CI':>13} {'best t':>6} {'bestIoU':>7} {'point':>6} {'mass':>6} {'IoU(wr)':>7}"
@@ -308,6 +324,11 @@ def format_summary(result: EvaluationResult) -> str:
         lines.append(text)
     if masks:
         lines.append("IoU, pointing, mass: correctly classified images; IoU(wr): wrongly classified; AUCs: all images")
+    return "\n".join(lines + _ablation_lines(result))
+
+
+def _ablation_lines(result: EvaluationResult) -> list[str]:
+    lines: list[str] = []
     ab, union = result.ablation, result.union_ablation
     if ab is not None:
         lines.append("")
@@ -318,8 +339,12 @@ def format_summary(result: EvaluationResult) -> str:
             rnd = f"{c.random_class_accuracy_mean[-1]:.3f}+-{c.random_class_accuracy_std[-1]:.3f}"
             lines.append(f"{c.class_name:<22} {c.counts[-1]:>4} {ab.baseline_class_accuracy[c.class_index]:>7.3f} "
                          f"{c.relevant_class_accuracy[-1]:>8.3f} {rnd:>13} {top:>8}")
+        mean = _ablation_mean(result)
+        top = "-" if mean["top_mean_class_accuracy"] is None else f"{mean['top_mean_class_accuracy']:.3f}"
+        lines.append(f"{'mean over classes':<22} {'':>4} {mean['baseline_class_accuracy']:>7.3f} "
+                     f"{mean['relevant_class_accuracy']:>8.3f} {mean['random_class_accuracy_mean']:>13.3f} {top:>8}")
     if union is not None:
         lines.append(f"union of {len(union.features)} relevant features ablated: mCA {union.baseline_mca:.3f} -> "
                      f"{union.ablated_mca:.3f} (random sets of that size: {union.random_mca_mean:.3f} +- "
                      f"{union.random_mca_std:.3f})")
-    return "\n".join(lines)
+    return lines

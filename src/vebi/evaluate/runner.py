@@ -337,6 +337,7 @@ def evaluate_run(
 ) -> EvaluationResult:
     """Evaluate every method and the ablation experiments on ``data`` (see the module docstring).
 
+    ``methods``: None for :func:`default_methods`, an empty sequence for none (only the ablation).
     ``model``: the run's network (default: rebuilt from ``run.json``), moved to ``device`` (default:
     where its parameters are, else the CPU). ``data``/``masks`` may be an an8Flower root or a folder
     with ``<split>/`` sub-folders; the ``split`` folder is used then.
@@ -350,7 +351,7 @@ def evaluate_run(
         raise VebiError("top_k, steps, batch_size and ablation_seeds must be at least 1")
     if max_ablation_features is not None and max_ablation_features < 0:
         raise VebiError(f"max_ablation_features must be >= 0, got {max_ablation_features}")
-    chosen = tuple(dict.fromkeys(methods)) if methods else default_methods()
+    chosen = tuple(dict.fromkeys(methods)) if methods is not None else default_methods()
     unknown = [m for m in chosen if m not in method_names()]
     if unknown:
         raise VebiError(f"unknown method(s) {', '.join(map(repr, unknown))}; choose from {', '.join(method_names())}")
