@@ -9,20 +9,23 @@ so nothing of size N is ever needed.
 
 Optimality. With the correlations c = b - G w, w is optimal iff for some lam >= 0:
 c_i = lam * sign(w_i) where w_i != 0, |c_i| <= lam elsewhere, and lam * (||w||_1 - mu) = 0.
-That is the penalised lasso  min w^T G w - 2 w^T b + 2 lam ||w||_1  at one lam. Every answer is
+That is the penalised lasso  min w^T G w - 2 w^T b + 2 lam ||w||_1  at one lam. Answers are
 checked against these conditions on all m features.
 
 Solvers.
 * "torch" (any device, batched over classes): follows the homotopy (LARS-lasso) path of the
   penalised problem from lam = max|b| downwards, one feature joining or leaving per step, until
-  ||w||_1 = mu, or down to lam = 0 when the constraint is inactive. The path runs on a working set
-  of features per class (largest |b_i| / sqrt(G_ii) first); features that break the optimality
-  conditions join it and the class is solved again. The active block's inverse is kept by rank-one
-  updates; the final weights are polished by iterative refinement.
+  ||w||_1 = mu, or down to lam = 0 when the constraint is inactive. The active block's inverse is
+  kept by rank-one updates; the final weights are polished by iterative refinement. On GPUs (and
+  for m <= 1024) every class runs on all features, with one product by G per step for all
+  classes; otherwise on a working set of features per class (largest |b_i| / sqrt(G_ii) first):
+  features that break the optimality conditions join it and the class is solved again.
 * "spams" (CPU): SPAMS' LARS (`spams.lasso`, mode 0, from G and B), the authors' solver. Classes
   whose result fails the check (SPAMS ends its path early on ties, e.g. duplicated features) or
   whose constraint is inactive are solved again by "torch".
 * "auto": "spams" on CPU when SPAMS is installed, else "torch".
+Features that are identical (||x_i - x_j|| = 0 from G alone) or always zero are merged first: they
+are interchangeable, and a group's weight goes to its first feature.
 
 Inactive constraint (mu at least the L1 norm of a least-squares solution): the result is the end
 point of the homotopy path, a least-squares minimiser of least L1 norm, certified by the last path
@@ -54,6 +57,7 @@ _IDENTICAL = 1e-12  # features with ||x_i - x_j||^2 <= this * (G_ii + G_jj) coun
 _DIRECTION_TOL = 1e-7  # slack on the least-L1 certificate |G v| <= 1
 _COMPACT = 0.25  # drop finished classes from the batch once this fraction is done
 _CPU_CHUNK_BYTES = 1 << 29
+_DENSE_CPU_MAX = 1024  # largest m solved in dense mode on a CPU
 
 
 def solve_mu_lasso(
@@ -99,7 +103,8 @@ def solve_mu_lasso(
     keep = _distinct_features(G)
     if not keep.numel():
         return torch.zeros(m, C, dtype=torch.float64, device=gram.device)
-    G, B = G[keep][:, keep], B[keep]
+    if keep.numel() < m:
+        G, B = G[keep][:, keep], B[keep]
     Wk = torch.zeros(keep.numel(), C, dtype=torch.float64, device=dev)
     todo = torch.arange(C, device=dev)[B.abs().amax(0) > 0]  # an all-zero b has w = 0
     if use_spams and todo.numel():
@@ -133,16 +138,20 @@ def _validated(gram: Tensor, cross: Tensor, mu: float, tol: float) -> tuple[Tens
     if gram.is_complex() or cross.is_complex():
         raise VebiError("the Gram matrix and the cross products must be real.")
     G, B = gram.double(), cross.double()
-    if not torch.isfinite(G).all():
+    g_lo, g_hi = torch.aminmax(G)  # NaN and inf propagate to the extremes
+    b_lo, b_hi = torch.aminmax(B) if B.numel() else (torch.zeros(()), torch.zeros(()))
+    if not math.isfinite(float(g_lo) + float(g_hi)):
         raise VebiError("the Gram matrix contains non-finite values (NaN or inf).")
-    if not torch.isfinite(B).all():
+    if not math.isfinite(float(b_lo) + float(b_hi)):
         raise VebiError("the cross products contain non-finite values (NaN or inf).")
-    if float((G - G.T).abs().max()) > 1e-8 * float(G.abs().max()):
+    g_max = max(-float(g_lo), float(g_hi))
+    probe = torch.randn(G.shape[0], 2, generator=torch.Generator().manual_seed(0)).to(G)
+    if float((G @ probe - G.T @ probe).abs().max()) > 1e-8 * g_max * G.shape[0]:
         raise VebiError("the Gram matrix is not symmetric; it must be X^T X.")
     if float(G.diagonal().min()) < 0:
         raise VebiError("the Gram matrix has a negative diagonal entry; it must be X^T X.")
     dead = G.diagonal() == 0
-    if bool((B[dead].abs() > 1e-9 * float(B.abs().max())).any()):
+    if bool((B[dead].abs() > 1e-9 * max(-float(b_lo), float(b_hi))).any()):
         raise VebiError(
             "the Gram matrix and the cross products do not come from the same responses: a "
             "feature that is always zero has non-zero cross products."
@@ -159,13 +168,22 @@ def _distinct_features(G: Tensor, block: int = 1024) -> Tensor:
     """
     m = G.shape[0]
     d = G.diagonal()
-    later = torch.zeros(m, dtype=torch.bool, device=G.device)
     cols = torch.arange(m, device=G.device)
-    for i0 in range(0, m, block):
-        rows = cols[i0 : i0 + block]
-        size = d[rows, None] + d[None, :]
-        same = size - 2 * G[rows] <= _IDENTICAL * size
-        later |= (same & (cols[None, :] > rows[:, None]) & (d[rows, None] > 0)).any(0)
+    # identical features have (nearly) equal norms: only features with a near-equal neighbour in
+    # sorted norm order can be identical to anything
+    order = torch.argsort(d)
+    ds = d[order]
+    near = ds[1:] - ds[:-1] <= 4 * _IDENTICAL**0.5 * ds[1:]
+    cand = torch.zeros(m, dtype=torch.bool, device=G.device)
+    cand[order[1:][near]] = True
+    cand[order[:-1][near]] = True
+    cand = cols[cand & (d > 0)]
+    later = torch.zeros(m, dtype=torch.bool, device=G.device)
+    for i0 in range(0, cand.numel(), block):
+        rows = cand[i0 : i0 + block]
+        size = d[rows, None] + d[None, cand]
+        same = size - 2 * G[rows][:, cand] <= _IDENTICAL * size
+        later[cand] |= (same & (cand[None, :] > rows[:, None])).any(0)
     return cols[(d > 0) & ~later]
 
 
@@ -187,7 +205,7 @@ def _spams(G: Tensor, B: Tensor, mu: float) -> Tensor:
 
     m, C = B.shape
     s = float(B.abs().max())  # SPAMS stops on steps < 1e-15 in absolute terms: work at scale 1
-    Q = np.asfortranarray((G / s).numpy())
+    Q = (G / s).numpy().T  # G is symmetric: its transpose is the column-major copy SPAMS wants
     q = np.asfortranarray((B / s).numpy())
     # SPAMS takes the signals X only for ||x_j||^2 (it stops when its running residual drops
     # below 1e-15) and caps the number of steps at X's row count: give m rows and a residual
@@ -229,7 +247,8 @@ def _solve_torch(
     V = torch.zeros_like(W)  # last path direction of classes whose path ended at lam = 0
     lam = torch.zeros(C, dtype=torch.float64, device=dev)
     score = B.abs() / G.diagonal().clamp_min(torch.finfo(torch.float64).tiny).sqrt()[:, None]
-    in_set = torch.zeros(C, m, dtype=torch.bool, device=dev)
+    dense = _dense(dev, m)
+    in_set = torch.full((C, m), dense, dtype=torch.bool, device=dev)
     first = score.topk(min(m, _FIRST_SET), dim=0).indices  # (p0, C)
     in_set[torch.arange(C, device=dev).expand_as(first), first] = True
     todo = torch.arange(C, device=dev)
@@ -241,11 +260,12 @@ def _solve_torch(
             todo, sizes = todo[order], sizes[order]
             start = 0
             while start < todo.numel():
-                reach = _chunk_rows(dev, int(sizes[start]))  # sizes ascend: an upper bound
-                n = _chunk_rows(dev, int(sizes[min(start + reach, todo.numel()) - 1]))
+                reach = _chunk_rows(dev, int(sizes[start]), dense)  # sizes ascend: an upper bound
+                n = _chunk_rows(dev, int(sizes[min(start + reach, todo.numel()) - 1]), dense)
                 cls = todo[start : start + n]
                 idx, valid = _working_sets(in_set[cls], int(sizes[start : start + n].max()))
-                w, v, lam[cls] = _homotopy(G, B[:, cls].T.contiguous(), idx, valid, mu, max_steps)
+                bt = B[:, cls].T.contiguous()
+                w, v, lam[cls] = _homotopy(G, bt, idx, valid, mu, max_steps, dense)
                 W[:, cls] = w.new_zeros(cls.numel(), m).scatter_add_(1, idx, w * valid).T
                 V[:, cls] = v.new_zeros(cls.numel(), m).scatter_add_(1, idx, v * valid).T
                 start += cls.numel()
@@ -282,9 +302,15 @@ def _violations(G: Tensor, B: Tensor, W: Tensor, V: Tensor, lam: Tensor, tol: fl
     return excess
 
 
-def _chunk_rows(dev: torch.device, p: int) -> int:
+def _dense(dev: torch.device, m: int) -> bool:
+    """Dense mode (every class on all features, one matrix product with G per step) where that
+    product is cheap: on GPUs, and on CPUs for small m; else working sets."""
+    return dev.type == "cuda" or m <= _DENSE_CPU_MAX
+
+
+def _chunk_rows(dev: torch.device, p: int, dense: bool) -> int:
     """How many classes with working sets of p features to solve at once."""
-    per_class = 8 * (2 * p * p + 16 * p)
+    per_class = 8 * ((1 if dense else 2) * p * p + 16 * p)
     if dev.type == "cuda":
         free, _ = torch.cuda.mem_get_info(dev)
         budget = free // 4
@@ -304,7 +330,8 @@ class _Path:
     """n homotopies, one per class, on working sets of p features, actives held in K slots.
 
     `H` is the inverse of the active block of G in slot coordinates (rows and columns of free slots
-    are zero); `GA[:, :, t]` is the column of G of slot t's feature on the working set.
+    are zero). `GA[:, :, t]` is the column of G of slot t's feature on the working set; without GA
+    (dense mode: every class works on all features, p = m) products with G are matrix products.
     """
 
     rows: Tensor  # (n,) row of each class in the caller's batch
@@ -316,7 +343,7 @@ class _Path:
     lam: Tensor  # (n,)
     lam0: Tensor  # (n,) lam at the start of the path
     l1: Tensor  # (n,)
-    GA: Tensor  # (n, p, K)
+    GA: Tensor | None  # (n, p, K)
     H: Tensor  # (n, K, K)
     w: Tensor  # (n, K)
     sign: Tensor  # (n, K), 0 in free slots
@@ -334,9 +361,11 @@ class _Path:
         return _Path(**{k: v[sel] if isinstance(v, Tensor) else v for k, v in parts.items()})
 
     def grow(self) -> None:
-        n, p, K = self.GA.shape
+        n, K = self.w.shape
+        p = self.b.shape[1]
         k2 = min(2 * K, p)
-        self.GA = torch.cat([self.GA, self.GA.new_zeros(n, p, k2 - K)], 2)
+        if self.GA is not None:
+            self.GA = torch.cat([self.GA, self.GA.new_zeros(n, p, k2 - K)], 2)
         H = self.H.new_zeros(n, k2, k2)
         H[:, :K, :K] = self.H
         self.H = H
@@ -349,12 +378,22 @@ def _mv(M: Tensor, x: Tensor) -> Tensor:
     return (M @ x.unsqueeze(-1)).squeeze(-1)
 
 
+def _times_gram(G: Tensor, st: _Path, x: Tensor) -> Tensor:
+    """(n, p): G restricted to each working set times slot vectors x (n, S)."""
+    S = x.shape[1]
+    if st.GA is not None:
+        return _mv(st.GA[:, :, :S], x)
+    full = x.new_zeros(st.b.shape).scatter_add_(1, st.pos[:, :S], x * st.alive[:, :S])
+    return full @ G  # one matrix product for all classes (G is symmetric)
+
+
 def _homotopy(
-    G: Tensor, bt: Tensor, idx: Tensor, valid: Tensor, mu: float, max_steps: int
+    G: Tensor, bt: Tensor, idx: Tensor, valid: Tensor, mu: float, max_steps: int, dense: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Follow the LARS-lasso path for n classes on their working sets.
 
-    bt: (n, m) cross products of these classes; idx, valid: (n, p) working sets.
+    bt: (n, m) cross products of these classes; idx, valid: (n, p) working sets (dense: all m
+    features in order, for every class).
     Returns w (n, p), the last direction v (n, p) (zero where the path ended on ||w||_1 = mu),
     and lam (n,).
     """
@@ -373,7 +412,7 @@ def _homotopy(
         lam=lam,
         lam0=lam.clone(),
         l1=torch.zeros(n, dtype=dt, device=dev),
-        GA=torch.zeros(n, p, K, dtype=dt, device=dev),
+        GA=None if dense else torch.zeros(n, p, K, dtype=dt, device=dev),
         H=torch.zeros(n, K, K, dtype=dt, device=dev),
         w=torch.zeros(n, K, dtype=dt, device=dev),
         sign=torch.zeros(n, K, dtype=dt, device=dev),
@@ -394,7 +433,7 @@ def _homotopy(
         n_done = int(done.sum())
         if n_done and (n_done == done.numel() or n_done >= _COMPACT * done.numel()):
             fin = st.take(done)
-            w, v = _polish(fin, mu)
+            w, v = _polish(G, fin, mu)
             out_w[fin.rows], out_v[fin.rows], out_lam[fin.rows] = w, v, fin.lam.clamp_min(0)
             st = st.take(~done)
             continue
@@ -407,7 +446,7 @@ def _homotopy(
         steps += 1
         if steps % _REFRESH == 0:
             S = st.used
-            st.c = st.b - _mv(st.GA[:, :, :S], st.w[:, :S])
+            st.c = st.b - _times_gram(G, st, st.w[:, :S])
             st.l1 = st.w[:, :S].abs().sum(1)
     return out_w, out_v, out_lam
 
@@ -420,7 +459,7 @@ def _step(G: Tensor, st: _Path, mu: float) -> None:
     HS = st.H[:, :S, :S]
     sg = st.sign[:, :S]
     d = _mv(HS, sg)  # dw_A per unit decrease of lam
-    a = _mv(st.GA[:, :, :S], d)  # dc = -a per unit decrease of lam
+    a = _times_gram(G, st, d)  # dc = -a per unit decrease of lam
     sd = (sg * d).sum(1)
 
     cand = st.valid & ~st.active & ~st.blocked
@@ -460,7 +499,10 @@ def _step(G: Tensor, st: _Path, mu: float) -> None:
         return
 
     # one rank-one update of H per class: H +- z z^T / sigma
-    g = st.GA[ar, jpos, :S]  # G between the joining feature and the active slots
+    if st.GA is not None:  # G between the joining feature and the active slots
+        g = st.GA[ar, jpos, :S]
+    else:
+        g = G[jpos[:, None], st.pos[:, :S]]
     u = _mv(HS, g)
     gii = st.gdiag[ar, jpos]
     sigma = gii - (g * u).sum(1)  # squared distance of the joining column to the active span
@@ -497,7 +539,8 @@ def _step(G: Tensor, st: _Path, mu: float) -> None:
         st.blocked[r] = False
     r, i, k = ar[ok], jpos[ok], t[ok]
     if r.numel():
-        st.GA[r, :, k] = G[st.idx[r], st.idx[r, i][:, None]] * st.valid[r]
+        if st.GA is not None:
+            st.GA[r, :, k] = G[st.idx[r], st.idx[r, i][:, None]] * st.valid[r]
         st.w[r, k] = 0
         st.sign[r, k] = torch.sign(st.c[r, i])
         st.pos[r, k] = i
@@ -506,7 +549,7 @@ def _step(G: Tensor, st: _Path, mu: float) -> None:
         st.used = S2
 
 
-def _polish(st: _Path, mu: float, sweeps: int = 3) -> tuple[Tensor, Tensor]:
+def _polish(G: Tensor, st: _Path, mu: float, sweeps: int = 3) -> tuple[Tensor, Tensor]:
     """Refine the finished paths' active-set systems; return w and the last direction v (n, p).
 
     Constrained: G_AA w + lam s = b_A, s^T w = mu.  Unconstrained (lam = 0): G_AA w = b_A.
@@ -520,7 +563,10 @@ def _polish(st: _Path, mu: float, sweeps: int = 3) -> tuple[Tensor, Tensor]:
         return out_w, out_v
     alive = st.alive[:, :S].to(st.b.dtype)
     pos = st.pos[:, :S]
-    GAA = torch.gather(st.GA[:, :, :S], 1, pos[:, :, None].expand(-1, -1, S))
+    if st.GA is not None:
+        GAA = torch.gather(st.GA[:, :, :S], 1, pos[:, :, None].expand(-1, -1, S))
+    else:
+        GAA = G[pos[:, :, None], pos[:, None, :]]
     GAA = GAA * alive[:, :, None] * alive[:, None, :]
     bA = torch.gather(st.b, 1, pos) * alive
     s = st.sign[:, :S]
