@@ -346,6 +346,7 @@ class _Path:
     GA: Tensor | None  # (n, p, K)
     H: Tensor  # (n, K, K)
     w: Tensor  # (n, K)
+    d: Tensor  # (n, K) the path direction H s: dw per unit decrease of lam
     sign: Tensor  # (n, K), 0 in free slots
     pos: Tensor  # (n, K) working-set position of each slot's feature
     alive: Tensor  # (n, K)
@@ -369,7 +370,7 @@ class _Path:
         H = self.H.new_zeros(n, k2, k2)
         H[:, :K, :K] = self.H
         self.H = H
-        for name in ("w", "sign", "pos", "alive"):
+        for name in ("w", "d", "sign", "pos", "alive"):
             t = getattr(self, name)
             setattr(self, name, torch.cat([t, t.new_zeros(n, k2 - K)], 1))
 
@@ -415,6 +416,7 @@ def _homotopy(
         GA=None if dense else torch.zeros(n, p, K, dtype=dt, device=dev),
         H=torch.zeros(n, K, K, dtype=dt, device=dev),
         w=torch.zeros(n, K, dtype=dt, device=dev),
+        d=torch.zeros(n, K, dtype=dt, device=dev),
         sign=torch.zeros(n, K, dtype=dt, device=dev),
         pos=torch.zeros(n, K, dtype=torch.long, device=dev),
         alive=torch.zeros(n, K, dtype=torch.bool, device=dev),
@@ -446,6 +448,7 @@ def _homotopy(
         steps += 1
         if steps % _REFRESH == 0:
             S = st.used
+            st.d[:, :S] = _mv(st.H[:, :S, :S], st.sign[:, :S])
             st.c = st.b - _times_gram(G, st, st.w[:, :S])
             st.l1 = st.w[:, :S].abs().sum(1)
     return out_w, out_v, out_lam
@@ -458,7 +461,7 @@ def _step(G: Tensor, st: _Path, mu: float) -> None:
     S = st.used
     HS = st.H[:, :S, :S]
     sg = st.sign[:, :S]
-    d = _mv(HS, sg)  # dw_A per unit decrease of lam
+    d = st.d[:, :S]  # dw_A per unit decrease of lam
     a = _times_gram(G, st, d)  # dc = -a per unit decrease of lam
     sd = (sg * d).sum(1)
 
@@ -526,11 +529,16 @@ def _step(G: Tensor, st: _Path, mu: float) -> None:
     z[ar[ok], t[ok]] = -1
     coef = torch.where(ok, 1 / sigma, torch.where(drop, -1 / hk, 0))
     st.H[:, :S2, :S2].addcmul_((z * coef[:, None]).unsqueeze(2), z.unsqueeze(1))
+    # the direction H s follows without a pass over H: a joining slot's column of H was zero,
+    # a dropped slot's sign leaves with it (z^T s with the new sign for joins, the old for drops)
+    zs = (z * st.sign[:, :S2]).sum(1) - torch.where(ok, torch.sign(st.c[ar, jpos]), 0)
+    st.d[:, :S2] += (coef * zs)[:, None] * z
 
     r, k = ar[drop], dslot[drop]
     if r.numel():
         st.H[r, k, :] = 0
         st.H[r, :, k] = 0
+        st.d[r, k] = 0
         st.w[r, k] = 0
         st.sign[r, k] = 0
         st.alive[r, k] = False
