@@ -35,7 +35,7 @@ def ablation_table(results: dict) -> str:
     ab, union = results.get("ablation"), results.get("union_ablation")
     if ab is None:
         return ""
-    lines = ["| class | relevant n | accuracy | n relevant ablated | n random (mean ± std) | n highest-mean |",
+    lines = ["| class | n ablated | accuracy | n relevant ablated | n random (mean ± std) | n highest-mean |",
              "|---|---|---|---|---|---|"]
     for c in ab["classes"]:
         top = c["top_mean_class_accuracy"]
@@ -43,6 +43,12 @@ def ablation_table(results: dict) -> str:
         lines.append(f"| {c['class_name']} | {c['counts'][-1]} | {before:.3f} | {c['relevant_class_accuracy'][-1]:.3f} "
                      f"| {c['random_class_accuracy_mean'][-1]:.3f} ± {c['random_class_accuracy_std'][-1]:.3f} "
                      f"| {'–' if top is None else f'{top[-1]:.3f}'} |")
+    n = len(ab["classes"])
+    tops = [c["top_mean_class_accuracy"] for c in ab["classes"]]
+    top_mean = "–" if None in tops else f"{sum(t[-1] for t in tops) / n:.3f}"
+    lines.append(f"| **mean over classes** | | {sum(ab['baseline_class_accuracy']) / n:.3f} | "
+                 f"{sum(c['relevant_class_accuracy'][-1] for c in ab['classes']) / n:.3f} | "
+                 f"{sum(c['random_class_accuracy_mean'][-1] for c in ab['classes']) / n:.3f} | {top_mean} |")
     if union is not None:
         lines.append(f"| **union, mCA** | {len(union['features'])} | {union['baseline_mca']:.3f} | "
                      f"{union['ablated_mca']:.3f} | {union['random_mca_mean']:.3f} ± {union['random_mca_std']:.3f} | – |")
@@ -58,7 +64,8 @@ def main(paths: list[str]) -> None:
               f"{_f(net.get('train_accuracy'), 4)}; evaluated {results['images']} test images, accuracy "
               f"{results['accuracy']:.4f} ({results['wrong']} wrong). Relevant features per class (mu = "
               f"{results['settings']['mu']:g}): {', '.join(map(str, results['relevant_counts']))}.\n")
-        print(methods_table(results) + "\n")
+        if results["summary"]:
+            print(methods_table(results) + "\n")
         table = ablation_table(results)
         if table:
             print(table + "\n")
