@@ -201,12 +201,12 @@ def test_planted_feature_gets_the_largest_positive_weight() -> None:
 def test_all_zero_class_and_caller_tensors() -> None:
     X, L = random_problem(50, 10, 3, seed=6)
     L[:, 1] = 0  # a class without images
-    G32, B32 = (t.float() for t in stats(X, L))
-    G0, B0 = G32.clone(), B32.clone()
+    G32, B32 = (t.float().requires_grad_() for t in stats(X, L))
+    G0, B0 = G32.detach().clone(), B32.detach().clone()
     W = solve_mu_lasso(G32, B32, 1.0)
     assert W.dtype == torch.float64 and W.device == G32.device
     assert bool((W[:, 1] == 0).all()) and bool((W[:, [0, 2]] != 0).any())
-    assert torch.equal(G32, G0) and torch.equal(B32, B0)
+    assert torch.equal(G32, G0) and torch.equal(B32, B0) and G32.requires_grad
 
 
 def test_spams_keeps_torch_thread_count() -> None:

@@ -95,6 +95,8 @@ def solve_mu_lasso(
         raise VebiError(f"max_iter must be a positive number of steps, got {max_iter}.")
     if solver == "spams" and dev.type != "cpu":
         raise VebiError(f"the 'spams' mu-LASSO solver runs on the CPU only, not on {dev}.")
+    if solver == "spams" and not _has_spams():
+        raise VebiError("the 'spams' mu-LASSO solver needs the spams-bin package (pip install).")
     use_spams = solver == "spams" or (solver == "auto" and dev.type == "cpu" and _has_spams())
     G = G.to(dev, torch.float64)
     B = B.to(dev, torch.float64)
@@ -137,7 +139,7 @@ def _validated(gram: Tensor, cross: Tensor, mu: float, tol: float) -> tuple[Tens
         raise VebiError(f"tol must be a number in (0, 1), got {tol!r}.")
     if gram.is_complex() or cross.is_complex():
         raise VebiError("the Gram matrix and the cross products must be real.")
-    G, B = gram.double(), cross.double()
+    G, B = gram.detach().double(), cross.detach().double()
     g_lo, g_hi = torch.aminmax(G)  # NaN and inf propagate to the extremes
     b_lo, b_hi = torch.aminmax(B) if B.numel() else (torch.zeros(()), torch.zeros(()))
     if not math.isfinite(float(g_lo) + float(g_hi)):
