@@ -66,7 +66,7 @@ def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
         save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp))
 
 
-def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise VebiError(f"{path} not found")
     try:
@@ -114,7 +114,7 @@ def load_stats(run_dir: str | Path, model: nn.Module | None = None,
     stats = FeatureStats(space, tuple(meta["class_names"]), meta["response"], meta["labels"], int(meta["top_k"]),
                          {k: (int(v[0]), int(v[1])) for k, v in meta["map_sizes"].items()},
                          tuple(meta["input_size"]) if meta["input_size"] else None, device)
-    tensors = _load_tensors(run / "stats.safetensors")
+    tensors = load_tensors(run / "stats.safetensors")
     for name in STATS_TENSORS:
         if name not in tensors or tensors[name].shape != getattr(stats, name).shape:
             raise VebiError(f"{run / 'stats.safetensors'} does not match {run / 'stats.json'} ({name})")
@@ -142,7 +142,7 @@ def save_relevance(relevance: Relevance, run_dir: str | Path) -> None:
 def load_relevance(run_dir: str | Path) -> Relevance:
     run = Path(run_dir)
     meta = read_json(run / "relevance.json", "a relevance fit (run `vebi fit` first)")
-    weights = _load_tensors(run / "relevance.safetensors").get("weights")
+    weights = load_tensors(run / "relevance.safetensors").get("weights")
     if weights is None:
         raise VebiError(f"{run / 'relevance.safetensors'} holds no weights")
     return Relevance(weights, FeatureSpace.from_dict(meta["space"]), tuple(meta["class_names"]), float(meta["mu"]),

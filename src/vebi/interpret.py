@@ -461,18 +461,10 @@ def load_interpretations(run_dir: str | os.PathLike[str]) -> tuple[Interpretatio
     """The interpretations saved by ``save_interpretations`` under ``run_dir``."""
     folder = Path(run_dir) / INTERPRETATION_DIR
     meta_path = folder / "interpretation.json"
-    if not meta_path.is_file():
-        raise VebiError(f"{meta_path} not found: run `vebi interpret` first")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise VebiError(f"{meta_path} is not valid JSON ({exc})") from None
-    if meta.get("schema") != SCHEMA_VERSION:
-        raise VebiError(f"{meta_path} has schema version {meta.get('schema')}, this vebi reads {SCHEMA_VERSION}")
-    try:
-        tensors = load_file(str(folder / "interpretation.safetensors"))
-    except Exception as exc:  # safetensors raises its own error types
-        raise VebiError(f"{folder / 'interpretation.safetensors'} is not readable ({exc})") from None
+    from vebi.artifacts import load_tensors, read_json
+
+    meta = read_json(meta_path, "interpretations (run `vebi interpret` first)")
+    tensors = load_tensors(folder / "interpretation.safetensors")
     result = []
     for cls in meta["classes"]:
         features = []
