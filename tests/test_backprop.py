@@ -128,9 +128,9 @@ def test_reused_relu_module_gets_the_rule_at_every_call():
 class Residual(nn.Module):
     """out = relu(conv(x)); out += x; relu(out) -- a residual ``+=`` on an in-place ReLU output."""
 
-    def __init__(self) -> None:
+    def __init__(self, scale: float = -1.0) -> None:
         super().__init__()
-        self.conv, self.relu = scaled_conv(-1.0), nn.ReLU(inplace=True)
+        self.conv, self.relu = scaled_conv(scale), nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.conv(x))
@@ -147,6 +147,17 @@ def test_inplace_residual_addition_keeps_forward_values_and_routes_signals():
     # g = [1, 1, 1] at the output; outer gate on [0, 1, 3] -> [0, 1, 1]; identity path adds [0, 1, 1];
     # inner path: relu gate on -x = [2, -1, -3] passes only the first element, which got 0
     assert fw.backward({"0": row(1, 1, 1)}).flatten().tolist() == [0, 1, 1]
+
+
+def test_inplace_residual_addition_gates_with_the_support_before_the_addition():
+    # the inner ReLU's output is changed by ``+=`` after the call; its gate must still be [-2x > 0]
+    model = nn.Sequential(Residual(scale=-2.0))
+    x = row(-1, 1, 3)  # inner relu(-2x) = [2, 0, 0]; out = relu([2, 0, 0] + x) = [1, 1, 3]
+    for rules in (bp.guided_backprop(), bp.RuleMap(types={nn.ReLU: bp.GradientReLU()})):
+        fw = bp.forward_with_rules(model, x, rules, ["0"])
+        assert fw.output.flatten().tolist() == [1, 1, 3]
+        # identity path [1, 1, 1]; inner path: gate [1, 0, 0], times the conv weight -2
+        assert fw.backward({"0": row(1, 1, 1)}).flatten().tolist() == [-1, 1, 1]
 
 
 # ------------------------------------------------------------------------------ stride fix
@@ -181,7 +192,10 @@ def _fix_by_definition(g, weight, size, stride, padding, dilation, groups):
     return F.conv_transpose2d(up, weight, None, 1, (ph, pw), 0, groups, (dh, dw))
 
 
-def test_stride_fix_equals_its_definition_for_any_stride_padding_dilation_groups():
+@pytest.mark.parametrize("route", ["polyphase", "transposed"])
+def test_stride_fix_equals_its_definition_for_any_stride_padding_dilation_groups(route, monkeypatch):
+    # both ways of computing the fix (chosen by input channels) must equal the definition
+    monkeypatch.setattr(bp, "_POLYPHASE_MAX_IN", 10**6 if route == "polyphase" else 0)
     rng = random.Random(0)
     torch.manual_seed(0)
     checked = 0
@@ -209,7 +223,7 @@ def test_stride_fix_follows_weights_changed_in_place():
         conv.weight.copy_(torch.tensor([1.0, 2.0]).view(1, 1, 1, 2))
     assert backward_row(model, x, bp.gradient(stride_fix=True), "0", g) == [1, 3, 4, 6, 7, 6]
     with torch.no_grad():
-        conv.weight.mul_(-1)  # the kernel cached for these weights must not be reused
+        conv.weight.mul_(-1)  # the backward reads the weights as they are now
     assert backward_row(model, x, bp.gradient(stride_fix=True), "0", g) == [-1, -3, -4, -6, -7, -6]
 
 

@@ -29,13 +29,12 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
-from torch.utils.weak import WeakTensorKeyDictionary
 
 from vebi.errors import VebiError
 from vebi.layers import get_module
@@ -57,7 +56,6 @@ __all__ = [
     "forward_with_rules",
     "gradient",
     "guided_backprop",
-    "stride_fix_kernel",
     "stride_fixed_conv_input_grad",
 ]
 
@@ -180,12 +178,17 @@ class Rule(ABC):
 
 
 class _Rectifier(Rule):
-    """Common part of the rectifier rules; ``passed`` = [lo < x_in < hi] (the forward's support)."""
+    """Common part of the rectifier rules.
+
+    ``grad(g, gated)`` gets the incoming signal g and, when ``needs_support``, gated =
+    g * [lo < x_in < hi] (g on the forward's support; a fresh tensor the rule may modify).
+    """
 
     ops = frozenset({"relu"})
+    needs_support: ClassVar[bool] = True
 
     @abstractmethod
-    def grad(self, g: Tensor, passed: Tensor) -> Tensor: ...
+    def grad(self, g: Tensor, gated: Tensor | None) -> Tensor: ...
 
     def apply(self, call: OpCall) -> Any:
         return _RectifierFunction.apply(call.x, self, call)
@@ -195,51 +198,69 @@ class _Rectifier(Rule):
 class GradientReLU(_Rectifier):
     """Plain gradient: grad_in = g * [lo < x_in < hi] (lo = 0; hi = inf for ReLU, 6 for ReLU6)."""
 
-    def grad(self, g: Tensor, passed: Tensor) -> Tensor:
-        return torch.where(passed, g, 0.0)
+    def grad(self, g: Tensor, gated: Tensor | None) -> Tensor:
+        return gated
 
 
 @dataclass(frozen=True)
 class GuidedReLU(_Rectifier):
     """Guided backprop: grad_in = g * [lo < x_in < hi] * [g > 0]."""
 
-    def grad(self, g: Tensor, passed: Tensor) -> Tensor:
-        return torch.where(passed, g, 0.0).clamp_(min=0)
+    def grad(self, g: Tensor, gated: Tensor | None) -> Tensor:
+        return gated.clamp_(min=0)
 
 
 @dataclass(frozen=True)
 class DeconvReLU(_Rectifier):
     """Deconvnet: grad_in = max(g, 0), whatever the forward input was."""
 
-    def grad(self, g: Tensor, passed: Tensor) -> Tensor:
+    needs_support: ClassVar[bool] = False
+
+    def grad(self, g: Tensor, gated: Tensor | None) -> Tensor:
         return g.clamp(min=0)
 
 
 class _RectifierFunction(torch.autograd.Function):
+    """The support [lo < x_in < hi] is read from the saved output y = clip(x_in, lo, hi), which
+    has the same support (as PyTorch's own ReLU does); a boolean copy of it is kept for when
+    y is changed in place after the call (``out = relu_(a); out += b``)."""
+
     @staticmethod
     def forward(ctx: Any, x: Tensor, rule: _Rectifier, call: OpCall) -> Tensor:
         lo, hi = call.params["lo"], call.params["hi"]
-        passed = x > lo
-        if hi != math.inf:
-            passed &= x < hi
-        ctx.rule = rule
-        ctx.save_for_backward(passed)
+        ctx.rule, ctx.bounds = rule, (lo, hi)
+        if rule.needs_support:
+            passed = x > lo
+            if hi != math.inf:
+                passed &= x < hi
+            ctx.passed = passed  # not an input or output: kept on ctx, not saved
         out = call.original()  # the very same forward values, in place when the call was
         if call.params["inplace"]:
             ctx.mark_dirty(x)
+        if rule.needs_support:
+            ctx.save_for_backward(out)
         return out
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, None, None]:
-        (passed,) = ctx.saved_tensors
-        return ctx.rule.grad(g, passed), None, None
+        if not ctx.rule.needs_support:
+            return ctx.rule.grad(g, None), None, None
+        lo, hi = ctx.bounds
+        try:
+            (out,) = ctx.saved_tensors
+        except RuntimeError:  # out was modified in place after the call: use the boolean copy
+            gated = g * ctx.passed
+        else:  # ~3x faster than multiplying by a boolean mask
+            gated = (torch.ops.aten.threshold_backward(g, out, lo) if hi == math.inf
+                     else torch.ops.aten.hardtanh_backward(g, out, lo, hi))
+        return ctx.rule.grad(g, gated), None, None
 
 
 def stride_fixed_conv_input_grad(
     g: Tensor, weight: Tensor, input_size: tuple[int, int],
-    stride: Any, padding: Any, dilation: Any, groups: int, box: Tensor | None = None,
+    stride: Any, padding: Any, dilation: Any, groups: int,
 ) -> Tensor:
-    """Backward of a strided conv with the stride fix (``box``: :func:`stride_fix_kernel`, if at hand).
+    """Backward of a strided conv with the stride fix.
 
     For input size H, kernel k, padding p, dilation d, stride s: the stride-1 output size is
     H1 = H + 2p - d(k - 1). The signal g (B, C_out, H_out, W_out) is nearest-upsampled to
@@ -249,16 +270,30 @@ def stride_fixed_conv_input_grad(
 
     Computed without the full-resolution conv: upsampling by s is a stride-s transposed conv
     with an s x s box, so the two steps are one stride-s transposed conv with the kernel
-    K = box_s * dilate_d(w) (size d(k - 1) + s). The upsampled rows/columns beyond H1/W1
-    (present when s does not divide H1) are then subtracted again: two thin bands.
+    K = box_s * dilate_d(w) (size d(k - 1) + s). Two equal ways to run it, whichever is faster:
+
+    * few input channels (an image-input layer): the polyphase form -- output phase
+      (a, b) of a stride-s transposed conv with K is a stride-1 *forward* conv of g with the
+      flipped sub-kernel K[a::s, b::s], so one conv2d with C_in s_h s_w outputs and a pixel
+      shuffle give it (a backward-data conv that produces 3 channels is slow on CPUs);
+    * otherwise: convolutions commute, so it is the plain transposed conv Y = conv_T_s(g, w)
+      followed by an s x s box sum at input resolution, gx[i] = sum_{a < s} Y[i + p - a].
+
+    The upsampled rows/columns beyond H1/W1 (present when s does not divide H1) are then
+    subtracted again: two thin bands.
     """
     (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
     (h, w), (kh, kw) = input_size, weight.shape[-2:]
     h1, w1 = h + 2 * ph - dh * (kh - 1), w + 2 * pw - dw * (kw - 1)
     ho, wo = g.shape[-2:]
-    if box is None:
-        box = stride_fix_kernel(weight, stride, dilation)
-    gx = F.conv_transpose2d(g, box, None, (sh, sw), (ph, pw), 0, groups)[..., :h, :w]
+    if groups == 1 and weight.shape[1] <= _POLYPHASE_MAX_IN:
+        gx = _polyphase_transposed_conv(g, stride_fix_kernel(weight, (sh, sw), (dh, dw)), (sh, sw))
+        gx = gx[..., ph:ph + h, pw:pw + w]
+    else:
+        y = F.conv_transpose2d(g, weight, None, (sh, sw), 0, 0, groups, (dh, dw))
+        # y_pad[j] = y[j - (s - 1)], long enough for the last window (rows p + s - 1 + h - 1)
+        y = F.pad(y, (sw - 1, max(0, pw + w - y.shape[-1]), sh - 1, max(0, ph + h - y.shape[-2])))
+        gx = _box_sum(_box_sum(y, sh, ph, h, -2), sw, pw, w, -1)
     extra_h, extra_w = ho * sh - h1, wo * sw - w1
     if extra_h > 0:  # rows h1 .. ho*sh-1 of the upsampled signal: copies of the last row of cells
         band = g[..., -1:, :].expand(*g.shape[:-2], extra_h, wo).repeat_interleave(sw, dim=-1)
@@ -271,9 +306,12 @@ def stride_fixed_conv_input_grad(
     return gx
 
 
-def stride_fix_kernel(weight: Tensor, stride: Any, dilation: Any) -> Tensor:
+_POLYPHASE_MAX_IN = 8  # input channels up to which the polyphase route is the faster one (CPU, measured)
+
+
+def stride_fix_kernel(weight: Tensor, stride: tuple[int, int], dilation: tuple[int, int]) -> Tensor:
     """K = box_s * dilate_d(w): the dilated kernel summed over all s_h x s_w shifts."""
-    (sh, sw), (dh, dw) = _pair(stride), _pair(dilation)
+    (sh, sw), (dh, dw) = stride, dilation
     kh, kw = weight.shape[-2:]
     dilated = weight.new_zeros(*weight.shape[:2], dh * (kh - 1) + 1, dw * (kw - 1) + 1)
     dilated[..., ::dh, ::dw] = weight
@@ -282,17 +320,28 @@ def stride_fix_kernel(weight: Tensor, stride: Any, dilation: Any) -> Tensor:
     return box.reshape(*weight.shape[:2], *box.shape[-2:])
 
 
-_KERNELS: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
+def _polyphase_transposed_conv(g: Tensor, kernel: Tensor, stride: tuple[int, int]) -> Tensor:
+    """conv_T(g, kernel, stride) without padding or cropping, as a forward conv and a pixel shuffle.
+
+    With i = s q + a: Z[i] = sum_m g[q - m] kernel[s m + a], a full convolution of g with the
+    phase kernel kernel[a::s]; returns (B, C_in, (H_out + M_h - 1) s_h, (W_out + M_w - 1) s_w),
+    M = ceil(L / s) phase taps, which covers the whole transposed-conv output.
+    """
+    (sh, sw), (co, ci, lh, lw) = stride, kernel.shape
+    mh, mw = -(-lh // sh), -(-lw // sw)
+    phases = F.pad(kernel, (0, mw * sw - lw, 0, mh * sh - lh)).reshape(co, ci, mh, sh, mw, sw)
+    phases = phases.permute(1, 3, 5, 0, 2, 4).flip(-1, -2).reshape(ci * sh * sw, co, mh, mw)
+    z = F.conv2d(g, phases, None, 1, (mh - 1, mw - 1))
+    b, _, hq, wq = z.shape
+    return z.view(b, ci, sh, sw, hq, wq).permute(0, 1, 4, 2, 5, 3).reshape(b, ci, hq * sh, wq * sw)
 
 
-def _cached_stride_fix_kernel(weight: Tensor, stride: Any, dilation: Any) -> Tensor:
-    """:func:`stride_fix_kernel`, kept per weight tensor until it changes (its version counter moves) or dies."""
-    key = (weight._version, _pair(stride), _pair(dilation), weight.dtype, weight.device)
-    hit = _KERNELS.get(weight)
-    if hit is None or hit[0] != key:
-        hit = (key, stride_fix_kernel(weight.detach(), stride, dilation))
-        _KERNELS[weight] = hit
-    return hit[1]
+def _box_sum(x: Tensor, s: int, start: int, n: int, dim: int) -> Tensor:
+    """out[i] = sum_{b < s} x[start + i + b] along ``dim``, for i < n."""
+    out = x.narrow(dim, start, n).clone()
+    for b in range(1, s):
+        out += x.narrow(dim, start + b, n)
+    return out
 
 
 def _subtract_rows(target: Tensor, corr: Tensor, offset: int) -> None:
@@ -327,14 +376,13 @@ class _StrideFixFunction(torch.autograd.Function):
         padding = 0 if p["padding"] == "valid" else p["padding"]
         ctx.save_for_backward(weight)
         ctx.meta = (tuple(x.shape[-2:]), p["stride"], padding, p["dilation"], int(p["groups"]))
-        ctx.box = _cached_stride_fix_kernel(weight, p["stride"], p["dilation"])
         return call.original()
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, None, None, None]:
         (weight,) = ctx.saved_tensors
         size, stride, padding, dilation, groups = ctx.meta
-        gx = stride_fixed_conv_input_grad(g, weight, size, stride, padding, dilation, groups, ctx.box)
+        gx = stride_fixed_conv_input_grad(g, weight, size, stride, padding, dilation, groups)
         return gx, None, None, None
 
 

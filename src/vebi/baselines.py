@@ -96,7 +96,8 @@ def postprocess_map(maps: Tensor) -> Tensor:
 
 def postprocess_gradient(attributions: Tensor) -> Tensor:
     """Input-space maps (B, C, H, W): positive part, L2 norm over C, per-image min-max to [0, 1]."""
-    return minmax(torch.linalg.vector_norm(attributions.float().clamp_min(0), dim=1))
+    # square-sum-sqrt: linalg.vector_norm over dim 1 of a (B, C, H, W) tensor is ~10x slower on CPU
+    return minmax(attributions.float().clamp_min(0).square().sum(dim=1).sqrt())
 
 
 # ----------------------------------------------------------------------------- model scope
