@@ -35,8 +35,12 @@ def main(argv: list[str] | None = None) -> int:
             report = build_report(args.run, Path(tmp) / "index.html", progress=False)
             with chromium() as browser:
                 page = browser.new_page(viewport={"width": args.width, "height": args.height})
-                page.goto(report.path.as_uri() + (f"#{args.anchor}" if args.anchor else ""), wait_until="load")
-                page.wait_for_timeout(300)  # smooth scrolling to the anchor
+                page.goto(report.path.as_uri(), wait_until="load")
+                if args.anchor:  # jump, not the page's smooth scrolling, which a screenshot catches half-way
+                    found = page.evaluate("id => { const e = document.getElementById(id); "
+                                          "if (e) e.scrollIntoView({behavior: 'instant'}); return !!e; }", args.anchor)
+                    if not found:
+                        raise VebiError(f"the report has no section with id {args.anchor!r}")
                 with atomic_path(args.out) as shot:
                     page.screenshot(path=str(shot), full_page=args.full_page, type="png")
     except VebiError as exc:

@@ -57,3 +57,11 @@ def test_changed_option_reruns_that_stage_and_what_follows(demo_run, monkeypatch
     assert called[:1] == ["fit"] and "an8flower" not in called and "train" not in called and "collect" not in called
     assert called.count("explain") == 5 and called[-2:] == ["evaluate", "report"]
     assert json.loads((out / "demo.json").read_text())["mu"] == 2.0
+
+
+@pytest.mark.parametrize("option", ["--explain-images", "--eval-images"])
+def test_cli_rejects_an_empty_sample(option, tmp_path, capsys):
+    code = app_module.main(["demo", "-o", str(tmp_path / "demo"), option, "0"])
+    assert code != 0
+    assert f"{option} must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "demo" / "stages").exists()  # refused before any stage ran
