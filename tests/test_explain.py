@@ -3,6 +3,7 @@ torchvision models, scoping, saving, interpretation links, the method protocol a
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -214,6 +215,20 @@ def test_cli_writes_panel_and_json_matching_the_api(fitted_run, tmp_path, capsys
     assert main(["explain", str(run), str(images[0]), "-o", str(out), "--method", "grad_cam", "--target", "class1"]) == 0
     baseline = json.loads((out / "img0.json").read_text())
     assert (baseline["method"], baseline["target_name"], baseline["features"]) == ("grad_cam", "class1", [])
+
+
+def test_cli_writes_into_the_run_by_default_where_the_report_finds_it(fitted_run):
+    from vebi.report import collect_run
+
+    run, data = fitted_run
+    image = str(data / "class1" / "img0.png")
+    assert main(["explain", str(run), image]) == 0
+    assert main(["explain", str(run), image, "--method", "grad_cam"]) == 0
+    assert (run / "explanations" / "img0.json").is_file()
+    assert json.loads((run / "explanations" / "grad_cam" / "img0.json").read_text())["method"] == "grad_cam"
+    views = collect_run(run).explanations
+    assert [(v.image, v.method) for v in views] == [(Path(image).resolve(), "vebi")]
+    assert [name for name, _ in views[0].baselines] == ["grad_cam"]
 
 
 @pytest.mark.parametrize("case", ["method", "image", "target", "run"])

@@ -82,14 +82,13 @@ def stages(cfg: DemoConfig, out: Path) -> list[Stage | Callable[[], Stage]]:
 
     def explain() -> Stage:
         images = _sample_images(test, per_class)
-        args: list[str] = ["explain", str(run), *images, "-o", str(run / "explanations")]
+        args: list[str] = ["explain", str(run), *images]  # into run/explanations, where the report looks
         return Stage("explain", tuple(args), ("fit", "interpret"))
 
     def baselines(name: str) -> Callable[[], Stage]:
         def make() -> Stage:
             images = _sample_images(test, per_class)
-            return Stage(f"explain-{name}", ("explain", str(run), *images, "-m", name,
-                                             "-o", str(run / "explanations" / name)), ("fit",))
+            return Stage(f"explain-{name}", ("explain", str(run), *images, "-m", name), ("fit",))
         return make
 
     return [

@@ -19,7 +19,9 @@ from vebi.errors import VebiError
 def explain_command(
     run: Path = typer.Argument(..., help="run folder with a relevance fit (`vebi collect`, `vebi fit`)"),
     images: list[Path] = typer.Argument(..., help="image files to explain"),
-    out: Path = typer.Option(Path("explanations"), "-o", "--out", help="folder for IMAGE.png panels and IMAGE.json"),
+    out: Path | None = typer.Option(None, "-o", "--out", help="folder for IMAGE.png panels and IMAGE.json "
+                                    "(default: RUN/explanations, RUN/explanations/METHOD for other methods; "
+                                    "where `vebi report RUN` finds them)"),
     method: str = typer.Option("vebi", "--method", "-m", help="vebi, vebi_nofix, or a baseline of vebi.baselines "
                                "(guided_backprop, deconvnet, grad_cam, grad_cam_plus_plus, integrated_gradients, "
                                "activation_map)"),
@@ -42,6 +44,8 @@ def explain_command(
     if top_k < 1 or batch_size < 1:
         raise VebiError("--top-k and --batch-size must be at least 1")
     info = load_run_info(run)
+    if out is None:
+        out = run / "explanations" if method == "vebi" else run / "explanations" / method
     relevance = load_relevance(run)
     dev = resolve_device(device)
     explain_fn = _method(method, relevance, top_k)
