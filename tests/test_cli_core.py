@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from conftest import tiny_cnn
+from vebi.artifacts import load_relevance
 from vebi.cli import main
 
 FACTORY = "conftest:tiny_cnn"  # importable because pytest puts tests/ on sys.path
@@ -28,6 +29,9 @@ def test_collect_fit_layers_end_to_end(make_folder, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "class0:" in out and "relevance (mu=2)" in out
     assert (run / "relevance.json").is_file()
+    spams = load_relevance(run).weights
+    assert main(["fit", str(run), "--mu", "2", "--solver", "torch", "--no-progress"]) == 0
+    torch.testing.assert_close(load_relevance(run).weights, spams, atol=1e-6, rtol=0)  # same problem, other solver
     assert main(["layers", FACTORY]) == 0
     assert "* 1 " in capsys.readouterr().out
 
@@ -41,7 +45,8 @@ def test_grayscale_palette_rgba_images_and_one_channel_model(make_folder, tmp_pa
                  "--model-arg", "in_channels=1"]) == 0
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "corrupt", "layer", "mu", "weights", "empty_class", "model"])
+@pytest.mark.parametrize("case", ["missing", "empty", "corrupt", "layer", "mu", "solver", "weights", "empty_class",
+                                  "model"])
 def test_bad_input_gives_one_clear_line(case, make_folder, tmp_path, capsys):
     data = make_folder(classes=2, per_class=2, size=10)
     run = tmp_path / "run"
@@ -62,6 +67,10 @@ def test_bad_input_gives_one_clear_line(case, make_folder, tmp_path, capsys):
         assert main(args) == 0
         capsys.readouterr()
         args, expect = ["fit", str(run), "--mu", "0"], "mu must be positive"
+    elif case == "solver":
+        assert main(args) == 0
+        capsys.readouterr()
+        args, expect = ["fit", str(run), "--solver", "lars"], "--solver must be one of auto, torch, spams"
     elif case == "weights":
         torch.save(tiny_cnn(num_classes=7).state_dict(), tmp_path / "w.pt")
         args += ["--weights", str(tmp_path / "w.pt")]

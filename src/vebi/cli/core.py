@@ -105,15 +105,24 @@ def collect(
 def fit(
     run: Path = typer.Argument(..., help="run folder written by `vebi collect`"),
     mu: float = typer.Option(10.0, help="L1 budget of each class's weights (sparsity)"),
+    solver: str = typer.Option("auto", help="auto (SPAMS on the CPU when installed, else vebi's own homotopy), "
+                               "spams or torch"),
+    device: str = typer.Option("cpu", "--device", help="where the solver runs: cpu, or cuda / cuda:N / auto "
+                               "for the torch solver on a GPU"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar over the classes"),
 ) -> None:
     """Fit mu-LASSO relevance from the saved statistics (no new pass over the images)."""
     from vebi.artifacts import load_stats, save_relevance
+    from vebi.lasso import SOLVERS
     from vebi.relevance import fit_relevance
 
     if not mu > 0:
         raise VebiError(f"--mu must be positive, not {mu}")
+    if solver not in SOLVERS:
+        raise VebiError(f"--solver must be one of {', '.join(SOLVERS)}, not {solver!r}")
+    dev = resolve_device(device)
     stats = load_stats(run)
-    relevance = fit_relevance(stats, mu)
+    relevance = fit_relevance(stats, mu, solver=solver, device=dev, progress=progress)
     save_relevance(relevance, run)
     for name, count in zip(relevance.class_names, relevance.relevant_counts(), strict=True):
         typer.echo(f"{name}: {count} relevant features")
