@@ -15,7 +15,7 @@ from vebi import distributed, memory
 from vebi.checkpoint import Checkpointer
 from vebi.errors import VebiError
 from vebi.features import FeatureSpace
-from vebi.hooks import forward_hooks, preserved_state
+from vebi.hooks import forward_hooks, preserve_model
 from vebi.layers import LayerSpec, resolve_layers
 from vebi.responses import argmax_yx, as_maps, check_response, normalise, pool
 from vebi.stats import LABEL_MODES, FeatureStats
@@ -104,8 +104,8 @@ def collect(
     if total is None and hasattr(data, "__len__"):
         total = len(data)  # type: ignore[arg-type]
     bar = tqdm(data, total=total, desc="collect", unit="batch", disable=not progress)
-    with preserved_state(model), forward_hooks(model, {n: reader for n in names}), torch.no_grad():
-        model.eval()
+    with (preserve_model(model, freeze=False, no_inplace=False), forward_hooks(model, {n: reader for n in names}),
+          torch.no_grad()):
         for batch in bar:
             images, targets, indices = _unpack(batch, running)
             running += images.shape[0]

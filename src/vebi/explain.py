@@ -37,7 +37,7 @@ from vebi.atomic import atomic_path, write_text
 from vebi.backprop import RuleMap, forward_with_rules, guided_backprop
 from vebi.baselines import ExplainFn, postprocess_gradient, register_method
 from vebi.errors import VebiError
-from vebi.hooks import preserved_state
+from vebi.hooks import preserve_model
 from vebi.relevance import Relevance
 from vebi.responses import responses
 
@@ -213,10 +213,7 @@ class Explainer:
         param = next(self.model.parameters(), None)
         device = param.device if param is not None else images.device
         batch, height, width = images.shape[0], images.shape[-2], images.shape[-1]
-        with preserved_state(self.model):
-            self.model.eval()
-            for p in self.model.parameters():
-                p.requires_grad_(False)
+        with preserve_model(self.model, no_inplace=False):
             fw = forward_with_rules(self.model, images.to(device), self.rules, space.layers)
             logits = fw.output
             if not isinstance(logits, Tensor) or logits.dim() != 2:

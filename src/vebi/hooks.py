@@ -10,19 +10,62 @@ from torch import nn
 
 from vebi.layers import get_module
 
+_HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+)
+
 
 @contextlib.contextmanager
-def preserved_state(model: nn.Module) -> Iterator[nn.Module]:
-    """Restore every module's ``training`` flag and every parameter's ``requires_grad`` on exit."""
-    training = [(m, m.training) for m in model.modules()]
-    grads = [(p, p.requires_grad) for p in model.parameters()]
+def preserve_model(
+    model: nn.Module, *, eval_mode: bool = True, freeze: bool = True, no_inplace: bool = True
+) -> Iterator[nn.Module]:
+    """Run a block on ``model`` and give it back exactly as it was.
+
+    Inside: eval mode (``eval_mode``), parameters with ``requires_grad=False`` (``freeze``; input
+    gradients still flow), ``inplace=False`` on every module that has that flag (``no_inplace``).
+    On exit, also after an exception: every module's training flag, every parameter's
+    ``requires_grad`` and ``.grad`` (the same tensor objects), the in-place flags, and the module hook
+    dictionaries are restored; hooks registered inside the block and not removed are removed.
+    """
+    modules = list(model.modules())
+    params = list(model.parameters())
+    training = [m.training for m in modules]
+    requires = [p.requires_grad for p in params]
+    grads = [p.grad for p in params]
+    inplace = [(m, m.inplace) for m in modules if isinstance(getattr(m, "inplace", None), bool)]
+    hook_keys = [{name: set(getattr(m, name, {}).keys()) for name in _HOOK_DICTS} for m in modules]
+    full_backward = [getattr(m, "_is_full_backward_hook", None) for m in modules]
     try:
+        if eval_mode:
+            model.eval()
+        if freeze:
+            for p in params:
+                p.requires_grad_(False)
+        if no_inplace:
+            for m, _ in inplace:
+                m.inplace = False
         yield model
     finally:
-        for m, flag in training:
+        for m, keys, flag, full in zip(modules, hook_keys, training, full_backward):
+            for name, before in keys.items():
+                hooks = getattr(m, name, None)
+                if hooks is not None:
+                    for key in [k for k in hooks if k not in before]:
+                        del hooks[key]
             m.training = flag
-        for p, flag in grads:
+            if hasattr(m, "_is_full_backward_hook"):
+                m._is_full_backward_hook = full
+        for p, flag, grad in zip(params, requires, grads):
             p.requires_grad_(flag)
+            p.grad = grad
+        for m, flag in inplace:
+            m.inplace = flag
 
 
 @contextlib.contextmanager

@@ -114,7 +114,7 @@ def first_conv_in_channels(model: nn.Module) -> int:
 
 def list_layers(model: nn.Module, example_input: torch.Tensor | None = None) -> list[LayerInfo]:
     """Every named module with its type and default flag; output shapes when an example input is given."""
-    from vebi.hooks import preserved_state
+    from vebi.hooks import preserve_model
 
     defaults = set(default_layers(model))
     shapes: dict[str, tuple[int, ...]] = {}
@@ -127,8 +127,7 @@ def list_layers(model: nn.Module, example_input: torch.Tensor | None = None) -> 
                     shapes.setdefault(name, tuple(out.shape[1:]))
             return hook
 
-        with preserved_state(model):
-            model.eval()
+        with preserve_model(model, freeze=False, no_inplace=False):
             try:
                 for name, module in model.named_modules():
                     if name:

@@ -107,12 +107,11 @@ def _vebi(model, images, target, relevance, top_k, stride_fix, *, interpretation
 def _baseline(model, images, target, relevance, name, fn) -> list[dict]:
     import torch
 
-    from vebi.hooks import preserved_state
+    from vebi.hooks import preserve_model
 
     param = next(model.parameters(), None)
     device = param.device if param is not None else images.device
-    with preserved_state(model), torch.no_grad():
-        model.eval()
+    with preserve_model(model, freeze=False, no_inplace=False), torch.no_grad():
         probs = model(images.to(device)).float().softmax(dim=1).cpu()
     predicted = probs.argmax(dim=1)
     if target is None and probs.shape[1] != relevance.num_classes:

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from vebi.baselines import preserve_model
+from vebi.hooks import preserve_model
 from vebi.errors import VebiError
 from vebi.layers import get_module
 

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.transforms.functional import gaussian_blur
 
-from vebi.baselines import preserve_model
+from vebi.hooks import preserve_model
 from vebi.errors import VebiError
 from vebi.evaluate.metrics import Estimate, estimate
 

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from vebi.baselines import preserve_model
+from vebi.hooks import preserve_model
 from vebi.errors import VebiError
 from vebi.evaluate.ablation import AblationResult, UnionAblationResult, ablation_curves, union_ablation
 from vebi.evaluate.faithfulness import DeletionInsertion, FaithfulnessResult
