@@ -288,7 +288,7 @@ def stride_fixed_conv_input_grad(
     ho, wo = g.shape[-2:]
     if groups == 1 and weight.shape[1] <= _POLYPHASE_MAX_IN:
         gx = _polyphase_transposed_conv(g, stride_fix_kernel(weight, (sh, sw), (dh, dw)), (sh, sw))
-        gx = gx[..., ph:ph + h, pw:pw + w]
+        gx = gx.narrow(-2, ph, h).narrow(-1, pw, w)
     else:
         y = F.conv_transpose2d(g, weight, None, (sh, sw), 0, 0, groups, (dh, dw))
         # y_pad[j] = y[j - (s - 1)], long enough for the last window (rows p + s - 1 + h - 1)
@@ -297,11 +297,11 @@ def stride_fixed_conv_input_grad(
     extra_h, extra_w = ho * sh - h1, wo * sw - w1
     if extra_h > 0:  # rows h1 .. ho*sh-1 of the upsampled signal: copies of the last row of cells
         band = g[..., -1:, :].expand(*g.shape[:-2], extra_h, wo).repeat_interleave(sw, dim=-1)
-        corr = F.conv_transpose2d(band, weight, None, 1, (0, pw), 0, groups, (dh, dw))[..., :w]
+        corr = F.conv_transpose2d(band, weight, None, 1, (0, pw), 0, groups, (dh, dw)).narrow(-1, 0, w)
         _subtract_rows(gx, corr, h1 - ph)
     if extra_w > 0:  # columns w1 .. wo*sw-1, rows 0 .. h1-1
-        band = g[..., -1:].expand(*g.shape[:-1], extra_w).repeat_interleave(sh, dim=-2)[..., :h1, :]
-        corr = F.conv_transpose2d(band, weight, None, 1, (ph, 0), 0, groups, (dh, dw))[..., :h, :]
+        band = g[..., -1:].expand(*g.shape[:-1], extra_w).repeat_interleave(sh, dim=-2).narrow(-2, 0, h1)
+        corr = F.conv_transpose2d(band, weight, None, 1, (ph, 0), 0, groups, (dh, dw)).narrow(-2, 0, h)
         _subtract_rows(gx.transpose(-1, -2), corr.transpose(-1, -2), w1 - pw)
     return gx
 
