@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from vebi.errors import VebiError
 from vebi.hooks import preserve_model
 from vebi.layers import get_module
+from vebi.models import model_device, model_dtype
 
 if TYPE_CHECKING:
     from vebi.relevance import Relevance
@@ -94,16 +95,6 @@ def postprocess_gradient(attributions: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------- model scope
 
 
-def _device(model: nn.Module, fallback: torch.device) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else fallback
-
-
-def _dtype(model: nn.Module, fallback: torch.dtype) -> torch.dtype:
-    param = next(model.parameters(), None)
-    return param.dtype if param is not None and param.is_floating_point() else fallback
-
-
 def _check_inputs(images: Tensor, target: Tensor) -> None:
     if not isinstance(images, Tensor) or images.dim() != 4 or not images.is_floating_point():
         shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
@@ -118,8 +109,8 @@ def _check_inputs(images: Tensor, target: Tensor) -> None:
 def _inputs(model: nn.Module, images: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     """A private copy of the images on the model's device (requires grad) and the target there."""
     _check_inputs(images, target)
-    device = _device(model, images.device)
-    x = images.detach().to(device, _dtype(model, images.dtype), copy=True).requires_grad_(True)
+    device = model_device(model, images.device)
+    x = images.detach().to(device, model_dtype(model, images.dtype), copy=True).requires_grad_(True)
     return x, target.detach().to(device, torch.long)
 
 
@@ -218,7 +209,7 @@ def default_cam_layer(model: nn.Module, images: Tensor) -> str:
         if name and not isinstance(module, _RESAMPLING):
             handles.append(module.register_forward_hook(hook(name)))
     try:
-        x = images[:1].detach().to(_device(model, images.device), _dtype(model, images.dtype))
+        x = images[:1].detach().to(model_device(model, images.device), model_dtype(model, images.dtype))
         with preserve_model(model), torch.no_grad():
             model(x)
     finally:
@@ -302,8 +293,8 @@ def activation_map(relevance: Relevance, *, top_k: int = 3) -> ExplainFn:
                 f"{len(relevance.class_names)} classes"
             )
         space = relevance.space
-        device = _device(model, images.device)
-        x = images.detach().to(device, _dtype(model, images.dtype))
+        device = model_device(model, images.device)
+        x = images.detach().to(device, model_dtype(model, images.dtype))
         with preserve_model(model), torch.no_grad(), capture_outputs(model, list(space.layers)) as acts:
             model(x)
             activations = dict(acts)

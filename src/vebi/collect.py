@@ -17,15 +17,9 @@ from vebi.errors import VebiError
 from vebi.features import FeatureSpace
 from vebi.hooks import forward_hooks, preserve_model
 from vebi.layers import LayerSpec, resolve_layers
+from vebi.models import model_device
 from vebi.responses import argmax_yx, as_maps, check_response, normalise, pool
 from vebi.stats import LABEL_MODES, FeatureStats
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """Device of the model's first parameter or buffer (CPU for a parameter-free model)."""
-    for t in (*model.parameters(), *model.buffers()):
-        return t.device
-    return torch.device("cpu")
 
 
 def _unpack(batch: Any, running: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

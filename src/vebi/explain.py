@@ -38,6 +38,7 @@ from vebi.backprop import RuleMap, forward_with_rules, guided_backprop
 from vebi.baselines import ExplainFn, postprocess_gradient, register_method
 from vebi.errors import VebiError
 from vebi.hooks import preserve_model
+from vebi.models import model_device
 from vebi.relevance import Relevance
 from vebi.responses import responses
 
@@ -210,8 +211,7 @@ class Explainer:
             shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
             raise VebiError(f"images must be a float tensor (B, C, H, W), got {shape}")
         space, k = self.relevance.space, self.top_k
-        param = next(self.model.parameters(), None)
-        device = param.device if param is not None else images.device
+        device = model_device(self.model, images.device)
         batch, height, width = images.shape[0], images.shape[-2], images.shape[-1]
         with preserve_model(self.model, no_inplace=False):
             fw = forward_with_rules(self.model, images.to(device), self.rules, space.layers)

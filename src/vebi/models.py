@@ -22,6 +22,21 @@ from torch import nn
 from vebi.errors import VebiError
 
 
+def model_device(model: nn.Module, fallback: torch.device | str = "cpu") -> torch.device:
+    """Device of the model's first parameter or buffer (``fallback`` for a model with neither)."""
+    for t in (*model.parameters(), *model.buffers()):
+        return t.device
+    return torch.device(fallback)
+
+
+def model_dtype(model: nn.Module, fallback: torch.dtype = torch.float32) -> torch.dtype:
+    """Dtype of the model's first floating parameter or buffer (``fallback`` for a model with neither)."""
+    for t in (*model.parameters(), *model.buffers()):
+        if t.is_floating_point():
+            return t.dtype
+    return fallback
+
+
 def parse_model_args(items: list[str] | None) -> dict[str, Any]:
     """``["num_classes=6", "stride=4"]`` -> keyword arguments (values parsed as JSON when possible)."""
     out: dict[str, Any] = {}

@@ -108,9 +108,9 @@ def _baseline(model, images, target, relevance, name, fn) -> list[dict]:
     import torch
 
     from vebi.hooks import preserve_model
+    from vebi.models import model_device
 
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else images.device
+    device = model_device(model, images.device)
     with preserve_model(model, freeze=False, no_inplace=False), torch.no_grad():
         probs = model(images.to(device)).float().softmax(dim=1).cpu()
     predicted = probs.argmax(dim=1)

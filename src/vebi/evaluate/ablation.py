@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from vebi.hooks import preserve_model
 from vebi.errors import VebiError
 from vebi.layers import get_module
+from vebi.models import model_device, model_dtype
 
 FeatureKey = tuple[str, int]
 
@@ -129,9 +130,7 @@ def class_accuracies(
     One pass over ``data``; each batch is forwarded once per feature set with that set ablated.
     """
     sets = [feature_keys(s) for s in feature_sets]
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    dtype = param.dtype if param is not None else torch.float32
+    device, dtype = model_device(model), model_dtype(model)
     correct = torch.zeros(len(sets), num_classes, dtype=torch.int64)
     totals = torch.zeros(num_classes, dtype=torch.int64)
     total_batches = len(data) if hasattr(data, "__len__") else None  # type: ignore[arg-type]

@@ -35,6 +35,7 @@ from torchvision.transforms.functional import gaussian_blur
 from vebi.hooks import preserve_model
 from vebi.errors import VebiError
 from vebi.evaluate.metrics import Estimate, estimate
+from vebi.models import model_device, model_dtype
 
 BASELINES: tuple[str, ...] = ("blur", "mean", "zero")
 
@@ -74,12 +75,6 @@ def curve_auc(curves: Tensor) -> Tensor:
     return (curves.sum(dim=1) - (curves[:, 0] + curves[:, -1]) / 2) / k
 
 
-def _model_device_dtype(model: nn.Module, images: Tensor) -> tuple[torch.device, torch.dtype]:
-    param = next(model.parameters(), None)
-    if param is None:
-        return images.device, images.dtype
-    return param.device, param.dtype
-
 
 def perturbation_curves(
     model: nn.Module,
@@ -111,7 +106,7 @@ def perturbation_curves(
         raise VebiError(f"target must be an integer tensor of shape ({b},), got {tuple(target.shape)}")
     if steps < 1:
         raise VebiError(f"steps must be >= 1, got {steps}")
-    device, dtype = _model_device_dtype(model, images)
+    device, dtype = model_device(model, images.device), model_dtype(model, images.dtype)
     x = images.detach().to(device=device, dtype=dtype)
     removed = baseline_images(x, deletion_baseline, sigma=sigma)
     start = baseline_images(x, insertion_baseline, sigma=sigma)

@@ -55,16 +55,21 @@ __all__ = [
 # ----------------------------------------------------------------------------- per-image functions
 
 
+def _maps(x: Tensor, what: str) -> Tensor:
+    """(B, H, W) or (B, 1, H, W) -> detached (B, H, W); a clear error naming ``what`` otherwise."""
+    if not isinstance(x, Tensor):
+        raise VebiError(f"{what} must be a tensor, got {type(x).__name__}")
+    x = x.detach()
+    if x.dim() == 4 and x.shape[1] == 1:
+        x = x[:, 0]
+    if x.dim() != 3:
+        raise VebiError(f"{what} must be (B, H, W) or (B, 1, H, W), got {tuple(x.shape)}")
+    return x
+
+
 def normalize_heatmaps(heatmaps: Tensor) -> Tensor:
     """(B, H, W) or (B, 1, H, W) finite maps -> (B, H, W) float64, per-image min-max (constant -> 0)."""
-    if not isinstance(heatmaps, Tensor):
-        raise VebiError(f"heatmaps must be a tensor, got {type(heatmaps).__name__}")
-    h = heatmaps.detach()
-    if h.dim() == 4 and h.shape[1] == 1:
-        h = h[:, 0]
-    if h.dim() != 3:
-        raise VebiError(f"heatmaps must be (B, H, W) or (B, 1, H, W), got {tuple(heatmaps.shape)}")
-    h = h.to(torch.float64)
+    h = _maps(heatmaps, "heatmaps").to(torch.float64)
     if not torch.isfinite(h).all():
         raise VebiError("heatmaps contain NaN or infinite values")
     return minmax(h)
@@ -75,13 +80,7 @@ def binarize_masks(masks: Tensor, size: tuple[int, ...] | None = None) -> Tensor
 
     ``size`` (B, H, W), when given, must match.
     """
-    if not isinstance(masks, Tensor):
-        raise VebiError(f"masks must be a tensor, got {type(masks).__name__}")
-    m = masks.detach()
-    if m.dim() == 4 and m.shape[1] == 1:
-        m = m[:, 0]
-    if m.dim() != 3:
-        raise VebiError(f"masks must be (B, H, W) or (B, 1, H, W), got {tuple(masks.shape)}")
+    m = _maps(masks, "masks")
     if size is not None and tuple(m.shape) != tuple(size):
         raise VebiError(f"masks of shape {tuple(m.shape)} do not match heatmaps of shape {tuple(size)}")
     if m.dtype == torch.bool:

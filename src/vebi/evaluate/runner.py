@@ -48,6 +48,7 @@ from vebi.errors import VebiError
 from vebi.evaluate.ablation import AblationResult, UnionAblationResult, ablation_curves, union_ablation
 from vebi.evaluate.faithfulness import DeletionInsertion, FaithfulnessResult
 from vebi.evaluate.metrics import DEFAULT_THRESHOLDS, Localization, LocalizationResult
+from vebi.models import model_device
 
 __all__ = ["EvaluationResult", "MethodScores", "default_methods", "evaluate_run", "resolve_split"]
 
@@ -364,8 +365,7 @@ def evaluate_run(
     stats = load_stats(run)
     if model is None:
         model = build_model(info["model"])
-    param = next(model.parameters(), None)
-    dev = torch.device(device) if device is not None else (param.device if param is not None else torch.device("cpu"))
+    dev = torch.device(device) if device is not None else model_device(model)
     model = model.to(dev)
 
     images_root = resolve_split(data, split)
