@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from vebi.an8flower import SINGLE_6C, VARIANTS, DatasetConfig, generate
-from vebi.train import TrainConfig, train
+from vebi.an8flower.train import TrainConfig, train
 
 
 def throughput(images: int, workers: int, size: int) -> tuple[float, float]:

@@ -1,6 +1,6 @@
 """Collection overhead and memory.
 
-(a) time of `vebi.collect` over a fixed set of batches divided by a plain `torch.no_grad()`
+(a) time of `vebi.core.collect` over a fixed set of batches divided by a plain `torch.no_grad()`
     forward over the same batches (torchvision VGG-11, weights=None, 64 x 64, batch 32),
     interleaved repeats, median ratio (target <= 1.15);
 (c) peak resident memory of a collection pass over N = 2,000 and N = 20,000 images, each in a
@@ -22,7 +22,7 @@ import time
 import torch
 import torchvision
 
-from vebi.collect import collect
+from vebi.core.collect import collect
 
 
 def _vgg11() -> torch.nn.Module:

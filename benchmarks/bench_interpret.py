@@ -6,7 +6,7 @@ made up for a small CNN (two layers, receptive fields 14 and 32 px): for each of
 with random maximum locations. The table compares
 
     load:      dataset[i] once for every image some feature needs (PNG decode + to tensor)
-    interpret: vebi.interpret over the same statistics and dataset (crops, resize, averages)
+    interpret: vebi.interpretation.crops over the same statistics and dataset (crops, resize, averages)
 
 interleaved repeats, median ratios of wall-clock and of process CPU time (target <= 2; the
 CPU-time ratio is the steadier one on a shared machine).
@@ -28,11 +28,11 @@ from PIL import Image
 from torch import nn
 
 from vebi.data import image_folder
-from vebi.features import FeatureSpace
-from vebi.interpret import interpret
-from vebi.receptive import receptive_fields
-from vebi.relevance import Relevance
-from vebi.stats import FeatureStats
+from vebi.core.features import FeatureSpace
+from vebi.interpretation.crops import interpret
+from vebi.interpretation.receptive import receptive_fields
+from vebi.core.relevance import Relevance
+from vebi.core.stats import FeatureStats
 
 CLASSES, PER_CLASS, TOP_K, SIDE = 6, 20, 100, 112
 

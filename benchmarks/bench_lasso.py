@@ -24,7 +24,7 @@ import time
 import numpy as np
 import torch
 
-from vebi.lasso import _spams_verified, solve_mu_lasso
+from vebi.core.lasso import _spams_verified, solve_mu_lasso
 
 VGG16 = (64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512)
 SMALL = (64, 64, 128, 256)

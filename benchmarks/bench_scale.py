@@ -32,9 +32,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from vebi.distributed import reduce_stats
-from vebi.features import FeatureSpace
-from vebi.stats import FeatureStats
+from vebi.core.distributed import reduce_stats
+from vebi.core.features import FeatureSpace
+from vebi.core.stats import FeatureStats
 
 ILSVRC12_TRAIN = 1_281_167
 

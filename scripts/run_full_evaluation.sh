@@ -44,7 +44,7 @@ info = json.load(open(sys.argv[1]))
 print(" ".join(f"--model-arg {k}={json.dumps(v)}" for k, v in info["model_args"].items()))' "$RUN/model/model.json")
   if todo "$RUN/stats.json"; then
     # shellcheck disable=SC2086
-    $VEBI collect vebi.nets:an8net "$DATA/images/train" -o "$RUN" --weights "$RUN/model/model.pt" $MODEL_ARGS
+    $VEBI collect vebi.an8flower.net:an8net "$DATA/images/train" -o "$RUN" --weights "$RUN/model/model.pt" $MODEL_ARGS
   fi
   if todo "$RUN/relevance.json"; then
     $VEBI fit "$RUN" --mu 5

@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from vebi.atomic import atomic_path
+from vebi.io.atomic import atomic_path
 from vebi.errors import VebiError
 from vebi.report import build_report
 from vebi.report.browser import chromium

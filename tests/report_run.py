@@ -1,8 +1,8 @@
 """A tiny but complete run folder for the report tests (and scripts/screenshot_report.py).
 
 Statistics come from a real ``collect`` of a seeded tiny CNN over generated images; the
-relevance has hand-set weights (so counts are known); interpretations (``vebi.interpret``) and
-explanations (``vebi.explain``, ``vebi.baselines``) are real; evaluation files are written here
+relevance has hand-set weights (so counts are known); interpretations (``vebi.interpretation.crops``) and
+explanations (``vebi.explanation.explainer``, ``vebi.methods.baselines``) are real; evaluation files are written here
 in the format ``vebi.report.collect_run`` documents, with small generated PNGs.
 """
 
@@ -19,13 +19,13 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from conftest import tiny_cnn
-from vebi.artifacts import save_relevance, save_run_info, save_stats
-from vebi.baselines import build_method
-from vebi.collect import collect
+from vebi.io.artifacts import save_relevance, save_run_info, save_stats
+from vebi.methods.baselines import build_method
+from vebi.core.collect import collect
 from vebi.data import image_folder, image_transform, load_image
-from vebi.explain import Explainer
-from vebi.interpret import interpret, save_interpretations
-from vebi.relevance import Relevance
+from vebi.explanation.explainer import Explainer
+from vebi.interpretation.crops import interpret, save_interpretations
+from vebi.core.relevance import Relevance
 
 LAYERS = ("1", "4")  # the two ReLUs of tiny_cnn: 4 + 6 channels, m = 10
 # (feature index, class index, weight); features 0-3 are layer "1", 4-9 layer "4"

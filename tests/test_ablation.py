@@ -8,8 +8,8 @@ from torch import nn
 
 from vebi.errors import VebiError
 from vebi.evaluate.ablation import ablate, ablation_curves, class_accuracies, union_ablation
-from vebi.features import Feature
-from vebi.relevance import RelevantFeature
+from vebi.core.features import Feature
+from vebi.core.relevance import RelevantFeature
 
 
 def _state(model: nn.Module) -> dict:

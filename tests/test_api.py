@@ -1,12 +1,30 @@
 import importlib
+import subprocess
+import sys
+from importlib.metadata import version
 
 import vebi
 
 
 def test_public_api_names_resolve_to_functions_not_modules():
-    importlib.import_module("vebi.collect")  # a later submodule import must not shadow the function
-    importlib.import_module("vebi.interpret")
+    for module in ("vebi.core.collect", "vebi.interpretation.crops", "vebi.explanation.explainer"):
+        importlib.import_module(module)  # a later submodule import must not shadow an exported name
     for name in vebi.__all__:
         assert getattr(vebi, name) is not None, name
     assert callable(vebi.collect) and callable(vebi.interpret) and callable(vebi.fit_relevance)
-    assert vebi.collect.__module__ == "vebi.collect" and vebi.interpret.__module__ == "vebi.interpret"
+    assert vebi.collect.__module__ == "vebi.core.collect"
+    assert vebi.interpret.__module__ == "vebi.interpretation.crops"
+
+
+def test_version_comes_from_package_metadata():
+    assert vebi.__version__ == version("vebi")
+
+
+def test_vebi_error_is_a_value_error():
+    assert issubclass(vebi.VebiError, ValueError)
+
+
+def test_importing_vebi_does_not_import_torch():
+    code = "import sys, vebi; vebi.VebiError; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from conftest import tiny_cnn
-from vebi.artifacts import load_relevance, load_stats, save_relevance, save_stats
-from vebi.collect import collect
+from vebi.io.artifacts import load_relevance, load_stats, save_relevance, save_stats
+from vebi.core.collect import collect
 from vebi.errors import VebiError
-from vebi.relevance import Relevance
+from vebi.core.relevance import Relevance
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from vebi import backprop as bp
-from vebi.baselines import postprocess_gradient
+from vebi.explanation import backward as bp
+from vebi.methods.baselines import postprocess_gradient
 from vebi.errors import VebiError
 
 

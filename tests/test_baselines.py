@@ -9,7 +9,7 @@ import torch
 import torchvision
 from torch import nn
 
-from vebi.baselines import (
+from vebi.methods.baselines import (
     METHODS,
     activation_map,
     build_method,
@@ -24,8 +24,8 @@ from vebi.baselines import (
     postprocess_gradient,
 )
 from vebi.errors import VebiError
-from vebi.features import FeatureSpace
-from vebi.relevance import Relevance
+from vebi.core.features import FeatureSpace
+from vebi.core.relevance import Relevance
 
 # ----------------------------------------------------------------------------- helpers
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from vebi.artifacts import STATS_TENSORS, load_stats
-from vebi.checkpoint import Checkpointer
+from vebi.io.artifacts import STATS_TENSORS, load_stats
+from vebi.io.checkpoint import Checkpointer
 from vebi.cli import main
-from vebi.collect import collect_dataset
+from vebi.core.collect import collect_dataset
 from vebi.errors import VebiError
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from conftest import tiny_cnn
-from vebi.artifacts import load_relevance
+from vebi.io.artifacts import load_relevance
 from vebi.cli import main
 
 FACTORY = "conftest:tiny_cnn"  # importable because pytest puts tests/ on sys.path

@@ -4,7 +4,7 @@ import torchvision
 from torch import nn
 
 from conftest import tiny_cnn
-from vebi.collect import collect
+from vebi.core.collect import collect
 from vebi.errors import VebiError
 
 

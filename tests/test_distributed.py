@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
-from vebi.artifacts import load_stats
+from vebi.io.artifacts import load_stats
 from vebi.cli import main
-from vebi.distributed import Dist, shard
+from vebi.core.distributed import Dist, shard
 from vebi.errors import VebiError
 
 NET = f"{Path(__file__).parent / '_scale_net.py'}:net"

@@ -17,14 +17,14 @@ import torch
 from PIL import Image
 
 from conftest import tiny_cnn
-from vebi.artifacts import save_relevance, save_run_info, save_stats
-from vebi.baselines import METHODS, register_method
+from vebi.io.artifacts import save_relevance, save_run_info, save_stats
+from vebi.methods.baselines import METHODS, register_method
 from vebi.cli import main
-from vebi.collect import collect
+from vebi.core.collect import collect
 from vebi.data import image_folder
 from vebi.evaluate.output import format_summary, write_evaluation
 from vebi.evaluate.runner import _balanced_subset, default_methods, evaluate_run
-from vebi.relevance import Relevance
+from vebi.core.relevance import Relevance
 
 CLASSES = ("blue", "green", "red")  # ImageFolder order; colour channel 2, 1, 0
 CHANNEL = {"red": 0, "green": 1, "blue": 2}

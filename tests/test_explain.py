@@ -11,14 +11,14 @@ import torchvision
 from PIL import Image
 from torch import nn
 
-from vebi.baselines import build_method
+from vebi.methods.baselines import build_method
 from vebi.cli import main
 from vebi.errors import VebiError
-from vebi.explain import Explainer, load_explanation
-from vebi.features import FeatureSpace
+from vebi.explanation.explainer import Explainer, load_explanation
+from vebi.core.features import FeatureSpace
 from vebi.hooks import capture_outputs
 from vebi.layers import default_layers
-from vebi.relevance import Relevance
+from vebi.core.relevance import Relevance
 
 FACTORY = "conftest:tiny_cnn"
 
@@ -114,7 +114,7 @@ def test_save_and_load_round_trip(tmp_path):
 
 
 def test_interpretation_images_are_linked(tmp_path):
-    from vebi.interpret import FeatureInterpretation, Interpretation, save_interpretations
+    from vebi.interpretation.crops import FeatureInterpretation, Interpretation, save_interpretations
 
     def feature(index: int, value: float) -> FeatureInterpretation:
         return FeatureInterpretation(index, "1", index, 1.0, (1, 1), torch.full((3, 4, 4), value),
@@ -193,7 +193,7 @@ def fitted_run(make_folder, tmp_path):
 
 def test_cli_writes_panel_and_json_matching_the_api(fitted_run, tmp_path, capsys):
     from conftest import tiny_cnn
-    from vebi.artifacts import load_relevance
+    from vebi.io.artifacts import load_relevance
     from vebi.data import image_transform, load_image
 
     run, data = fitted_run

@@ -11,11 +11,11 @@ from PIL import Image
 from torch import nn
 
 from vebi.errors import VebiError
-from vebi.features import FeatureSpace
-from vebi.interpret import Interpretation, grid_file, interpret, load_interpretations, save_interpretations
-from vebi.receptive import ReceptiveField
-from vebi.relevance import Relevance
-from vebi.stats import FeatureStats
+from vebi.core.features import FeatureSpace
+from vebi.interpretation.crops import Interpretation, grid_file, interpret, load_interpretations, save_interpretations
+from vebi.interpretation.receptive import ReceptiveField
+from vebi.core.relevance import Relevance
+from vebi.core.stats import FeatureStats
 
 # --------------------------------------------------------------------------- hand-made statistics
 
@@ -247,8 +247,8 @@ def _trained_net(data: _Planted) -> nn.Module:
 
 
 def test_planted_colour_square_appears_at_centre_of_top_feature_average():
-    from vebi.collect import collect
-    from vebi.relevance import fit_relevance
+    from vebi.core.collect import collect
+    from vebi.core.relevance import fit_relevance
 
     data = _Planted(per_class=40)
     net = _trained_net(data)

@@ -8,9 +8,9 @@ import pytest
 import spams
 import torch
 
-import vebi.lasso as lasso
+import vebi.core.lasso as lasso
 from vebi.errors import VebiError
-from vebi.lasso import solve_mu_lasso
+from vebi.core.lasso import solve_mu_lasso
 
 SOLVERS = ("torch", "torch-sets", "spams")
 

@@ -5,11 +5,11 @@ import torch
 
 from conftest import tiny_cnn
 from vebi.cli import main
-from vebi.collect import collect
+from vebi.core.collect import collect
 from vebi.errors import VebiError
-from vebi.features import FeatureSpace
-from vebi.memory import ENV_BUDGET, estimate, parse_size
-from vebi.stats import FeatureStats
+from vebi.core.features import FeatureSpace
+from vebi.core.memory import ENV_BUDGET, estimate, parse_size
+from vebi.core.stats import FeatureStats
 
 
 @pytest.mark.parametrize("gram_dtype", [torch.float64, torch.float32])

@@ -11,7 +11,7 @@ import torchvision
 from torch import nn
 
 from vebi.errors import VebiError
-from vebi.receptive import ReceptiveField, receptive_field, receptive_fields
+from vebi.interpretation.receptive import ReceptiveField, receptive_field, receptive_fields
 
 
 def _field(model: nn.Module, layer: str, **kw) -> tuple:

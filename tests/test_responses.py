@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from vebi.collect import collect
+from vebi.core.collect import collect
 from vebi.errors import VebiError
-from vebi.features import FeatureSpace
-from vebi.responses import argmax_yx, normalise, pool, responses
+from vebi.core.features import FeatureSpace
+from vebi.core.responses import argmax_yx, normalise, pool, responses
 
 
 def test_pool_kinds_hand_computed():

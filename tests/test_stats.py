@@ -2,10 +2,10 @@ import pytest
 import torch
 
 from conftest import tiny_cnn
-from vebi.collect import collect
+from vebi.core.collect import collect
 from vebi.errors import VebiError
-from vebi.features import FeatureSpace
-from vebi.stats import FeatureStats, merge_topk
+from vebi.core.features import FeatureSpace
+from vebi.core.stats import FeatureStats, merge_topk
 
 
 def _batches(images, labels, batch_size, offset=0):
@@ -62,7 +62,7 @@ def test_gram_and_cross_are_the_definitions(data):
     images, labels = data
     model = tiny_cnn()
     from vebi.hooks import capture_outputs
-    from vebi.responses import responses
+    from vebi.core.responses import responses
 
     stats = collect(model, _batches(images, labels, 16), top_k=3, progress=False)
     with capture_outputs(model, stats.space.layers) as acts, torch.no_grad():

@@ -3,9 +3,9 @@
 import torch
 
 from conftest import tiny_cnn
-from vebi.collect import collect
-from vebi.features import FeatureSpace
-from vebi.stats import FeatureStats
+from vebi.core.collect import collect
+from vebi.core.features import FeatureSpace
+from vebi.core.stats import FeatureStats
 
 
 def test_collection_reads_nothing_back_from_the_device():

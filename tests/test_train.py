@@ -12,8 +12,8 @@ from vebi.an8flower import SINGLE_6C, DatasetConfig, generate
 from vebi.cli import main
 from vebi.errors import VebiError
 from vebi.models import load_model
-from vebi.nets import An8Net, an8net
-from vebi.train import TrainConfig, augment, load_folder, load_trained, train
+from vebi.an8flower.net import An8Net, an8net
+from vebi.an8flower.train import TrainConfig, augment, load_folder, load_trained, train
 
 SMALL = TrainConfig(epochs=25, batch_size=32, width=16, first_stride=2, seed=0)
 
@@ -68,7 +68,7 @@ def test_trainer_reaches_high_accuracy_and_saves_a_loadable_model(flowers, tmp_p
     assert result.test_accuracy >= 0.9, result.history
     assert result.class_names == SINGLE_6C.class_names
     info = json.loads(result.info_path.read_text())
-    assert info["factory"] == "vebi.nets:an8net"
+    assert info["factory"] == "vebi.an8flower.net:an8net"
     assert info["model_args"] == {"num_classes": 6, "width": 16, "first_stride": 2, "first_kernel": 7, "batch_norm": True}
     assert info["input_size"] == [40, 40] and info["test_images"] == 120 and info["train_images"] == 360
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import typer
 
-from vebi.atomic import write_text
+from vebi.io.atomic import write_text
 from vebi.errors import VebiError
 
 BASELINES: tuple[str, ...] = ("grad_cam", "grad_cam_plus_plus", "guided_backprop", "activation_map")

@@ -1,5 +1,8 @@
 """The one exception type vebi raises for bad input; the CLI turns it into one line and exit 2."""
 
 
-class VebiError(Exception):
-    """A problem with the user's input (file, value, model, data) described in one sentence."""
+class VebiError(ValueError):
+    """A problem with the user's input (file, value, model, data) described in one sentence.
+
+    A ``ValueError``, so callers that already catch bad values catch it too.
+    """

@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 from scipy.ndimage import binary_erosion
 
 from vebi.an8flower.dataset import load_mask, read_manifest
-from vebi.atomic import atomic_path
+from vebi.io.atomic import atomic_path
 from vebi.errors import VebiError
 
 LABEL_WIDTH = 150

@@ -32,7 +32,7 @@ from vebi.an8flower.meshes import PARTS
 from vebi.an8flower.render import PART_LABELS, render
 from vebi.an8flower.scene import RenderParams, sample_params
 from vebi.an8flower.variants import Variant, variant_from_dict
-from vebi.atomic import atomic_path, write_text
+from vebi.io.atomic import atomic_path, write_text
 from vebi.errors import VebiError
 
 FORMAT = "vebi-an8flower"

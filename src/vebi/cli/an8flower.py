@@ -61,15 +61,15 @@ def train(
     threads: int | None = typer.Option(None, help="torch CPU threads (default: torch's); 1 is fastest on a busy machine"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
-    """Train the small VGG-style CNN (vebi.nets:an8net) and report its test accuracy."""
+    """Train the small VGG-style CNN (vebi.an8flower.net:an8net) and report its test accuracy."""
     import json
 
-    from vebi.train import TrainConfig, model_args
-    from vebi.train import train as run_training
+    from vebi.an8flower.train import TrainConfig, model_args
+    from vebi.an8flower.train import train as run_training
 
     config = TrainConfig(epochs, batch_size, lr, weight_decay, shift, seed, width, first_stride, first_kernel, batch_norm)
     result = run_training(data, out, config, device=resolve_device(device), threads=threads, progress=progress)
     used = model_args(config, len(result.class_names))
     args = " ".join(f"--model-arg {k}={json.dumps(v)}" for k, v in used.items())
     typer.echo(f"test accuracy {result.test_accuracy:.4f}  train accuracy {result.train_accuracy:.4f}  ({result.seconds:.0f} s)")
-    typer.echo(f"model: vebi.nets:an8net --weights {result.model_path} {args}")
+    typer.echo(f"model: vebi.an8flower.net:an8net --weights {result.model_path} {args}")

@@ -69,9 +69,9 @@ def collect(
     """
     import torch
 
-    from vebi import distributed
-    from vebi.artifacts import model_fingerprint, save_run_info, save_stats
-    from vebi.collect import collect_dataset
+    from vebi.core import distributed
+    from vebi.io.artifacts import model_fingerprint, save_run_info, save_stats
+    from vebi.core.collect import collect_dataset
 
     if batch_size < 1 or top_k < 1 or checkpoint_every < 0:
         raise VebiError("--batch-size and --top-k must be at least 1, --checkpoint-every at least 0")
@@ -112,9 +112,9 @@ def fit(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar over the classes"),
 ) -> None:
     """Fit mu-LASSO relevance from the saved statistics (no new pass over the images)."""
-    from vebi.artifacts import load_stats, save_relevance
-    from vebi.lasso import SOLVERS
-    from vebi.relevance import fit_relevance
+    from vebi.io.artifacts import load_stats, save_relevance
+    from vebi.core.lasso import SOLVERS
+    from vebi.core.relevance import fit_relevance
 
     if not mu > 0:
         raise VebiError(f"--mu must be positive, not {mu}")

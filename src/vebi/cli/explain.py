@@ -22,7 +22,7 @@ def explain_command(
     out: Path | None = typer.Option(None, "-o", "--out", help="folder for IMAGE.png panels and IMAGE.json "
                                     "(default: RUN/explanations, RUN/explanations/METHOD for other methods; "
                                     "where `vebi report RUN` finds them)"),
-    method: str = typer.Option("vebi", "--method", "-m", help="vebi, vebi_nofix, or a baseline of vebi.baselines "
+    method: str = typer.Option("vebi", "--method", "-m", help="vebi, vebi_nofix, or a baseline of vebi.methods.baselines "
                                "(guided_backprop, deconvnet, grad_cam, grad_cam_plus_plus, integrated_gradients, "
                                "activation_map)"),
     target: str | None = typer.Option(None, "--target", "-t", help="class name or index to explain "
@@ -36,8 +36,8 @@ def explain_command(
     """Explain the model's prediction for each IMAGE with the run's relevant features (or a baseline)."""
     import torch
 
-    from vebi.artifacts import load_relevance, load_run_info
-    from vebi.atomic import write_text
+    from vebi.io.artifacts import load_relevance, load_run_info
+    from vebi.io.atomic import write_text
     from vebi.cli.common import build_model
     from vebi.data import image_transform, load_image
 
@@ -84,7 +84,7 @@ def _method(name: str, relevance: Any, top_k: int):
     if name in ("vebi", "vebi_nofix"):
         return lambda model, images, target, **kw: _vebi(model, images, target, relevance, top_k,
                                                          name == "vebi", **kw)
-    from vebi.baselines import METHODS, build_method
+    from vebi.methods.baselines import METHODS, build_method
 
     if name not in METHODS:
         choices = ", ".join(sorted({"vebi", "vebi_nofix", *METHODS}))
@@ -95,7 +95,7 @@ def _method(name: str, relevance: Any, top_k: int):
 
 
 def _vebi(model, images, target, relevance, top_k, stride_fix, *, interpretation_dir, pool_fix) -> list[dict]:
-    from vebi.explain import Explainer
+    from vebi.explanation.explainer import Explainer
 
     explainer = Explainer(model, relevance, top_k=top_k, stride_fix=stride_fix, pool_fix=pool_fix,
                           interpretation_dir=interpretation_dir)
@@ -158,7 +158,7 @@ def _write_panel(path: Path, image: Any, record: dict) -> None:
     from matplotlib.figure import Figure
     from PIL import Image
 
-    from vebi.atomic import write_bytes
+    from vebi.io.atomic import write_bytes
 
     features = record["features"]
     links = [f.get("interpretation") for f in features]

@@ -27,10 +27,10 @@ def interpret_command(
     progress: bool = typer.Option(True, help="show a progress bar"),
 ) -> None:
     """Average the receptive-field crops of each relevant feature's top images; write them under RUN."""
-    from vebi.artifacts import load_relevance, load_run_info, load_stats
+    from vebi.io.artifacts import load_relevance, load_run_info, load_stats
     from vebi.cli.common import build_dataset, build_model
-    from vebi.interpret import grid_file, interpret, save_interpretations
-    from vebi.receptive import receptive_fields
+    from vebi.interpretation.crops import grid_file, interpret, save_interpretations
+    from vebi.interpretation.receptive import receptive_fields
 
     if top_k < 1 or size < 1 or keep_crops < 0 or workers < 0 or (max_features is not None and max_features < 1):
         raise VebiError("--top-k, --size and --max-features must be at least 1, --keep-crops and --workers at least 0")

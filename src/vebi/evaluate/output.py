@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vebi.atomic import write_bytes, write_text
+from vebi.io.atomic import write_bytes, write_text
 from vebi.evaluate.runner import SUBSETS, EvaluationResult
 
 __all__ = ["format_summary", "write_evaluation"]

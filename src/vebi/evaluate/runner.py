@@ -19,7 +19,7 @@ when its value is > 127; a 0/1 mask file counts its non-zero pixels), and comput
 Methods: ``vebi`` (the combined map), ``vebi_feature1`` .. ``vebi_feature<k>`` (the heatmap of
 the image's r-th contributing feature alone, from the same pass; an all-zero map where fewer than
 r features contribute), ``vebi_nofix`` (without the stride fix) and every baseline of
-:mod:`vebi.baselines`. Grad-CAM's layer is resolved once (:func:`vebi.baselines.default_cam_layer`
+:mod:`vebi.methods.baselines`. Grad-CAM's layer is resolved once (:func:`vebi.methods.baselines.default_cam_layer`
 unless given) and used by Grad-CAM and Grad-CAM++; ``activation_map`` keeps ``top_k`` features,
 like vebi.
 
@@ -250,7 +250,7 @@ def _balanced_subset(labels: Sequence[int], max_images: int | None, seed: int) -
 
 def default_methods() -> tuple[str, ...]:
     """vebi, vebi_nofix, then every other registered method."""
-    from vebi.baselines import method_names
+    from vebi.methods.baselines import method_names
 
     names = method_names()
     return ("vebi", "vebi_nofix", *[n for n in names if n not in ("vebi", "vebi_nofix")])
@@ -262,8 +262,8 @@ MapFn = Callable[[nn.Module, Tensor, Tensor], dict[str, Tensor]]
 def _map_functions(methods: Sequence[str], relevance: Any, top_k: int,
                    cam_layer: str | None) -> list[tuple[str, MapFn]]:
     """(label, fn) pairs; fn(model, images, target) -> {method name: (B, H, W) maps on the CPU}."""
-    from vebi.baselines import build_method
-    from vebi.explain import Explainer
+    from vebi.methods.baselines import build_method
+    from vebi.explanation.explainer import Explainer
 
     out: list[tuple[str, MapFn]] = []
     for name in methods:
@@ -343,8 +343,8 @@ def evaluate_run(
     where its parameters are, else the CPU). ``data``/``masks`` may be an an8Flower root or a folder
     with ``<split>/`` sub-folders; the ``split`` folder is used then.
     """
-    from vebi.artifacts import load_relevance, load_run_info, load_stats
-    from vebi.baselines import default_cam_layer, method_names
+    from vebi.io.artifacts import load_relevance, load_run_info, load_stats
+    from vebi.methods.baselines import default_cam_layer, method_names
     from vebi.cli.common import build_dataset, build_model
 
     start = time.perf_counter()

@@ -49,7 +49,7 @@ def chromium(executable: str | None = None) -> Iterator[Any]:
 def screenshot(page_path: str | Path, out: str | Path, *, width: int = 1280, height: int = 800,
                full_page: bool = False) -> Path:
     """Save a PNG of the HTML file ``page_path`` as Chromium shows it (viewport ``width`` x ``height``)."""
-    from vebi.atomic import atomic_path
+    from vebi.io.atomic import atomic_path
 
     page_file = Path(page_path).resolve()
     if not page_file.is_file():

@@ -7,13 +7,13 @@ A missing file or folder leaves its section out; a file that is there but unread
 ``VebiError`` naming it; an image that a JSON file names but that is missing is left out with
 a warning.
 
-Core (``vebi collect`` / ``vebi fit``; see ``vebi.artifacts``)::
+Core (``vebi collect`` / ``vebi fit``; see ``vebi.io.artifacts``)::
 
     run.json          model.spec, model.weights, data.path                      (optional)
     stats.json        space.layers, space.channels, class_names, response, labels, count,
                       correct, scored, top_k                                    (needed)
     stats.safetensors tensor "class_counts" (C,) -- images per class            (optional)
-    relevance.json + relevance.safetensors  (via vebi.artifacts.load_relevance) (optional)
+    relevance.json + relevance.safetensors  (via vebi.io.artifacts.load_relevance) (optional)
 
 Interpretation (``vebi interpret``)::
 
@@ -29,7 +29,7 @@ Interpretation (``vebi interpret``)::
                                                                                 or null
                                   }, ...]}, ...]}
 
-(this is what ``vebi.interpret.save_interpretations`` writes.)
+(this is what ``vebi.interpretation.crops.save_interpretations`` writes.)
 
 Explanations (``vebi explain``, ``Explanation.save``): ``explanations/*.json`` and
 ``explanations/*/*.json`` (e.g. one sub-folder per baseline), one record per image and method::
@@ -73,9 +73,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vebi.artifacts import SCHEMA_VERSION, load_relevance, read_json
+from vebi.io.artifacts import SCHEMA_VERSION, load_relevance, read_json
 from vebi.errors import VebiError
-from vebi.relevance import Relevance
+from vebi.core.relevance import Relevance
 
 __all__ = ["ClassView", "EvalGroup", "EvaluationView", "ExplainedFeature", "ExplanationView", "FeatureView",
            "Figure", "LayerView", "MapRef", "Picture", "ReportData", "Table", "collect_run"]

@@ -10,7 +10,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 
-from vebi.relevance import Relevance
+from vebi.core.relevance import Relevance
 from vebi.report.collect_run import ClassView
 
 __all__ = ["relevant_counts_png", "weights_png"]

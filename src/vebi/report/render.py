@@ -27,8 +27,8 @@ from PIL import Image, ImageOps
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-import vebi
-from vebi.atomic import write_text
+from vebi import __version__
+from vebi.io.atomic import write_text
 from vebi.errors import VebiError
 from vebi.report import plots
 from vebi.report.collect_run import MapRef, Picture, ReportData, collect_run
@@ -223,5 +223,5 @@ def _render(data: ReportData, assets: _Assets, figures: dict[str, str], max_feat
     css = resources.files("vebi.report").joinpath("templates", "report.css").read_text(encoding="utf-8")
     template = _environment().get_template("report.html.j2")
     return template.render(data=data, url=assets.url, figures=figures, max_features=max_features,
-                           max_crops=max_crops, warnings=warnings, css=Markup(css), version=vebi.__version__,
+                           max_crops=max_crops, warnings=warnings, css=Markup(css), version=__version__,
                            run_name=data.run_dir.name)

@@ -17,10 +17,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from vebi.atomic import atomic_path
+from vebi.io.atomic import atomic_path
 from vebi.errors import VebiError
-from vebi.features import FeatureSpace
-from vebi.stats import FeatureStats
+from vebi.core.features import FeatureSpace
+from vebi.core.stats import FeatureStats
 
 SCHEMA = 1
 _TENSORS = ("gram", "cross", "class_counts", "feature_sum", "top_values", "top_indices", "top_yx", "hits")

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import torch
 
 from vebi.errors import VebiError
-from vebi.features import FeatureSpace
+from vebi.core.features import FeatureSpace
 
 RESPONSES: tuple[str, ...] = ("energy", "max", "mean")
 _EPS = 1e-12

@@ -42,7 +42,7 @@ from vebi.layers import get_module
 from vebi.models import model_device, model_dtype
 
 if TYPE_CHECKING:
-    from vebi.relevance import Relevance
+    from vebi.core.relevance import Relevance
 
 ExplainFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
 MethodBuilder = Callable[..., ExplainFn]
@@ -272,7 +272,7 @@ def grad_cam_plus_plus(
 
 def activation_map(relevance: Relevance, *, top_k: int = 3) -> ExplainFn:
     """Upsampled activation maps of the method's top features (the paper's "upsampled activation
-    map" baseline), built from a :class:`vebi.relevance.Relevance`.
+    map" baseline), built from a :class:`vebi.core.relevance.Relevance`.
 
     For image b and class j = target[b]: responses x (as in collection, ``relevance.response``),
     contributions r = x o w_j; the k = ``top_k`` features with the largest r > 0 are kept. Each one's
@@ -284,7 +284,7 @@ def activation_map(relevance: Relevance, *, top_k: int = 3) -> ExplainFn:
 
     def explain(model: nn.Module, images: Tensor, target: Tensor) -> Tensor:
         from vebi.hooks import capture_outputs
-        from vebi.responses import as_maps, responses
+        from vebi.core.responses import as_maps, responses
 
         _check_inputs(images, target)
         if target.numel() and int(target.max()) >= len(relevance.class_names):
@@ -351,8 +351,8 @@ def register_method(name: str, builder: MethodBuilder) -> None:
 
 
 def method_names() -> tuple[str, ...]:
-    """Every registered method, vebi's own included (importing :mod:`vebi.explain` registers it)."""
-    import vebi.explain  # noqa: F401
+    """Every registered method, vebi's own included (importing :mod:`vebi.explanation.explainer` registers it)."""
+    import vebi.explanation.explainer  # noqa: F401
 
     return tuple(METHODS)
 

@@ -12,8 +12,8 @@ r_f / sum_{f': r_f' > 0} r_f' of the positive evidence instead.
 
 Each kept feature (l, f) gets a heatmap: a backward pass from layer l seeded with the
 feature's own activation map A_{l,f} (all other channels zero) through guided-backprop ReLUs
-and, by default, the stride fix for strided convolutions (:mod:`vebi.backprop`); the
-input-space signal is post-processed by :func:`vebi.baselines.postprocess_gradient`
+and, by default, the stride fix for strided convolutions (:mod:`vebi.explanation.backward`); the
+input-space signal is post-processed by :func:`vebi.methods.baselines.postprocess_gradient`
 (positive part, L2 over colour channels, min-max to [0, 1]). The combined explanation is
 the pixel-wise maximum of the k maps. A batch costs one forward pass; the k backward passes
 reuse its graph, each one serving the whole batch.
@@ -32,15 +32,15 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-import vebi
-from vebi.atomic import atomic_path, write_text
-from vebi.backprop import RuleMap, forward_with_rules, guided_backprop
-from vebi.baselines import ExplainFn, postprocess_gradient, register_method
+from vebi import __version__
+from vebi.io.atomic import atomic_path, write_text
+from vebi.explanation.backward import RuleMap, forward_with_rules, guided_backprop
+from vebi.methods.baselines import ExplainFn, postprocess_gradient, register_method
 from vebi.errors import VebiError
 from vebi.hooks import preserve_model
 from vebi.models import model_device
-from vebi.relevance import Relevance
-from vebi.responses import responses
+from vebi.core.relevance import Relevance
+from vebi.core.responses import responses
 
 __all__ = ["ExplainedFeature", "Explainer", "Explanation", "load_explanation", "vebi_method"]
 
@@ -146,7 +146,7 @@ class Explainer:
     ``explainer(images (B, C, H, W), target=None)`` returns one :class:`Explanation` per image.
     ``target``: None (the predicted class), a class index or name for every image, or one per
     image. ``top_k`` features with r > 0 are kept; ``stride_fix`` / ``pool_fix`` switch the
-    backward rules (see :mod:`vebi.backprop`), ``rules`` replaces them altogether.
+    backward rules (see :mod:`vebi.explanation.backward`), ``rules`` replaces them altogether.
     ``interpretation_dir``: a run folder (or its ``interpretation`` folder) whose average-crop
     images are linked from the features. The model is used in eval mode and is left exactly
     as it was (training flags, ``requires_grad``, hooks).
@@ -177,7 +177,7 @@ class Explainer:
 
     def __call__(self, images: Tensor, target: Target = None) -> tuple[Explanation, ...]:
         run = self._run(images, target)
-        versions = {"vebi": vebi.__version__, "torch": torch.__version__}
+        versions = {"vebi": __version__, "torch": torch.__version__}
         names = self.relevance.class_names
         out = []
         for b in range(images.shape[0]):
@@ -271,7 +271,7 @@ class Explainer:
 
 def _interpretation_links(folder: str | os.PathLike[str], relevance: Relevance) -> dict[tuple[int | None, int], str]:
     """(class, feature index) -> path of the average image, and (None, index) for any class."""
-    from vebi.interpret import INTERPRETATION_DIR
+    from vebi.interpretation.crops import INTERPRETATION_DIR
 
     root = Path(folder)
     if (root / INTERPRETATION_DIR / "interpretation.json").is_file():

@@ -1,6 +1,6 @@
 """Small VGG-style CNNs for the an8Flower benchmark, built by a factory usable as a model spec.
 
-``vebi.nets:an8net`` with ``--model-arg num_classes=6 --model-arg first_stride=4`` (the values in
+``vebi.an8flower.net:an8net`` with ``--model-arg num_classes=6 --model-arg first_stride=4`` (the values in
 a trained model's ``model.json``) rebuilds the network whose state dict ``vebi train`` saved.
 Inputs are RGB tensors in [0, 1] (``torchvision.transforms.ToTensor``), no normalisation.
 """
@@ -64,5 +64,5 @@ class An8Net(nn.Module):
 def an8net(
     num_classes: int = 6, width: int = 32, first_stride: int = 4, first_kernel: int = 7, batch_norm: bool = True
 ) -> An8Net:
-    """Factory for model specs (``vebi.nets:an8net``); untrained, weights come from ``model.pt``."""
+    """Factory for model specs (``vebi.an8flower.net:an8net``); untrained, weights come from ``model.pt``."""
     return An8Net(num_classes, width, first_stride, first_kernel, batch_norm)

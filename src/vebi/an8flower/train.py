@@ -1,8 +1,8 @@
-"""Seeded CPU/GPU trainer for :class:`vebi.nets.An8Net` on an image-folder train/test split.
+"""Seeded CPU/GPU trainer for :class:`vebi.an8flower.net.An8Net` on an image-folder train/test split.
 
 Writes ``OUT/model.pt`` (a plain state dict) and ``OUT/model.json`` (factory, model arguments,
 class names, input size, accuracies, training settings). The model is rebuilt by
-``vebi.models.load_model("vebi.nets:an8net", "OUT/model.pt", model_json["model_args"])``, or by
+``vebi.models.load_model("vebi.an8flower.net:an8net", "OUT/model.pt", model_json["model_args"])``, or by
 :func:`load_trained`.
 
 Training: Adam with cosine-decayed learning rate and cross-entropy; augmentation by horizontal
@@ -29,16 +29,16 @@ from torch import nn
 from torchvision.datasets import ImageFolder
 from tqdm import tqdm
 
-from vebi.atomic import write_bytes, write_text
+from vebi.io.atomic import write_bytes, write_text
 from vebi.errors import VebiError
-from vebi.nets import An8Net
+from vebi.an8flower.net import An8Net
 
-FACTORY = "vebi.nets:an8net"
+FACTORY = "vebi.an8flower.net:an8net"
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Training settings and the architecture arguments of :func:`vebi.nets.an8net`."""
+    """Training settings and the architecture arguments of :func:`vebi.an8flower.net.an8net`."""
 
     epochs: int = 12
     batch_size: int = 64

@@ -35,11 +35,11 @@ from torch import nn
 from torchvision.transforms.functional import to_tensor
 from tqdm.auto import tqdm
 
-from vebi.atomic import atomic_path, write_bytes, write_text
+from vebi.io.atomic import atomic_path, write_bytes, write_text
 from vebi.errors import VebiError
-from vebi.receptive import ReceptiveField, receptive_fields
-from vebi.relevance import Relevance
-from vebi.stats import FeatureStats
+from vebi.interpretation.receptive import ReceptiveField, receptive_fields
+from vebi.core.relevance import Relevance
+from vebi.core.stats import FeatureStats
 
 __all__ = ["FeatureInterpretation", "Interpretation", "grid_file", "interpret", "load_interpretations",
            "save_interpretations"]
@@ -461,7 +461,7 @@ def load_interpretations(run_dir: str | os.PathLike[str]) -> tuple[Interpretatio
     """The interpretations saved by ``save_interpretations`` under ``run_dir``."""
     folder = Path(run_dir) / INTERPRETATION_DIR
     meta_path = folder / "interpretation.json"
-    from vebi.artifacts import load_tensors, read_json
+    from vebi.io.artifacts import load_tensors, read_json
 
     meta = read_json(meta_path, "interpretations (run `vebi interpret` first)")
     tensors = load_tensors(folder / "interpretation.safetensors")

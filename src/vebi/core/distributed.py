@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from vebi.errors import VebiError
-from vebi.stats import FeatureStats, merge_topk
+from vebi.core.stats import FeatureStats, merge_topk
 
 _SUMS = ("gram", "cross", "class_counts", "feature_sum", "hits")
 

@@ -11,15 +11,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from vebi import distributed, memory
-from vebi.checkpoint import Checkpointer
+from vebi.core import distributed, memory
+from vebi.io.checkpoint import Checkpointer
 from vebi.errors import VebiError
-from vebi.features import FeatureSpace
+from vebi.core.features import FeatureSpace
 from vebi.hooks import forward_hooks, preserve_model
 from vebi.layers import LayerSpec, resolve_layers
 from vebi.models import model_device
-from vebi.responses import argmax_yx, as_maps, check_response, normalise, pool
-from vebi.stats import LABEL_MODES, FeatureStats
+from vebi.core.responses import argmax_yx, as_maps, check_response, normalise, pool
+from vebi.core.stats import LABEL_MODES, FeatureStats
 
 
 def _unpack(batch: Any, running: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -80,7 +80,7 @@ def collect(
     regresses on the model's own predictions. ``class_names`` defaults to the dataset's
     ``classes`` or to the number of model outputs. Before the statistics are allocated (after the
     first forward pass, which gives m) their memory is checked against ``memory_budget`` (bytes or
-    '8GiB'; default $VEBI_MEMORY_BUDGET or the free memory), see ``vebi.memory``. ``resume``
+    '8GiB'; default $VEBI_MEMORY_BUDGET or the free memory), see ``vebi.core.memory``. ``resume``
     continues earlier statistics with the images of ``data``; ``on_batch(stats)`` runs after every
     batch (checkpoints). The model's training flags, requires_grad and hooks are as before afterwards.
     """
@@ -176,7 +176,7 @@ def collect_dataset(
 ) -> FeatureStats:
     """``collect`` over a map-style dataset, sharded across torch.distributed ranks and resumable.
 
-    Rank r of W (see ``vebi.distributed``) takes images r, r + W, ...; every rank returns the
+    Rank r of W (see ``vebi.core.distributed``) takes images r, r + W, ...; every rank returns the
     statistics of the whole dataset. With ``checkpoint`` (a folder) and ``checkpoint_every`` = n,
     each rank replaces ``checkpoint/rank{r}-of-{W}.safetensors`` every n batches, and a later
     call with the same arguments continues from there. ``checkpoint_key`` adds what identifies

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import torch
 
 from vebi.errors import VebiError
-from vebi.features import FeatureSpace
-from vebi.stats import FeatureStats
+from vebi.core.features import FeatureSpace
+from vebi.core.stats import FeatureStats
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def fit_relevance(stats: FeatureStats, mu: float = 10.0, *, tolerance: float = 1
 
     Weights with |w| <= ``tolerance`` are treated as zero when listing relevant features.
     """
-    from vebi.lasso import solve_mu_lasso
+    from vebi.core.lasso import solve_mu_lasso
 
     if not (mu > 0):
         raise VebiError(f"mu must be positive, not {mu}")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from vebi.errors import VebiError
-from vebi.features import FeatureSpace
+from vebi.core.features import FeatureSpace
 
 LABEL_MODES: tuple[str, ...] = ("true", "predicted")
 

@@ -17,20 +17,20 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-import vebi
-from vebi.atomic import atomic_path, write_text
+from vebi import __version__
+from vebi.io.atomic import atomic_path, write_text
 from vebi.errors import VebiError
-from vebi.features import FeatureSpace
+from vebi.core.features import FeatureSpace
 from vebi.layers import get_module
-from vebi.relevance import Relevance
-from vebi.stats import FeatureStats
+from vebi.core.relevance import Relevance
+from vebi.core.stats import FeatureStats
 
 SCHEMA_VERSION = 1
 STATS_TENSORS = ("gram", "cross", "class_counts", "feature_sum", "top_values", "top_indices", "top_yx")
 
 
 def versions() -> dict[str, str]:
-    return {"vebi": vebi.__version__, "torch": torch.__version__}
+    return {"vebi": __version__, "torch": torch.__version__}
 
 
 def model_fingerprint(model: nn.Module, layers: tuple[str, ...] | list[str] = ()) -> str:

@@ -1,0 +1,1 @@
+"""Explanation of predictions: backward rules (what, where, how), the stride fix, post-processing, the Explainer."""

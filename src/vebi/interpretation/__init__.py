@@ -1,0 +1,1 @@
+"""Interpretation of relevant features: receptive fields, average crops of their top images, drawing, storage."""

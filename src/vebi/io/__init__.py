@@ -1,0 +1,1 @@
+"""Files of a run: atomic writes, artifacts bound to their inputs, collection checkpoints."""
