@@ -31,7 +31,7 @@ from torch.utils.flop_counter import flop_registry
 
 from vebi.explanation.explainer import Explainer
 from vebi.core.features import FeatureSpace
-from vebi.hooks import capture_outputs
+from vebi.layers import capture_outputs
 from vebi.layers import default_layers
 from vebi.core.relevance import Relevance
 
@@ -106,7 +106,7 @@ def measure(batch: int, size: int, repeats: int, device: torch.device, last_only
             p.requires_grad_(not frozen)
         cam = GradCAM(model=model, target_layers=[model.layer4])
         try:
-            # with frozen parameters the input must carry the graph (as in vebi.methods.baselines.grad_cam)
+            # with frozen parameters the input must carry the graph (as in vebi.methods.grad_cam)
             cam(input_tensor=images.clone().requires_grad_(frozen), targets=cam_targets)
         finally:
             cam.activations_and_grads.release()

@@ -2,7 +2,7 @@
 
 Statistics come from a real ``collect`` of a seeded tiny CNN over generated images; the
 relevance has hand-set weights (so counts are known); interpretations (``vebi.interpretation.crops``) and
-explanations (``vebi.explanation.explainer``, ``vebi.methods.baselines``) are real; evaluation files are written here
+explanations (``vebi.explanation.explainer``, ``vebi.methods``) are real; evaluation files are written here
 in the format ``vebi.report.collect_run`` documents, with small generated PNGs.
 """
 
@@ -20,11 +20,12 @@ from safetensors.torch import save_file
 
 from conftest import tiny_cnn
 from vebi.io.artifacts import save_relevance, save_run_info, save_stats
-from vebi.methods.baselines import build_method
+from vebi.methods import build_method
 from vebi.core.collect import collect
 from vebi.data import image_folder, image_transform, load_image
 from vebi.explanation.explainer import Explainer
-from vebi.interpretation.crops import interpret, save_interpretations
+from vebi.interpretation.crops import interpret
+from vebi.interpretation.store import save_interpretations
 from vebi.core.relevance import Relevance
 
 LAYERS = ("1", "4")  # the two ReLUs of tiny_cnn: 4 + 6 channels, m = 10

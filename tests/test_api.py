@@ -7,8 +7,9 @@ import vebi
 
 
 def test_public_api_names_resolve_to_functions_not_modules():
-    for module in ("vebi.core.collect", "vebi.interpretation.crops", "vebi.explanation.explainer"):
+    for module in ("vebi.core.collect", "vebi.interpretation.crops", "vebi.explanation.explainer", "vebi.run"):
         importlib.import_module(module)  # a later submodule import must not shadow an exported name
+    assert set(vebi.__all__) == set(vebi._EXPORTS) | {"VebiError", "__version__"}
     for name in vebi.__all__:
         assert getattr(vebi, name) is not None, name
     assert callable(vebi.collect) and callable(vebi.interpret) and callable(vebi.fit_relevance)

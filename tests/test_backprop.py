@@ -12,7 +12,8 @@ import torchvision
 from torch import nn
 
 from vebi.explanation import backward as bp
-from vebi.methods.baselines import postprocess_gradient
+from vebi.explanation import rules, stride_fix
+from vebi.explanation.postprocess import postprocess_gradient
 from vebi.errors import VebiError
 
 
@@ -28,7 +29,7 @@ def scaled_conv(scale: float) -> nn.Conv2d:
     return conv
 
 
-def backward_row(model: nn.Module, x: torch.Tensor, rules: bp.RuleMap, layer: str, seed: torch.Tensor) -> list[float]:
+def backward_row(model: nn.Module, x: torch.Tensor, rules: rules.RuleMap, layer: str, seed: torch.Tensor) -> list[float]:
     fw = bp.forward_with_rules(model, x, rules, [layer])
     return fw.backward({layer: seed}).flatten().tolist()
 
@@ -40,10 +41,10 @@ def test_relu_rules_hand_computed(inplace):
     # input grad = 2 * rule(g) since the conv doubles; x_in = [-2, -1, 1, 2], g = [1, -1, 1, -1]
     model = nn.Sequential(scaled_conv(2.0), nn.ReLU(inplace=inplace))
     x, g = row(-1, -0.5, 0.5, 1), row(1, -1, 1, -1)
-    assert backward_row(model, x, bp.gradient(), "1", g) == [0, 0, 2, -2]
-    assert backward_row(model, x, bp.guided_backprop(), "1", g) == [0, 0, 2, 0]
-    assert backward_row(model, x, bp.deconvnet(), "1", g) == [2, 0, 2, 0]
-    explicit = bp.RuleMap(types={nn.ReLU: bp.GradientReLU()})
+    assert backward_row(model, x, bp.gradient_rules(), "1", g) == [0, 0, 2, -2]
+    assert backward_row(model, x, bp.guided_rules(), "1", g) == [0, 0, 2, 0]
+    assert backward_row(model, x, bp.deconvnet_rules(), "1", g) == [2, 0, 2, 0]
+    explicit = rules.RuleMap(types={nn.ReLU: rules.GradientReLU()})
     assert backward_row(model, x, explicit, "1", g) == [0, 0, 2, -2]
 
 
@@ -51,9 +52,9 @@ def test_relu6_rules_gate_on_both_bounds():
     # x_in = [-1, 3, 7, 5]: only 0 < x < 6 passes; g = [1, 1, 1, -1]
     model = nn.Sequential(scaled_conv(1.0), nn.ReLU6(inplace=True))
     x, g = row(-1, 3, 7, 5), row(1, 1, 1, -1)
-    assert backward_row(model, x, bp.gradient(), "1", g) == [0, 1, 0, -1]
-    assert backward_row(model, x, bp.guided_backprop(), "1", g) == [0, 1, 0, 0]
-    assert backward_row(model, x, bp.deconvnet(), "1", g) == [1, 1, 1, 0]
+    assert backward_row(model, x, bp.gradient_rules(), "1", g) == [0, 1, 0, -1]
+    assert backward_row(model, x, bp.guided_rules(), "1", g) == [0, 1, 0, 0]
+    assert backward_row(model, x, bp.deconvnet_rules(), "1", g) == [1, 1, 1, 0]
 
 
 def test_rules_by_module_name_override_rules_by_type():
@@ -64,15 +65,15 @@ def test_rules_by_module_name_override_rules_by_type():
     model = nn.Sequential(scaled_conv(1.0), nn.ReLU(), shift, nn.ReLU(), nn.Conv2d(1, 1, 1, stride=2))
     # x = [-1, 2, 5]: first ReLU gate [0, 1, 1]; second ReLU sees [-3, -1, 2], gate [0, 0, 1]
     x, g = row(-1, 2, 5), row(1, 1, -1)
-    deconv = {nn.ReLU: bp.DeconvReLU()}
-    assert backward_row(model, x, bp.RuleMap(types=deconv), "3", g) == [1, 1, 0]
+    deconv = {nn.ReLU: rules.DeconvReLU()}
+    assert backward_row(model, x, rules.RuleMap(types=deconv), "3", g) == [1, 1, 0]
     # first plain: relu(g) = [1, 1, 0], then gate [0, 1, 1]
-    assert backward_row(model, x, bp.RuleMap(types=deconv, names=(("1", None),)), "3", g) == [0, 1, 0]
+    assert backward_row(model, x, rules.RuleMap(types=deconv, names=(("1", None),)), "3", g) == [0, 1, 0]
     # second plain: g * [0, 0, 1] = [0, 0, -1], then relu
-    assert backward_row(model, x, bp.RuleMap(types=deconv, names=(("3", None),)), "3", g) == [0, 0, 0]
-    assert backward_row(model, x, bp.RuleMap(types=deconv, names=(("[13]", None),)), "3", g) == [0, 0, -1]
+    assert backward_row(model, x, rules.RuleMap(types=deconv, names=(("3", None),)), "3", g) == [0, 0, 0]
+    assert backward_row(model, x, rules.RuleMap(types=deconv, names=(("[13]", None),)), "3", g) == [0, 0, -1]
     # a name pattern whose rule does not handle convolutions leaves the type rule for them in place
-    fix_kept = bp.RuleMap(types={nn.Conv2d: bp.StrideFixConv()}, names=(("*", bp.GuidedReLU()),))
+    fix_kept = rules.RuleMap(types={nn.Conv2d: stride_fix.StrideFixConv()}, names=(("*", rules.GuidedReLU()),))
     fw = bp.forward_with_rules(model, x, fix_kept, ["4"])
     assert fw.trace.applied[("4", "conv2d", "StrideFixConv")] == 1
     assert fw.trace.applied[("1", "relu", "GuidedReLU")] == 1
@@ -92,12 +93,12 @@ class FunctionalBlock(nn.Module):
 def test_functional_rectifiers_are_handled_or_reported():
     model = nn.Sequential(FunctionalBlock())
     x, g = row(-1, 2, 3), row(1, -1, 2)
-    fw = bp.forward_with_rules(model, x, bp.guided_backprop(), ["0.out"])
+    fw = bp.forward_with_rules(model, x, bp.guided_rules(), ["0.out"])
     # seeding the inner conv's output: functional ReLU at x_in = [-1, 2, 3] then guided gate on g
     assert fw.backward({"0.out": g}).flatten().tolist() == [0, 0, 2]
     assert fw.trace.functional[("0", "relu")] == 2
     with pytest.warns(UserWarning, match="functional rectifiers in 0 kept the plain gradient"):
-        plain = bp.forward_with_rules(model, x, bp.guided_backprop(functional=False), ["0.out"])
+        plain = bp.forward_with_rules(model, x, bp.guided_rules(functional=False), ["0.out"])
     assert plain.backward({"0.out": g}).flatten().tolist() == [0, -1, 2]
 
 
@@ -116,7 +117,7 @@ def test_reused_relu_module_gets_the_rule_at_every_call():
     model = nn.Sequential(Reuse())
     # x = [2, -3]: first relu [2, 0]; negated [-2, 0]; second relu [0, 0]
     x = row(2, -3)
-    fw = bp.forward_with_rules(model, x, bp.guided_backprop(), ["0", "0.conv2"])
+    fw = bp.forward_with_rules(model, x, bp.guided_rules(), ["0", "0.conv2"])
     assert fw.trace.reused == ("0.relu",)
     assert fw.trace.applied[("0.relu", "relu", "GuidedReLU")] == 2
     # the second gate [x > 0] on [-2, 0] blocks everything
@@ -142,7 +143,7 @@ def test_inplace_residual_addition_keeps_forward_values_and_routes_signals():
     model = nn.Sequential(Residual())
     x = row(-2, 1, 3)
     expected = model(x.clone())  # relu(relu(-x) + x) = [0, 1, 3]
-    fw = bp.forward_with_rules(model, x, bp.guided_backprop(), ["0"])
+    fw = bp.forward_with_rules(model, x, bp.guided_rules(), ["0"])
     assert torch.equal(fw.output, expected) and fw.output.flatten().tolist() == [0, 1, 3]
     # g = [1, 1, 1] at the output; outer gate on [0, 1, 3] -> [0, 1, 1]; identity path adds [0, 1, 1];
     # inner path: relu gate on -x = [2, -1, -3] passes only the first element, which got 0
@@ -153,8 +154,8 @@ def test_inplace_residual_addition_gates_with_the_support_before_the_addition():
     # the inner ReLU's output is changed by ``+=`` after the call; its gate must still be [-2x > 0]
     model = nn.Sequential(Residual(scale=-2.0))
     x = row(-1, 1, 3)  # inner relu(-2x) = [2, 0, 0]; out = relu([2, 0, 0] + x) = [1, 1, 3]
-    for rules in (bp.guided_backprop(), bp.RuleMap(types={nn.ReLU: bp.GradientReLU()})):
-        fw = bp.forward_with_rules(model, x, rules, ["0"])
+    for rule_map in (bp.guided_rules(), rules.RuleMap(types={nn.ReLU: rules.GradientReLU()})):
+        fw = bp.forward_with_rules(model, x, rule_map, ["0"])
         assert fw.output.flatten().tolist() == [1, 1, 3]
         # identity path [1, 1, 1]; inner path: gate [1, 0, 0], times the conv weight -2
         assert fw.backward({"0": row(1, 1, 1)}).flatten().tolist() == [-1, 1, 1]
@@ -169,9 +170,9 @@ def test_stride_fix_on_a_one_dimensional_strided_conv_hand_computed():
     model = nn.Sequential(conv)
     x, g = row(*range(6)), row(1, 2, 3)
     # plain transposed conv writes g_j * [1, 2] at positions 2j, 2j + 1
-    assert backward_row(model, x, bp.gradient(), "0", g) == [1, 2, 2, 4, 3, 6]
+    assert backward_row(model, x, bp.gradient_rules(), "0", g) == [1, 2, 2, 4, 3, 6]
     # fix: g upsampled to the stride-1 length 5 -> [1, 1, 2, 2, 3], transposed conv with stride 1
-    assert backward_row(model, x, bp.gradient(stride_fix=True), "0", g) == [1, 3, 4, 6, 7, 6]
+    assert backward_row(model, x, bp.gradient_rules(stride_fix=True), "0", g) == [1, 3, 4, 6, 7, 6]
 
 
 def test_stride_fix_when_the_stride_does_not_divide_the_stride_one_length():
@@ -180,7 +181,7 @@ def test_stride_fix_when_the_stride_does_not_divide_the_stride_one_length():
         conv.weight.copy_(torch.tensor([1.0, 2.0, 3.0]).view(1, 1, 1, 3))
     model = nn.Sequential(conv)
     # W = 7 -> 4 outputs; stride-1 length 7; upsampled [1, 1, 2, 2, 3, 3, 4] (the 8th copy is cropped)
-    got = backward_row(model, row(*range(7)), bp.guided_backprop(stride_fix=True), "0", row(1, 2, 3, 4))
+    got = backward_row(model, row(*range(7)), bp.guided_rules(stride_fix=True), "0", row(1, 2, 3, 4))
     assert got == [3, 7, 9, 13, 15, 19, 17]
 
 
@@ -195,7 +196,7 @@ def _fix_by_definition(g, weight, size, stride, padding, dilation, groups):
 @pytest.mark.parametrize("route", ["polyphase", "transposed"])
 def test_stride_fix_equals_its_definition_for_any_stride_padding_dilation_groups(route, monkeypatch):
     # both ways of computing the fix (chosen by input channels) must equal the definition
-    monkeypatch.setattr(bp, "_POLYPHASE_MAX_IN", 10**6 if route == "polyphase" else 0)
+    monkeypatch.setattr(stride_fix, "_POLYPHASE_MAX_IN", 10**6 if route == "polyphase" else 0)
     rng = random.Random(0)
     torch.manual_seed(0)
     checked = 0
@@ -208,7 +209,7 @@ def test_stride_fix_equals_its_definition_for_any_stride_padding_dilation_groups
             continue
         conv = nn.Conv2d(2 * groups, groups, (kh, kw), (sh, sw), (ph, pw), (dh, dw), groups).double()
         x = torch.randn(2, 2 * groups, h, w, dtype=torch.float64)
-        fw = bp.forward_with_rules(nn.Sequential(conv), x, bp.gradient(stride_fix=True), ["0"])
+        fw = bp.forward_with_rules(nn.Sequential(conv), x, bp.gradient_rules(stride_fix=True), ["0"])
         g = torch.randn_like(fw.activations["0"])
         expected = _fix_by_definition(g, conv.weight.detach(), (h, w), (sh, sw), (ph, pw), (dh, dw), groups)
         torch.testing.assert_close(fw.backward({"0": g}), expected, rtol=1e-10, atol=1e-10)
@@ -221,18 +222,18 @@ def test_stride_fix_follows_weights_changed_in_place():
     x, g = row(*range(6)), row(1, 2, 3)
     with torch.no_grad():
         conv.weight.copy_(torch.tensor([1.0, 2.0]).view(1, 1, 1, 2))
-    assert backward_row(model, x, bp.gradient(stride_fix=True), "0", g) == [1, 3, 4, 6, 7, 6]
+    assert backward_row(model, x, bp.gradient_rules(stride_fix=True), "0", g) == [1, 3, 4, 6, 7, 6]
     with torch.no_grad():
         conv.weight.mul_(-1)  # the backward reads the weights as they are now
-    assert backward_row(model, x, bp.gradient(stride_fix=True), "0", g) == [-1, -3, -4, -6, -7, -6]
+    assert backward_row(model, x, bp.gradient_rules(stride_fix=True), "0", g) == [-1, -3, -4, -6, -7, -6]
 
 
 def test_stride_one_convolutions_keep_the_plain_backward():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 2, 3, padding="same"))
     x = torch.randn(2, 3, 9, 9)
-    fixed = bp.forward_with_rules(model, x, bp.gradient(stride_fix=True), ["1"])
-    plain = bp.forward_with_rules(model, x, bp.gradient(), ["1"])
+    fixed = bp.forward_with_rules(model, x, bp.gradient_rules(stride_fix=True), ["1"])
+    plain = bp.forward_with_rules(model, x, bp.gradient_rules(), ["1"])
     g = torch.randn_like(fixed.activations["1"])
     assert torch.equal(fixed.backward({"1": g}), plain.backward({"1": g}))
     assert not fixed.trace.applied  # nothing to fix
@@ -244,12 +245,12 @@ def test_pooling_variant_overwrites_instead_of_adding():
     model = nn.Sequential(nn.MaxPool2d((1, 3), stride=(1, 2)))
     # both windows [0..2], [2..4] have their max at position 2; signal g = [1, 2]
     x, g = row(0, 1, 5, 2, 0), row(1, 2)
-    assert backward_row(model, x, bp.gradient(), "0", g) == [0, 0, 3, 0, 0]
-    assert backward_row(model, x, bp.gradient(pool_fix=True), "0", g) == [0, 0, 2, 0, 0]
+    assert backward_row(model, x, bp.gradient_rules(), "0", g) == [0, 0, 3, 0, 0]
+    assert backward_row(model, x, bp.gradient_rules(pool_fix=True), "0", g) == [0, 0, 2, 0, 0]
     # non-overlapping windows: the same as the plain switches
     x2 = row(1, 3, 2, 0)
     model2 = nn.Sequential(nn.MaxPool2d((1, 2)))
-    assert backward_row(model2, x2, bp.gradient(pool_fix=True), "0", row(4, 5)) == [0, 4, 5, 0]
+    assert backward_row(model2, x2, bp.gradient_rules(pool_fix=True), "0", row(4, 5)) == [0, 4, 5, 0]
 
 
 def test_pooling_variant_with_return_indices_matches_plain_routing_without_overlap():
@@ -257,8 +258,8 @@ def test_pooling_variant_with_return_indices_matches_plain_routing_without_overl
     pool = nn.MaxPool2d(2, return_indices=True)
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Sequential(pool))
     x = torch.randn(3, 1, 9, 9)
-    fixed = bp.forward_with_rules(model, x, bp.gradient(pool_fix=True), ["0"])
-    plain = bp.forward_with_rules(model, x, bp.gradient(), ["0"])
+    fixed = bp.forward_with_rules(model, x, bp.gradient_rules(pool_fix=True), ["0"])
+    plain = bp.forward_with_rules(model, x, bp.gradient_rules(), ["0"])
     assert torch.equal(fixed.output[0], plain.output[0]) and torch.equal(fixed.output[1], plain.output[1])
     g = torch.randn_like(fixed.output[0])
     got = torch.autograd.grad(fixed.output[0], fixed.inputs, g)[0]
@@ -296,7 +297,7 @@ def test_model_and_inputs_unchanged_after_success_and_after_an_exception():
     before = _state(model)
     x = torch.randn(2, 3, 12, 12)
     x_copy = x.clone()
-    fw = bp.forward_with_rules(model, x, bp.guided_backprop(stride_fix=True, pool_fix=True), ["3"])
+    fw = bp.forward_with_rules(model, x, bp.guided_rules(stride_fix=True, pool_fix=True), ["3"])
     fw.backward({"3": torch.ones_like(fw.activations["3"])})
     assert _same(before, _state(model)) and torch.equal(x, x_copy) and not x.requires_grad and x.grad is None
     assert torch._C._len_torch_function_stack() == 0
@@ -304,7 +305,7 @@ def test_model_and_inputs_unchanged_after_success_and_after_an_exception():
     model.append(Exploding())
     before = _state(model)
     with pytest.raises(RuntimeError, match="boom"):
-        bp.forward_with_rules(model, x, bp.guided_backprop(stride_fix=True), ["1"])
+        bp.forward_with_rules(model, x, bp.guided_rules(stride_fix=True), ["1"])
     assert _same(before, _state(model)) and torch.equal(x, x_copy)
     assert torch._C._len_torch_function_stack() == 0
     # outside the context the model runs with plain autograd again
@@ -315,8 +316,8 @@ def test_model_and_inputs_unchanged_after_success_and_after_an_exception():
 def test_bad_layer_names_and_seeds_raise_vebi_errors():
     model = nn.Sequential(nn.Conv2d(1, 2, 1), nn.ReLU())
     with pytest.raises(VebiError, match="no layer named 'relu'"):
-        bp.forward_with_rules(model, torch.zeros(1, 1, 2, 2), bp.guided_backprop(), ["relu"])
-    fw = bp.forward_with_rules(model, torch.zeros(1, 1, 2, 2), bp.guided_backprop(), ["1"])
+        bp.forward_with_rules(model, torch.zeros(1, 1, 2, 2), bp.guided_rules(), ["relu"])
+    fw = bp.forward_with_rules(model, torch.zeros(1, 1, 2, 2), bp.guided_rules(), ["1"])
     with pytest.raises(VebiError, match="no captured output for layer"):
         fw.backward({"0": torch.zeros(1, 2, 2, 2)})
     with pytest.raises(VebiError, match="channel index out of range"):
@@ -347,7 +348,7 @@ def test_guided_backprop_without_fix_agrees_with_captum(name, layer):
         return 0.5 * out[torch.arange(2), channels].square().flatten(1).sum(1)
 
     module = dict(model.named_modules())[layer]
-    for ours, theirs in ((bp.guided_backprop(), NeuronGuidedBackprop), (bp.deconvnet(), NeuronDeconvolution)):
+    for ours, theirs in ((bp.guided_rules(), NeuronGuidedBackprop), (bp.deconvnet_rules(), NeuronDeconvolution)):
         fw = bp.forward_with_rules(model, x, ours, [layer])
         got = fw.backward({layer: bp.channel_seed(fw.activations[layer], channels)})
         with warnings.catch_warnings():
@@ -401,7 +402,7 @@ def test_stride_fix_reduces_grid_artifacts_on_a_trained_cnn():
     test_images, _ = _blob_images(16, 32, gen)
     energies = {}
     for fix in (False, True):
-        fw = bp.forward_with_rules(model, test_images, bp.guided_backprop(stride_fix=fix), ["3"])
+        fw = bp.forward_with_rules(model, test_images, bp.guided_rules(stride_fix=fix), ["3"])
         act = fw.activations["3"]
         top = act.detach().square().sum(dim=(2, 3)).argmax(dim=1)  # each image's strongest channel
         maps = postprocess_gradient(fw.backward({"3": bp.channel_seed(act, top)}))

@@ -9,25 +9,35 @@ import torch
 import torchvision
 from torch import nn
 
-from vebi.methods.baselines import (
-    METHODS,
-    activation_map,
-    build_method,
-    deconvnet,
-    default_cam_layer,
-    grad_cam,
-    grad_cam_plus_plus,
-    guided_backprop,
-    integrated_gradients,
-    method_names,
-    minmax,
-    postprocess_gradient,
-)
+from vebi.explanation.postprocess import minmax, postprocess_gradient
+from vebi.methods import METHODS, build_method, method_names
+from vebi.methods.cam import GradCAM, GradCAMPlusPlus, default_cam_layer
+from vebi.methods.gradients import Deconvnet, GuidedBackprop, IntegratedGradients
+from vebi.methods.relevant_features import ActivationMap
 from vebi.errors import VebiError
 from vebi.core.features import FeatureSpace
 from vebi.core.relevance import Relevance
 
 # ----------------------------------------------------------------------------- helpers
+
+guided_backprop, deconvnet = GuidedBackprop(), Deconvnet()
+
+
+def integrated_gradients(model, images, target, **options):
+    return IntegratedGradients(**options)(model, images, target)
+
+
+def grad_cam(model, images, target, **options):
+    return GradCAM(**options)(model, images, target)
+
+
+def grad_cam_plus_plus(model, images, target, **options):
+    return GradCAMPlusPlus(**options)(model, images, target)
+
+
+def activation_map(relevance, **options):
+    return ActivationMap(relevance, **options)
+
 
 
 def _snapshot(model: nn.Module) -> dict:
@@ -249,7 +259,7 @@ def test_registry():
         build_method("lime")
     with pytest.raises(VebiError, match="needs a relevance"):
         build_method("activation_map")
-    with pytest.raises(VebiError, match="bad options"):
+    with pytest.raises(VebiError, match="has no option"):
         build_method("grad_cam", stride=2)
     model = _cam_model()
     by_name = build_method("grad_cam", layer="1")(model, X_CAM, torch.tensor([0]))

@@ -70,7 +70,7 @@ def test_bad_input_gives_one_clear_line(case, make_folder, tmp_path, capsys):
     elif case == "solver":
         assert main(args) == 0
         capsys.readouterr()
-        args, expect = ["fit", str(run), "--solver", "lars"], "--solver must be one of auto, torch, spams"
+        args, expect = ["fit", str(run), "--solver", "lars"], "solver must be one of auto, torch, spams"
     elif case == "weights":
         torch.save(tiny_cnn(num_classes=7).state_dict(), tmp_path / "w.pt")
         args += ["--weights", str(tmp_path / "w.pt")]

@@ -6,6 +6,7 @@ from dataclasses import replace
 import pytest
 
 import vebi.cli._app as app_module
+import vebi.demo as demo_module
 from vebi.demo import DemoConfig, run_demo
 
 TINY = DemoConfig(per_class=8, size=32, epochs=1, top_k=5, explain_images=6, eval_images=6)
@@ -35,10 +36,10 @@ def test_demo_runs_every_stage_and_writes_the_report(demo_run):
 def test_rerun_reuses_every_stage(demo_run, monkeypatch):
     out, _, _ = demo_run
 
-    def must_not_run(argv):
-        raise AssertionError(f"stage rerun: {argv}")
+    def must_not_run(stage):
+        raise AssertionError(f"stage rerun: {stage}")
 
-    monkeypatch.setattr(app_module, "main", must_not_run)
+    monkeypatch.setattr(demo_module, "run_stage", must_not_run)
     lines: list[str] = []
     run_demo(out, TINY, echo=lines.append)
     assert sum("reused" in ln for ln in lines) == 12
@@ -48,7 +49,7 @@ def test_changed_option_reruns_that_stage_and_what_follows(demo_run, monkeypatch
     out, _, _ = demo_run
     snapshot = {p.name: p.read_text() for p in (out / "stages").glob("*.json")}
     called: list[str] = []
-    monkeypatch.setattr(app_module, "main", lambda argv: called.append(argv[0]) or 0)
+    monkeypatch.setattr(demo_module, "run_stage", lambda stage: called.append(stage.step))
     try:
         run_demo(out, replace(TINY, mu=2.0), echo=lambda _: None)
     finally:  # leave the module's run as it was for other tests

@@ -9,6 +9,7 @@ runner's bookkeeping can be checked against known numbers.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from PIL import Image
 
 from conftest import tiny_cnn
 from vebi.io.artifacts import save_relevance, save_run_info, save_stats
-from vebi.methods.baselines import METHODS, register_method
+from vebi.methods import METHODS, Method, register_method
 from vebi.cli import main
 from vebi.core.collect import collect
 from vebi.data import image_folder
@@ -81,8 +82,18 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture
 def test_methods():
-    register_method("oracle", lambda relevance=None: lambda model, images, target: (images.amax(dim=1) > 0.5).float())
-    register_method("blank", lambda relevance=None: lambda model, images, target: torch.zeros_like(images[:, 0]))
+    @register_method("oracle")
+    @dataclass(frozen=True)
+    class Oracle(Method):
+        def maps(self, model, images, target):
+            return (images.amax(dim=1) > 0.5).float()
+
+    @register_method("blank")
+    @dataclass(frozen=True)
+    class Blank(Method):
+        def maps(self, model, images, target):
+            return torch.zeros_like(images[:, 0])
+
     try:
         yield
     finally:

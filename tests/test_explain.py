@@ -11,12 +11,13 @@ import torchvision
 from PIL import Image
 from torch import nn
 
-from vebi.methods.baselines import build_method
+from vebi.methods import build_method
 from vebi.cli import main
 from vebi.errors import VebiError
-from vebi.explanation.explainer import Explainer, load_explanation
+from vebi.explanation.explainer import Explainer
+from vebi.explanation.result import load_explanation
 from vebi.core.features import FeatureSpace
-from vebi.hooks import capture_outputs
+from vebi.layers import capture_outputs
 from vebi.layers import default_layers
 from vebi.core.relevance import Relevance
 
@@ -114,7 +115,8 @@ def test_save_and_load_round_trip(tmp_path):
 
 
 def test_interpretation_images_are_linked(tmp_path):
-    from vebi.interpretation.crops import FeatureInterpretation, Interpretation, save_interpretations
+    from vebi.interpretation.crops import FeatureInterpretation, Interpretation
+    from vebi.interpretation.store import save_interpretations
 
     def feature(index: int, value: float) -> FeatureInterpretation:
         return FeatureInterpretation(index, "1", index, 1.0, (1, 1), torch.full((3, 4, 4), value),
@@ -191,6 +193,11 @@ def fitted_run(make_folder, tmp_path):
     return run, data
 
 
+def images_shape(path: Path) -> tuple[int, int]:
+    with Image.open(path) as img:
+        return (img.height, img.width)
+
+
 def test_cli_writes_panel_and_json_matching_the_api(fitted_run, tmp_path, capsys):
     from conftest import tiny_cnn
     from vebi.io.artifacts import load_relevance
@@ -201,7 +208,8 @@ def test_cli_writes_panel_and_json_matching_the_api(fitted_run, tmp_path, capsys
     out = tmp_path / "out"
     assert main(["explain", str(run), *map(str, images), "-o", str(out), "--device", "cpu"]) == 0
     assert "-> " in capsys.readouterr().out
-    assert {p.name for p in out.iterdir()} == {"img0.png", "img0.json", "img0-1.png", "img0-1.json"}
+    assert {p.name for p in out.iterdir()} == {f"{stem}.{ext}" for stem in ("img0", "img0-1")
+                                               for ext in ("png", "json", "safetensors")}
     with Image.open(out / "img0.png") as panel:
         assert panel.width > 300
     record = json.loads((out / "img0-1.json").read_text())
@@ -211,6 +219,8 @@ def test_cli_writes_panel_and_json_matching_the_api(fitted_run, tmp_path, capsys
     assert [(f["layer"], f["channel"]) for f in record["features"]] == [(f.layer, f.channel) for f in expected.features]
     assert [f["contribution"] for f in record["features"]] == pytest.approx([f.contribution for f in expected.features])
     assert all(f["interpretation"] and f["interpretation"].endswith(".png") for f in record["features"])
+    saved = load_explanation(out / "img0-1.json")  # the CLI writes what Explanation.save writes
+    assert saved.to_dict() == record and saved.combined.shape == images_shape(images[1])
 
     assert main(["explain", str(run), str(images[0]), "-o", str(out), "--method", "grad_cam", "--target", "class1"]) == 0
     baseline = json.loads((out / "img0.json").read_text())
@@ -235,7 +245,7 @@ def test_cli_writes_into_the_run_by_default_where_the_report_finds_it(fitted_run
 def test_cli_bad_input_gives_one_line(case, fitted_run, tmp_path, capsys):
     run, data = fitted_run
     args = ["explain", str(run), str(data / "class0" / "img0.png"), "-o", str(tmp_path / "o")]
-    expect = {"method": "unknown method 'nope'", "image": "cannot read image", "target": "unknown class 'cow'",
+    expect = {"method": "unknown explanation method 'nope'", "image": "cannot read image", "target": "unknown class 'cow'",
               "run": "not found"}[case]
     if case == "method":
         args += ["--method", "nope"]

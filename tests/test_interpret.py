@@ -12,7 +12,8 @@ from torch import nn
 
 from vebi.errors import VebiError
 from vebi.core.features import FeatureSpace
-from vebi.interpretation.crops import Interpretation, grid_file, interpret, load_interpretations, save_interpretations
+from vebi.interpretation.crops import Interpretation, interpret
+from vebi.interpretation.store import grid_file, load_interpretations, save_interpretations
 from vebi.interpretation.receptive import ReceptiveField
 from vebi.core.relevance import Relevance
 from vebi.core.stats import FeatureStats

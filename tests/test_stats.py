@@ -61,7 +61,7 @@ def test_batch_size_does_not_change_statistics(data):
 def test_gram_and_cross_are_the_definitions(data):
     images, labels = data
     model = tiny_cnn()
-    from vebi.hooks import capture_outputs
+    from vebi.layers import capture_outputs
     from vebi.core.responses import responses
 
     stats = collect(model, _batches(images, labels, 16), top_k=3, progress=False)

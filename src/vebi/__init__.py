@@ -39,10 +39,15 @@ _EXPORTS: dict[str, str] = {
     "Interpretation": "vebi.interpretation.crops",
     "interpret": "vebi.interpretation.crops",
     "Explainer": "vebi.explanation.explainer",
-    "Explanation": "vebi.explanation.explainer",
+    "Explanation": "vebi.explanation.result",
+    "Run": "vebi.run",
 }
 
-__all__ = ["VebiError", "__version__", *sorted(_EXPORTS)]
+__all__ = [
+    "Explainer", "Explanation", "FeatureSpace", "FeatureStats", "Interpretation", "Relevance", "RelevantFeature",
+    "Run", "VebiError", "__version__", "collect", "fit_relevance", "interpret", "list_layers", "load_relevance",
+    "load_stats", "receptive_field", "resolve_layers", "save_relevance", "save_stats",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -63,8 +68,10 @@ if TYPE_CHECKING:
     from vebi.core.features import FeatureSpace
     from vebi.core.relevance import Relevance, RelevantFeature, fit_relevance
     from vebi.core.stats import FeatureStats
-    from vebi.explanation.explainer import Explainer, Explanation
+    from vebi.explanation.explainer import Explainer
+    from vebi.explanation.result import Explanation
     from vebi.interpretation.crops import Interpretation, interpret
     from vebi.interpretation.receptive import receptive_field
     from vebi.io.artifacts import load_relevance, load_stats, save_relevance, save_stats
     from vebi.layers import list_layers, resolve_layers
+    from vebi.run import Run

@@ -1,11 +1,11 @@
 """``vebi demo``: the whole method end to end on a small generated an8Flower set.
 
-Stages (each a ``vebi`` command over plain files, so every stage's output can be inspected and
-rerun on its own): render data -> train the CNN -> collect statistics -> fit mu-LASSO ->
-interpret -> explain sample test images (vebi and baselines) -> evaluate -> HTML report.
-A stage is skipped when its record in ``OUT/stages/`` holds the same key, a hash of its
-arguments and of the keys of the stages it reads, so a rerun with the same options reuses
-finished stages and a changed option reruns that stage and everything after it.
+Stages (each one library call over plain files, so every stage's output can be inspected and
+rerun on its own with the matching ``vebi`` command): render data -> train the CNN -> collect
+statistics -> fit mu-LASSO -> interpret -> explain sample test images (vebi and baselines) ->
+evaluate -> HTML report. A stage is skipped when its record in ``OUT/stages/`` holds the same
+key, a hash of its options and of the keys of the stages it reads, so a rerun with the same
+options reuses finished stages and a changed option reruns that stage and everything after it.
 """
 
 from __future__ import annotations
@@ -14,14 +14,15 @@ import hashlib
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from vebi.io.atomic import write_text
 from vebi.errors import VebiError
+from vebi.io.atomic import write_text
 
 BASELINES: tuple[str, ...] = ("grad_cam", "grad_cam_plus_plus", "guided_backprop", "activation_map")
 
@@ -47,15 +48,17 @@ class DemoConfig:
 
 @dataclass(frozen=True)
 class Stage:
-    """One ``vebi`` command of the demo and the stages whose results it reads."""
+    """One step of the demo (a key of :data:`STEPS`), its options and the stages whose results it reads."""
 
     name: str
-    args: tuple[str, ...]
+    step: str
+    options: Mapping[str, Any]
     reads: tuple[str, ...]
 
 
 def _key(stage: Stage, keys: dict[str, str]) -> str:
-    payload = json.dumps({"args": stage.args, "reads": [keys[r] for r in stage.reads]})
+    payload = json.dumps({"step": stage.step, "options": stage.options, "reads": [keys[r] for r in stage.reads]},
+                         sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -67,6 +70,54 @@ def _sample_images(test_root: Path, per_class: int) -> list[str]:
     return out
 
 
+def _render(out: str, variant: str, per_class: int, size: int, seed: int, sheet: str) -> None:
+    from vebi.an8flower import DatasetConfig, contact_sheet, generate, load_variant
+
+    generate(out, DatasetConfig(load_variant(variant), per_class, size, seed))
+    contact_sheet(out, sheet)
+
+
+def _train(data: str, out: str, epochs: int, seed: int) -> None:
+    from vebi.an8flower.train import TrainConfig, train
+    from vebi.run import resolve_device
+
+    train(data, out, TrainConfig(epochs=epochs, seed=seed), device=resolve_device("auto"))
+
+
+def _evaluate(run: str, **options: Any) -> None:
+    from vebi.evaluate.output import write_evaluation
+    from vebi.evaluate.runner import evaluate_run
+
+    write_evaluation(evaluate_run(run, **options), Path(run) / "evaluation")
+
+
+def _report(run: str) -> None:
+    from vebi.report import build_report
+
+    build_report(run)
+
+
+def _pipeline(name: str) -> Callable[..., Any]:
+    def call(**options: Any) -> Any:
+        from vebi import pipeline
+
+        return getattr(pipeline, name)(**options)
+
+    return call
+
+
+STEPS: dict[str, Callable[..., Any]] = {
+    "an8flower": _render, "train": _train, "collect": _pipeline("collect_run"), "fit": _pipeline("fit_run"),
+    "interpret": _pipeline("interpret_run"), "explain": _pipeline("explain_files"), "evaluate": _evaluate,
+    "report": _report,
+}
+
+
+def run_stage(stage: Stage) -> None:
+    """Run one stage's step with its options."""
+    STEPS[stage.step](**stage.options)
+
+
 def stages(cfg: DemoConfig, out: Path) -> list[Stage | Callable[[], Stage]]:
     data, model, run = out / "data", out / "model", out / "run"
     train, test = data / "images" / "train", data / "images" / "test"
@@ -75,46 +126,38 @@ def stages(cfg: DemoConfig, out: Path) -> list[Stage | Callable[[], Stage]]:
 
     def collect() -> Stage:
         info = json.loads((model / "model.json").read_text())
-        model_args = [a for k, v in info["model_args"].items() for a in ("--model-arg", f"{k}={json.dumps(v)}")]
-        return Stage("collect", ("collect", info["factory"], str(train), "-o", str(run), "--weights",
-                                 str(model / "model.pt"), *model_args, "--top-k", str(cfg.top_k)),
-                     ("data", "train"))
+        return Stage("collect", "collect", {"out": str(run), "model": info["factory"], "data": str(train),
+                                            "weights": str(model / "model.pt"), "model_args": info["model_args"],
+                                            "top_k": cfg.top_k}, ("data", "train"))
 
-    def explain() -> Stage:
-        images = _sample_images(test, per_class)
-        args: list[str] = ["explain", str(run), *images]  # into run/explanations, where the report looks
-        return Stage("explain", tuple(args), ("fit", "interpret"))
-
-    def baselines(name: str) -> Callable[[], Stage]:
+    def explain(method: str) -> Callable[[], Stage]:
         def make() -> Stage:
-            images = _sample_images(test, per_class)
-            return Stage(f"explain-{name}", ("explain", str(run), *images, "-m", name), ("fit",))
+            name = "explain" if method == "vebi" else f"explain-{method}"
+            reads = ("fit", "interpret") if method == "vebi" else ("fit",)
+            return Stage(name, "explain", {"run_dir": str(run), "images": _sample_images(test, per_class),
+                                           "method": method}, reads)
         return make
 
     return [
-        Stage("data", ("an8flower", "--variant", cfg.variant, "--per-class", str(cfg.per_class), "--size",
-                       str(cfg.size), "--seed", str(cfg.seed), "-o", str(data), "--sheet",
-                       str(out / "contact-sheet.png")), ()),
-        Stage("train", ("train", str(data), "-o", str(model), "--epochs", str(cfg.epochs), "--seed",
-                        str(cfg.seed)), ("data",)),
+        Stage("data", "an8flower", {"out": str(data), "variant": cfg.variant, "per_class": cfg.per_class,
+                                    "size": cfg.size, "seed": cfg.seed, "sheet": str(out / "contact-sheet.png")}, ()),
+        Stage("train", "train", {"data": str(data), "out": str(model), "epochs": cfg.epochs, "seed": cfg.seed},
+              ("data",)),
         collect,
-        Stage("fit", ("fit", str(run), "--mu", str(cfg.mu)), ("collect",)),
-        Stage("interpret", ("interpret", str(run), str(train), "--top-k", str(cfg.top_k)), ("fit",)),
-        explain,
-        *[baselines(n) for n in BASELINES],
-        Stage("evaluate", ("evaluate", str(run), str(test), "--masks", str(data / "masks" / "test"),
-                           "--max-images", str(cfg.eval_images), "--seed", str(cfg.seed)),
-              ("fit",)),
-        Stage("report", ("report", str(run)), ("fit", "interpret", "explain", *[f"explain-{n}" for n in BASELINES],
-                                               "evaluate")),
+        Stage("fit", "fit", {"run_dir": str(run), "mu": cfg.mu}, ("collect",)),
+        Stage("interpret", "interpret", {"run_dir": str(run), "data": str(train), "top_k": cfg.top_k}, ("fit",)),
+        explain("vebi"),
+        *[explain(n) for n in BASELINES],
+        Stage("evaluate", "evaluate", {"run": str(run), "data": str(test), "masks": str(data / "masks" / "test"),
+                                       "max_images": cfg.eval_images, "seed": cfg.seed}, ("fit",)),
+        Stage("report", "report", {"run": str(run)},
+              ("fit", "interpret", "explain", *[f"explain-{n}" for n in BASELINES], "evaluate")),
     ]
 
 
 def run_demo(out: Path, cfg: DemoConfig = DemoConfig(), *, fresh: bool = False,
              echo: Callable[[str], None] = typer.echo) -> Path:
     """Run (or resume) every stage into ``out``; returns the report's path."""
-    from vebi.cli._app import main
-
     out = Path(out)
     records = out / "stages"
     if fresh and records.exists():
@@ -133,12 +176,13 @@ def run_demo(out: Path, cfg: DemoConfig = DemoConfig(), *, fresh: bool = False,
         if record.is_file() and json.loads(record.read_text()).get("key") == key:
             echo(f"{label}: done before, reused")
             continue
-        echo(f"{label}: vebi {' '.join(stage.args[:1])} ...")
+        echo(f"{label}: {stage.step} ...")
         t0 = time.perf_counter()
-        code = main(list(stage.args))
-        if code != 0:
-            raise VebiError(f"demo stage {stage.name!r} failed (exit {code}); fix the cause and rerun `vebi demo`")
-        write_text(record, json.dumps({"key": key, "args": list(stage.args),
+        try:
+            run_stage(stage)
+        except VebiError as exc:
+            raise VebiError(f"demo stage {stage.name!r} failed ({exc}); fix the cause and rerun `vebi demo`") from None
+        write_text(record, json.dumps({"key": key, "step": stage.step, "options": dict(stage.options),
                                        "seconds": round(time.perf_counter() - t0, 1)}, indent=2) + "\n")
         echo(f"{label}: {time.perf_counter() - t0:.0f} s")
     report = out / "run" / "report" / "index.html"

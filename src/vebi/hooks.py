@@ -1,14 +1,17 @@
-"""Scoped forward hooks and model-state guards: everything attached is removed in ``finally``."""
+"""Scoped hooks and model-state guards: everything attached is removed, also after an exception.
+
+:class:`HookHandles` is the one way vebi attaches hooks (a list of removable handles that is its
+own context manager); :func:`forward_hooks` observes named modules' outputs;
+:func:`preserve_model` gives a model back exactly as it was.
+"""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
-import torch
 from torch import nn
-
-from vebi.layers import get_module
 
 _HOOK_DICTS = (
     "_forward_hooks",
@@ -68,37 +71,31 @@ def preserve_model(
             m.inplace = flag
 
 
-@contextlib.contextmanager
-def forward_hooks(model: nn.Module, callbacks: Mapping[str, Callable[[str, torch.Tensor], None]]) -> Iterator[None]:
-    """Call ``callbacks[name](name, output)`` whenever the named layer produces an output."""
-    handles = []
-    try:
-        for name, fn in callbacks.items():
-            module = get_module(model, name)
+class HookHandles(list):
+    """Removable hook handles: ``with HookHandles() as handles: handles.append(m.register_...(...))``.
 
-            def hook(_m: nn.Module, _inp: object, out: object, _name: str = name, _fn=fn) -> None:
-                if isinstance(out, (tuple, list)):
-                    out = out[0]
-                _fn(_name, out)
+    Leaving the block (or :meth:`remove`) removes every handle, also after an exception.
+    """
+
+    def remove(self) -> None:
+        while self:
+            self.pop().remove()
+
+    def __enter__(self) -> HookHandles:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.remove()
+
+
+@contextlib.contextmanager
+def forward_hooks(modules: Mapping[str, nn.Module], callback: Callable[[str, Any], None]) -> Iterator[None]:
+    """Call ``callback(name, output)`` whenever ``modules[name]`` produces an output (the first
+    element of a tuple output); the output itself is left as it is."""
+    with HookHandles() as handles:
+        for name, module in modules.items():
+            def hook(_m: nn.Module, _inp: Any, out: Any, _name: str = name) -> None:
+                callback(_name, out[0] if isinstance(out, (tuple, list)) else out)
 
             handles.append(module.register_forward_hook(hook))
         yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
-@contextlib.contextmanager
-def capture_outputs(model: nn.Module, layers: Sequence[str], keep_graph: bool = False) -> Iterator[dict[str, torch.Tensor]]:
-    """Collect the outputs of ``layers`` of the next forward passes into the yielded dict (last pass wins).
-
-    Outputs are cloned (a later in-place op, e.g. ``ReLU(inplace=True)`` after a hooked conv, would
-    otherwise change them) and detached unless ``keep_graph``.
-    """
-    store: dict[str, torch.Tensor] = {}
-
-    def keep(name: str, out: torch.Tensor) -> None:
-        store[name] = out.clone() if keep_graph else out.detach().clone()
-
-    with forward_hooks(model, {n: keep for n in layers}):
-        yield store

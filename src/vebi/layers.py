@@ -1,4 +1,5 @@
-"""Finding layers by name or pattern, and the default layer set per architecture.
+"""Layers by name: finding them (names or patterns), the default set per architecture, listing
+them, and capturing their outputs.
 
 Default layers (one feature per filter, post-activation where the architecture exposes it):
 - torchvision ResNet: the output of every residual block (``layerK.i``), which is post-ReLU
@@ -12,15 +13,17 @@ Default layers (one feature per filter, post-activation where the architecture e
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import fnmatch
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from vebi.errors import VebiError
+from vebi.hooks import forward_hooks, preserve_model
 
 ACTIVATIONS: tuple[type[nn.Module], ...] = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU,
@@ -112,30 +115,38 @@ def first_conv_in_channels(model: nn.Module) -> int:
     return 3
 
 
+def named_layers(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Module]:
+    """``{name: module}`` for the given dotted names (VebiError naming close matches for a wrong one)."""
+    return {name: get_module(model, name) for name in names}
+
+
+@contextlib.contextmanager
+def capture_outputs(model: nn.Module, layers: Sequence[str], keep_graph: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+    """Collect the outputs of ``layers`` of the next forward passes into the yielded dict (last pass wins).
+
+    Outputs are cloned (a later in-place op, e.g. ``ReLU(inplace=True)`` after a hooked conv, would
+    otherwise change them) and detached unless ``keep_graph``.
+    """
+    store: dict[str, torch.Tensor] = {}
+
+    def keep(name: str, out: torch.Tensor) -> None:
+        store[name] = out.clone() if keep_graph else out.detach().clone()
+
+    with forward_hooks(named_layers(model, layers), keep):
+        yield store
+
+
 def list_layers(model: nn.Module, example_input: torch.Tensor | None = None) -> list[LayerInfo]:
     """Every named module with its type and default flag; output shapes when an example input is given."""
-    from vebi.hooks import preserve_model
-
     defaults = set(default_layers(model))
     shapes: dict[str, tuple[int, ...]] = {}
     if example_input is not None:
-        handles = []
+        def record(name: str, out: object) -> None:
+            if isinstance(out, torch.Tensor):
+                shapes.setdefault(name, tuple(out.shape[1:]))
 
-        def make(name: str):
-            def hook(_m: nn.Module, _i: object, out: object) -> None:
-                if isinstance(out, torch.Tensor):
-                    shapes.setdefault(name, tuple(out.shape[1:]))
-            return hook
-
-        with preserve_model(model, freeze=False, no_inplace=False):
-            try:
-                for name, module in model.named_modules():
-                    if name:
-                        handles.append(module.register_forward_hook(make(name)))
-                with torch.no_grad():
-                    model(example_input)
-            finally:
-                for h in handles:
-                    h.remove()
+        named = {n: m for n, m in model.named_modules() if n}
+        with preserve_model(model, freeze=False, no_inplace=False), forward_hooks(named, record), torch.no_grad():
+            model(example_input)
     return [LayerInfo(n, type(m).__name__, n in defaults, shapes.get(n))
             for n, m in model.named_modules() if n]

@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 
 from vebi.cli._app import app
-from vebi.cli.common import DeviceOpt, resolve_device
+from vebi.cli.common import DeviceOpt
+from vebi.run import resolve_device
 
 
 @app.command()

@@ -7,8 +7,7 @@ from pathlib import Path
 import typer
 
 from vebi.cli._app import app
-from vebi.cli.common import (DeviceOpt, ModelArg, ModelArgsOpt, WeightsOpt, build_dataset, build_model, data_info,
-                             model_info, resolve_device)
+from vebi.cli.common import DeviceOpt, ModelArg, ModelArgsOpt, WeightsOpt
 from vebi.errors import VebiError
 
 
@@ -24,8 +23,9 @@ def layers(
     import torch
 
     from vebi.layers import first_conv_in_channels, list_layers
+    from vebi.models import load_model, parse_model_args
 
-    net = build_model(model_info(model, weights, model_arg))
+    net = load_model(model, weights, parse_model_args(model_arg))
     example = torch.zeros(1, first_conv_in_channels(net), size, size)
     try:
         infos = list_layers(net, example)
@@ -70,30 +70,18 @@ def collect(
     import torch
 
     from vebi.core import distributed
-    from vebi.io.artifacts import model_fingerprint, save_run_info, save_stats
-    from vebi.core.collect import collect_dataset
+    from vebi.models import parse_model_args
+    from vebi.pipeline import collect_run
 
     if batch_size < 1 or top_k < 1 or checkpoint_every < 0:
         raise VebiError("--batch-size and --top-k must be at least 1, --checkpoint-every at least 0")
     if gram_dtype not in ("float64", "float32"):
         raise VebiError(f"--gram-dtype must be float64 or float32, not {gram_dtype!r}")
-    dev = distributed.device_for(resolve_device(device), distributed.current())
-    with distributed.process_group(dev) as where:
-        minfo = model_info(model, weights, model_arg)
-        net = build_model(minfo).to(dev)
-        dinfo = data_info(net, model, str(data), size, normalize)
-        dataset = build_dataset(dinfo)
-
-        def write(stats) -> None:
-            save_stats(stats, out, net)
-            save_run_info(out, {"model": minfo, "data": dinfo, "layers": list(stats.space.layers)})
-
-        stats = collect_dataset(
-            net, dataset, batch_size=batch_size, workers=workers, checkpoint=out / "checkpoints",
-            checkpoint_every=checkpoint_every, on_result=write, progress=where.is_main,
-            checkpoint_key={"model": minfo, "fingerprint": model_fingerprint(net), "data": dinfo},
-            layers=layer or None, response=response, labels=labels, top_k=top_k, class_names=dataset.classes,
-            gram_dtype=getattr(torch, gram_dtype), memory_budget=memory_budget)
+    stats = collect_run(out, model, data, weights=weights, model_args=parse_model_args(model_arg), size=size,
+                        normalize=normalize, batch_size=batch_size, workers=workers, device=device,
+                        checkpoint_every=checkpoint_every, layers=layer or None, response=response, labels=labels,
+                        top_k=top_k, gram_dtype=getattr(torch, gram_dtype), memory_budget=memory_budget)
+    where = distributed.current()
     if where.is_main:
         acc = f", accuracy {stats.accuracy:.3f}" if stats.accuracy is not None else ""
         procs = f" in {where.world_size} processes" if where.world_size > 1 else ""
@@ -112,18 +100,9 @@ def fit(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar over the classes"),
 ) -> None:
     """Fit mu-LASSO relevance from the saved statistics (no new pass over the images)."""
-    from vebi.io.artifacts import load_stats, save_relevance
-    from vebi.core.lasso import SOLVERS
-    from vebi.core.relevance import fit_relevance
+    from vebi.pipeline import fit_run
 
-    if not mu > 0:
-        raise VebiError(f"--mu must be positive, not {mu}")
-    if solver not in SOLVERS:
-        raise VebiError(f"--solver must be one of {', '.join(SOLVERS)}, not {solver!r}")
-    dev = resolve_device(device)
-    stats = load_stats(run)
-    relevance = fit_relevance(stats, mu, solver=solver, device=dev, progress=progress)
-    save_relevance(relevance, run)
+    relevance = fit_run(run, mu, solver=solver, device=device, progress=progress)
     for name, count in zip(relevance.class_names, relevance.relevant_counts(), strict=True):
         typer.echo(f"{name}: {count} relevant features")
     typer.echo(f"relevance (mu={mu:g}) -> {run}")

@@ -16,7 +16,7 @@ from vebi.io.checkpoint import Checkpointer
 from vebi.errors import VebiError
 from vebi.core.features import FeatureSpace
 from vebi.hooks import forward_hooks, preserve_model
-from vebi.layers import LayerSpec, resolve_layers
+from vebi.layers import LayerSpec, named_layers, resolve_layers
 from vebi.models import model_device
 from vebi.core.responses import argmax_yx, as_maps, check_response, normalise, pool
 from vebi.core.stats import LABEL_MODES, FeatureStats
@@ -98,7 +98,7 @@ def collect(
     if total is None and hasattr(data, "__len__"):
         total = len(data)  # type: ignore[arg-type]
     bar = tqdm(data, total=total, desc="collect", unit="batch", disable=not progress)
-    with (preserve_model(model, freeze=False, no_inplace=False), forward_hooks(model, {n: reader for n in names}),
+    with (preserve_model(model, freeze=False, no_inplace=False), forward_hooks(named_layers(model, names), reader),
           torch.no_grad()):
         for batch in bar:
             images, targets, indices = _unpack(batch, running)

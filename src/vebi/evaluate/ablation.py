@@ -34,9 +34,9 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from vebi.hooks import preserve_model
+from vebi.hooks import HookHandles, preserve_model
 from vebi.errors import VebiError
-from vebi.layers import get_module
+from vebi.layers import named_layers
 from vebi.models import model_device, model_dtype
 
 FeatureKey = tuple[str, int]
@@ -80,8 +80,7 @@ def ablate(model: nn.Module, features: Iterable[Any]) -> Iterator[nn.Module]:
     by_layer: dict[str, list[int]] = {}
     for layer, channel in feature_keys(features):
         by_layer.setdefault(layer, []).append(channel)
-    modules = {layer: get_module(model, layer) for layer in by_layer}
-    handles = []
+    modules = named_layers(model, by_layer)
 
     def make_hook(layer: str, channels: list[int]) -> Any:
         index_cache: dict[torch.device, Tensor] = {}
@@ -99,13 +98,10 @@ def ablate(model: nn.Module, features: Iterable[Any]) -> Iterator[nn.Module]:
 
         return hook
 
-    try:
+    with HookHandles() as handles:
         for layer, channels in by_layer.items():
             handles.append(modules[layer].register_forward_hook(make_hook(layer, channels)))
         yield model
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 # ----------------------------------------------------------------------------- accuracy under ablation

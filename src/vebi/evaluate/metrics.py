@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor
 
-from vebi.methods.baselines import minmax
+from vebi.explanation.postprocess import minmax
 from vebi.errors import VebiError
 
 DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 20))

@@ -19,9 +19,10 @@ when its value is > 127; a 0/1 mask file counts its non-zero pixels), and comput
 Methods: ``vebi`` (the combined map), ``vebi_feature1`` .. ``vebi_feature<k>`` (the heatmap of
 the image's r-th contributing feature alone, from the same pass; an all-zero map where fewer than
 r features contribute), ``vebi_nofix`` (without the stride fix) and every baseline of
-:mod:`vebi.methods.baselines`. Grad-CAM's layer is resolved once (:func:`vebi.methods.baselines.default_cam_layer`
-unless given) and used by Grad-CAM and Grad-CAM++; ``activation_map`` keeps ``top_k`` features,
-like vebi.
+:mod:`vebi.methods`, each built by name with the shared options ``top_k`` and ``layer`` where it
+declares them. The CAM layer is resolved once (:func:`vebi.methods.cam.default_cam_layer` unless
+given) and used by every method with a ``layer`` option; ``activation_map`` keeps ``top_k``
+features, like vebi.
 
 ``max_images`` keeps a seeded, class-balanced subset (classes take turns, each in a random order
 from ``seed``); every other step is deterministic, so the same seed gives the same numbers.
@@ -31,7 +32,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -249,56 +250,10 @@ def _balanced_subset(labels: Sequence[int], max_images: int | None, seed: int) -
 
 
 def default_methods() -> tuple[str, ...]:
-    """vebi, vebi_nofix, then every other registered method."""
-    from vebi.methods.baselines import method_names
+    """Every registered method (vebi's own first)."""
+    from vebi.methods import method_names
 
-    names = method_names()
-    return ("vebi", "vebi_nofix", *[n for n in names if n not in ("vebi", "vebi_nofix")])
-
-
-MapFn = Callable[[nn.Module, Tensor, Tensor], dict[str, Tensor]]
-
-
-def _map_functions(methods: Sequence[str], relevance: Any, top_k: int,
-                   cam_layer: str | None) -> list[tuple[str, MapFn]]:
-    """(label, fn) pairs; fn(model, images, target) -> {method name: (B, H, W) maps on the CPU}."""
-    from vebi.methods.baselines import build_method
-    from vebi.explanation.explainer import Explainer
-
-    out: list[tuple[str, MapFn]] = []
-    for name in methods:
-        if name == "vebi":
-            def vebi_maps(model: nn.Module, images: Tensor, target: Tensor) -> dict[str, Tensor]:
-                explanations = Explainer(model, relevance, top_k=top_k)(images, target)
-                maps = {"vebi": torch.stack([e.combined for e in explanations])}
-                blank = torch.zeros_like(maps["vebi"][0])
-                for r in range(top_k):
-                    maps[f"vebi_feature{r + 1}"] = torch.stack(
-                        [e.features[r].heatmap if r < len(e.features) else blank for e in explanations])
-                return maps
-
-            out.append((name, vebi_maps))
-            continue
-        options: dict[str, Any] = {}
-        if name in ("vebi_nofix", "activation_map"):
-            options["top_k"] = top_k
-        if name in ("grad_cam", "grad_cam_plus_plus") and cam_layer is not None:
-            options["layer"] = cam_layer
-        fn = build_method(name, relevance, **options)
-        out.append((name, lambda model, images, target, fn=fn, name=name: {name: fn(model, images, target).cpu()}))
-    return out
-
-
-def _output_names(methods: Sequence[str], top_k: int) -> list[str]:
-    names: list[str] = []
-    for name in methods:
-        names.append(name)
-        if name == "vebi":
-            names += [f"vebi_feature{r + 1}" for r in range(top_k)]
-    return names
-
-
-# ----------------------------------------------------------------------------- the runner
+    return method_names()
 
 
 def _network_info(model_info: dict[str, Any]) -> dict[str, Any]:
@@ -343,9 +298,9 @@ def evaluate_run(
     where its parameters are, else the CPU). ``data``/``masks`` may be an an8Flower root or a folder
     with ``<split>/`` sub-folders; the ``split`` folder is used then.
     """
-    from vebi.io.artifacts import load_relevance, load_run_info, load_stats
-    from vebi.methods.baselines import default_cam_layer, method_names
-    from vebi.cli.common import build_dataset, build_model
+    from vebi.methods import build_method, method_names, method_options
+    from vebi.methods.cam import default_cam_layer
+    from vebi.run import Run, resolve_device
 
     start = time.perf_counter()
     if top_k < 1 or steps < 1 or batch_size < 1 or ablation_seeds < 1:
@@ -359,24 +314,21 @@ def evaluate_run(
     thresholds = tuple(float(t) for t in (DEFAULT_THRESHOLDS if thresholds is None else thresholds))
     Localization(thresholds)  # validates the sweep before any work
 
-    run = Path(run_dir)
-    info = load_run_info(run)
-    relevance = load_relevance(run)
-    stats = load_stats(run)
+    run = Run.open(run_dir)
+    info = run.info
+    relevance, stats = run.relevance, run.stats
     if model is None:
-        model = build_model(info["model"])
-    dev = torch.device(device) if device is not None else model_device(model)
+        model = run.model()
+    dev = resolve_device(device) if device is not None else model_device(model)
     model = model.to(dev)
 
     images_root = resolve_split(data, split)
-    dataset = build_dataset(info["data"], path=str(images_root), with_index=False)
+    dataset = run.dataset(images_root, with_index=False)
     if not dataset.samples:
         raise VebiError(f"{images_root} holds no images")
-    if tuple(dataset.classes) != tuple(relevance.class_names):
-        raise VebiError(f"the class folders of {images_root} ({', '.join(dataset.classes)}) are not the run's classes "
-                        f"({', '.join(relevance.class_names)})")
+    run.check_classes(dataset, images_root)
     indices = _balanced_subset(dataset.targets, max_images, seed)
-    size = info["data"].get("size")
+    size = run.data.get("size")
 
     mask_files: list[Path] | None = None
     masks_root: Path | None = None
@@ -410,15 +362,17 @@ def evaluate_run(
     correct_mask = predicted == truth
     per_class = [float(correct_mask[truth == c].double().mean()) if bool((truth == c).any()) else float("nan")
                  for c in range(num_classes)]
-    uses_cam = any(m in ("grad_cam", "grad_cam_plus_plus") for m in chosen)
+    uses_cam = any("layer" in method_options(m) for m in chosen)
     if cam_layer is None and first_batch is not None and uses_cam:
         cam_layer = default_cam_layer(model, first_batch)
 
-    names = _output_names(chosen, top_k)
+    built = [build_method(name, relevance, strict=False, top_k=top_k, layer=cam_layer) for name in chosen]
+    names = [n for method in built for n in method.output_names()]
     localization = {n: {"correct": Localization(thresholds), "wrong": Localization(thresholds)} for n in names}
     faithfulness = {n: DeletionInsertion(steps) for n in names}
     blank = dict.fromkeys(names, 0)
-    for label, fn in _map_functions(chosen, relevance, top_k, cam_layer):
+    for method in built:
+        label = method.name
         began = time.perf_counter()
         offset = 0
         for batch in tqdm(loader, desc=label, unit="batch", disable=not progress):
@@ -427,7 +381,7 @@ def evaluate_run(
             target = predicted[offset:offset + b]
             ok = correct_mask[offset:offset + b]
             offset += b
-            for name, maps in fn(model, images, target.to(dev)).items():
+            for name, maps in method.evaluation_maps(model, images, target.to(dev)).items():
                 maps = maps.detach().float().cpu()
                 blank[name] += int((maps.flatten(1).amax(dim=1) <= maps.flatten(1).amin(dim=1)).sum())
                 if mask_files is not None:

@@ -13,7 +13,7 @@ r_f / sum_{f': r_f' > 0} r_f' of the positive evidence instead.
 Each kept feature (l, f) gets a heatmap: a backward pass from layer l seeded with the
 feature's own activation map A_{l,f} (all other channels zero) through guided-backprop ReLUs
 and, by default, the stride fix for strided convolutions (:mod:`vebi.explanation.backward`); the
-input-space signal is post-processed by :func:`vebi.methods.baselines.postprocess_gradient`
+input-space signal is post-processed by :func:`vebi.explanation.postprocess.postprocess_gradient`
 (positive part, L2 over colour channels, min-max to [0, 1]). The combined explanation is
 the pixel-wise maximum of the k maps. A batch costs one forward pass; the k backward passes
 reuse its graph, each one serving the whole batch.
@@ -23,121 +23,26 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from vebi import __version__
-from vebi.io.atomic import atomic_path, write_text
-from vebi.explanation.backward import RuleMap, forward_with_rules, guided_backprop
-from vebi.methods.baselines import ExplainFn, postprocess_gradient, register_method
+from vebi.explanation.backward import forward_with_rules, guided_rules
+from vebi.explanation.rules import RuleMap
+from vebi.explanation.postprocess import postprocess_gradient
+from vebi.explanation.result import ExplainedFeature, Explanation, resolve_targets
 from vebi.errors import VebiError
 from vebi.hooks import preserve_model
 from vebi.models import model_device
 from vebi.core.relevance import Relevance
 from vebi.core.responses import responses
 
-__all__ = ["ExplainedFeature", "Explainer", "Explanation", "load_explanation", "vebi_method"]
+__all__ = ["Explainer", "top_contributions"]
 
-SCHEMA_VERSION = 1
 Target = None | int | str | Sequence[int | str] | Tensor
-
-
-@dataclass(frozen=True)
-class ExplainedFeature:
-    """One of the top features of an explanation.
-
-    ``response`` x_f, ``weight`` w_{f,j}, ``contribution`` r_f = x_f w_{f,j} > 0, ``share``
-    r_f / sum of the positive r; ``heatmap`` (H, W) float32 in [0, 1] on the CPU;
-    ``interpretation`` the path of the feature's average-crop image, when the run has one.
-    """
-
-    rank: int
-    index: int
-    layer: str
-    channel: int
-    response: float
-    weight: float
-    contribution: float
-    share: float
-    heatmap: Tensor
-    interpretation: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"rank": self.rank, "index": self.index, "layer": self.layer, "channel": self.channel,
-                "response": self.response, "weight": self.weight, "contribution": self.contribution,
-                "share": self.share, "interpretation": self.interpretation}
-
-
-@dataclass(frozen=True)
-class Explanation:
-    """The explanation of one image: prediction, explained class, top features, combined map.
-
-    ``score``/``target_score`` are softmax probabilities of the model's output; ``combined``
-    (H, W) float32 in [0, 1] is the pixel-wise max of the features' heatmaps (zeros when no
-    feature contributes positively).
-    """
-
-    predicted: int
-    predicted_name: str | None
-    score: float
-    target: int
-    target_name: str
-    target_score: float
-    features: tuple[ExplainedFeature, ...]
-    combined: Tensor
-    method: str = "vebi"
-    settings: Mapping[str, Any] = field(default_factory=dict)
-    versions: Mapping[str, str] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The numbers (no maps), as written to JSON."""
-        return {"schema": SCHEMA_VERSION, "method": self.method, "predicted": self.predicted,
-                "predicted_name": self.predicted_name, "score": self.score, "target": self.target,
-                "target_name": self.target_name, "target_score": self.target_score,
-                "features": [f.to_dict() for f in self.features], "settings": dict(self.settings),
-                "versions": dict(self.versions)}
-
-    def save(self, path: str | os.PathLike[str]) -> tuple[Path, Path]:
-        """Write ``PATH.json`` (numbers) and ``PATH.safetensors`` (maps) atomically; return both paths."""
-        stem = _stem(path)
-        tensors = {"combined": self.combined}
-        tensors.update({f"feature{f.rank}": f.heatmap for f in self.features})
-        maps = stem.with_name(stem.name + ".safetensors")
-        numbers = stem.with_name(stem.name + ".json")
-        with atomic_path(maps) as tmp:
-            save_file({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}, str(tmp))
-        write_text(numbers, json.dumps(self.to_dict(), indent=2) + "\n")
-        return numbers, maps
-
-
-def load_explanation(path: str | os.PathLike[str]) -> Explanation:
-    """Read an explanation written by :meth:`Explanation.save`."""
-    stem = _stem(path)
-    numbers, maps = stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".safetensors")
-    try:
-        meta = json.loads(numbers.read_text(encoding="utf-8"))
-        tensors = load_file(str(maps))
-    except FileNotFoundError as exc:
-        raise VebiError(f"{exc.filename} not found") from None
-    except Exception as exc:  # JSON and safetensors raise their own error types
-        raise VebiError(f"cannot read the explanation {stem} ({exc})") from None
-    if meta.get("schema") != SCHEMA_VERSION:
-        raise VebiError(f"{numbers} has schema version {meta.get('schema')}, this vebi reads {SCHEMA_VERSION}")
-    features = tuple(ExplainedFeature(heatmap=tensors[f"feature{f['rank']}"], **f) for f in meta["features"])
-    return Explanation(meta["predicted"], meta["predicted_name"], meta["score"], meta["target"], meta["target_name"],
-                       meta["target_score"], features, tensors["combined"], meta["method"], meta["settings"],
-                       meta["versions"])
-
-
-def _stem(path: str | os.PathLike[str]) -> Path:
-    p = Path(path)
-    return p.with_suffix("") if p.suffix in (".json", ".safetensors") else p
 
 
 class Explainer:
@@ -168,7 +73,7 @@ class Explainer:
         self.model = model
         self.relevance = relevance
         self.top_k = int(top_k)
-        self.rules = rules if rules is not None else guided_backprop(stride_fix=stride_fix, pool_fix=pool_fix)
+        self.rules = rules if rules is not None else guided_rules(stride_fix=stride_fix, pool_fix=pool_fix)
         self.settings = {"top_k": self.top_k, "stride_fix": bool(stride_fix), "pool_fix": bool(pool_fix),
                          "rules": "custom" if rules is not None else "guided_backprop",
                          "response": relevance.response, "mu": relevance.mu}
@@ -220,16 +125,10 @@ class Explainer:
                 raise VebiError("the model must return class scores of shape (B, classes)")
             probs = logits.detach().float().softmax(dim=1)
             predicted = probs.argmax(dim=1)
-            targets = self._targets(target, predicted, batch, logits.shape[1]).to(device)
+            targets = self._targets(target, predicted, logits.shape[1]).to(device)
             acts = {layer: fw.activations[layer] for layer in space.layers}
             x = responses({n: a.detach() for n, a in acts.items()}, space, self.relevance.response).double()
-            w = self.relevance.weights.to(device=device, dtype=torch.float64)[:, targets].T
-            r = x * w
-            values, indices = r.topk(min(k, space.size), dim=1)
-            if values.shape[1] < k:
-                pad = k - values.shape[1]
-                values = torch.cat([values, values.new_zeros(batch, pad)], dim=1)
-                indices = torch.cat([indices, indices.new_zeros(batch, pad)], dim=1)
+            w, r, values, indices = top_contributions(x, self.relevance.weights, targets, k)
             kept = values > 0
             heat = torch.zeros(batch, k, height, width, dtype=torch.float32)
             for s in range(k):
@@ -251,27 +150,30 @@ class Explainer:
                 "w": w.cpu(), "values": values.cpu(), "indices": indices.cpu(), "kept": kept.cpu(),
                 "positive": positive.cpu(), "heat": heat, "combined": combined}
 
-    def _targets(self, target: Target, predicted: Tensor, batch: int, outputs: int) -> Tensor:
+    def _targets(self, target: Target, predicted: Tensor, outputs: int) -> Tensor:
         classes = self.relevance.num_classes
-        if target is None:
-            if outputs != classes:
-                raise VebiError(f"the model has {outputs} outputs but the relevance has {classes} classes; "
-                                "pass target= to say which class to explain")
-            return predicted
-        if isinstance(target, Tensor):
-            items: list = target.flatten().tolist() if target.dim() else [target.item()] * batch
-        elif isinstance(target, (int, str)):
-            items = [target] * batch
-        else:
-            items = list(target)
-        if len(items) != batch:
-            raise VebiError(f"need one target per image: got {len(items)} for {batch} images")
-        return torch.tensor([self.relevance.class_index(t if isinstance(t, str) else int(t)) for t in items])
+        if target is None and outputs != classes:
+            raise VebiError(f"the model has {outputs} outputs but the relevance has {classes} classes; "
+                            "pass target= to say which class to explain")
+        return resolve_targets(target, predicted, index=self.relevance.class_index)
+
+
+def top_contributions(x: Tensor, weights: Tensor, targets: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """w = columns ``targets`` of ``weights`` (B, m), r = x o w, and the k largest r per image
+    (values, indices; padded with zeros when m < k), all float64 on x's device."""
+    w = weights.to(device=x.device, dtype=torch.float64)[:, targets.to(x.device)].T
+    r = x.double() * w
+    values, indices = r.topk(min(k, r.shape[1]), dim=1)
+    if values.shape[1] < k:
+        pad = k - values.shape[1]
+        values = torch.cat([values, values.new_zeros(values.shape[0], pad)], dim=1)
+        indices = torch.cat([indices, indices.new_zeros(indices.shape[0], pad)], dim=1)
+    return w, r, values, indices
 
 
 def _interpretation_links(folder: str | os.PathLike[str], relevance: Relevance) -> dict[tuple[int | None, int], str]:
     """(class, feature index) -> path of the average image, and (None, index) for any class."""
-    from vebi.interpretation.crops import INTERPRETATION_DIR
+    from vebi.interpretation.store import INTERPRETATION_DIR
 
     root = Path(folder)
     if (root / INTERPRETATION_DIR / "interpretation.json").is_file():
@@ -294,23 +196,3 @@ def _interpretation_links(folder: str | os.PathLike[str], relevance: Relevance) 
             links[(int(cls["index"]), index)] = path
             links.setdefault((None, index), path)
     return links
-
-
-def vebi_method(relevance: Relevance | None = None, *, top_k: int = 3, stride_fix: bool = True,
-                pool_fix: bool = False) -> ExplainFn:
-    """The method as an ``explain(model, images, target) -> (B, H, W)`` function (the combined maps)."""
-    if relevance is None:
-        raise VebiError("method 'vebi' needs a relevance (a fitted run)")
-
-    def explain(model: nn.Module, images: Tensor, target: Tensor) -> Tensor:
-        return Explainer(model, relevance, top_k=top_k, stride_fix=stride_fix, pool_fix=pool_fix).maps(images, target)
-
-    return explain
-
-
-def _vebi_nofix(relevance: Relevance | None = None, **options: Any) -> ExplainFn:
-    return vebi_method(relevance, **{**options, "stride_fix": False})
-
-
-register_method("vebi", vebi_method)
-register_method("vebi_nofix", _vebi_nofix)

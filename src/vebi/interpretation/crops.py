@@ -15,34 +15,24 @@ image is read once from the dataset by index, however many features share it.
 
 from __future__ import annotations
 
-import io
-import json
-import os
-import re
-import shutil
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFont
-from safetensors.torch import load_file, save_file
+from PIL import Image
 from torch import nn
 from torchvision.transforms.functional import to_tensor
 from tqdm.auto import tqdm
 
-from vebi.io.atomic import atomic_path, write_bytes, write_text
 from vebi.errors import VebiError
 from vebi.interpretation.receptive import ReceptiveField, receptive_fields
 from vebi.core.relevance import Relevance
 from vebi.core.stats import FeatureStats
 
-__all__ = ["FeatureInterpretation", "Interpretation", "grid_file", "interpret", "load_interpretations",
-           "save_interpretations"]
+__all__ = ["FeatureInterpretation", "Interpretation", "interpret"]
 
 _FLUSH_ELEMENTS = 1 << 20  # crop elements gathered by one indexing operation
 _CANVAS_ELEMENTS = 1 << 20  # elements of the canvas holding a chunk of images
@@ -395,162 +385,3 @@ def _fill(fill: float | Sequence[float] | None, mean: torch.Tensor) -> torch.Ten
     if values.numel() != mean.numel():
         raise VebiError(f"fill has {values.numel()} values but the images have {mean.numel()} channels")
     return values
-
-
-# --------------------------------------------------------------------------- saving and loading
-
-INTERPRETATION_DIR = "interpretation"
-SCHEMA_VERSION = 1
-_GRID_COLUMNS = 8
-
-
-def save_interpretations(interpretations: Sequence[Interpretation], run_dir: str | os.PathLike[str],
-                         settings: Mapping[str, Any] | None = None) -> Path:
-    """Write ``run_dir/interpretation/`` and return it; the folder is replaced as a whole.
-
-    Per class ``CCC-name.png`` (grid of its features' averages, |weight| order) and folder
-    ``CCC-name/`` with ``RRR-layer-cN.png`` (average) and ``RRR-layer-cN-crops.png`` (kept crops
-    in a row, each shown at the averages' size) per feature; ``interpretation.json``
-    (metadata: ``size`` of the averages, ``top_k`` the most crops averaged, ``settings``, and
-    per class its features) and
-    ``interpretation.safetensors`` (the exact tensors, read back by ``load_interpretations``).
-    """
-    run = Path(run_dir)
-    run.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{INTERPRETATION_DIR}.", dir=run))
-    try:
-        tensors: dict[str, torch.Tensor] = {}
-        classes = []
-        for interp in interpretations:
-            folder = grid_file(interp).removesuffix(".png")
-            entries = []
-            for rank, feat in enumerate(interp.features):
-                stem = f"{folder}/{rank:03d}-{_slug(feat.layer)}-c{feat.channel}"
-                _write_png(staging / f"{stem}.png", feat.average)
-                key = f"feature{feat.index}"  # a feature relevant to several classes is stored once
-                tensors[f"{key}.average"] = feat.average
-                tensors[f"{key}.crops"] = feat.crops
-                crops_png = None
-                if feat.crops.shape[0]:
-                    crops_png = f"{stem}-crops.png"
-                    _save_pil(staging / crops_png, _strip(feat.crops, int(feat.average.shape[-1])))
-                entries.append({
-                    "index": feat.index, "layer": feat.layer, "channel": feat.channel, "weight": feat.weight,
-                    "receptive_field": list(feat.receptive_field), "count": feat.count,
-                    "image_indices": list(feat.image_indices), "average": f"{stem}.png", "crops": crops_png,
-                })
-            grid = grid_file(interp)
-            _write_grid(staging / grid, interp)
-            classes.append({"index": interp.class_index, "name": interp.class_name, "grid": grid, "features": entries})
-        with atomic_path(staging / "interpretation.safetensors") as tmp:
-            save_file({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}, str(tmp))
-        sizes = {int(f.average.shape[-1]) for i in interpretations for f in i.features}
-        meta = {"schema": SCHEMA_VERSION, "size": sizes.pop() if len(sizes) == 1 else None,
-                "top_k": max((f.count for i in interpretations for f in i.features), default=0),
-                "settings": dict(settings or {}), "classes": classes}
-        write_text(staging / "interpretation.json", json.dumps(meta, indent=2) + "\n")
-        target = run / INTERPRETATION_DIR
-        _replace_folder(staging, target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-    return target
-
-
-def load_interpretations(run_dir: str | os.PathLike[str]) -> tuple[Interpretation, ...]:
-    """The interpretations saved by ``save_interpretations`` under ``run_dir``."""
-    folder = Path(run_dir) / INTERPRETATION_DIR
-    meta_path = folder / "interpretation.json"
-    from vebi.io.artifacts import load_tensors, read_json
-
-    meta = read_json(meta_path, "interpretations (run `vebi interpret` first)")
-    tensors = load_tensors(folder / "interpretation.safetensors")
-    result = []
-    for cls in meta["classes"]:
-        features = []
-        for f in cls["features"]:
-            key = f"feature{int(f['index'])}"
-            if f"{key}.average" not in tensors:
-                raise VebiError(f"{folder / 'interpretation.safetensors'} does not match {meta_path}")
-            features.append(FeatureInterpretation(
-                int(f["index"]), f["layer"], int(f["channel"]), float(f["weight"]),
-                (int(f["receptive_field"][0]), int(f["receptive_field"][1])),
-                tensors[f"{key}.average"], tensors[f"{key}.crops"], tuple(int(i) for i in f["image_indices"])))
-        result.append(Interpretation(int(cls["index"]), cls["name"], tuple(features)))
-    return tuple(result)
-
-
-def grid_file(interpretation: Interpretation) -> str:
-    """File name of a class's grid image inside the interpretation folder."""
-    return f"{interpretation.class_index:03d}-{_slug(interpretation.class_name)}.png"
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._") or "_"
-
-
-def _to_pil(image: torch.Tensor) -> Image.Image:
-    """Values clamped to [0, 1]; three or more channels show the first three as RGB, fewer the first as grey."""
-    array = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
-    if array.shape[0] < 3:
-        return Image.fromarray(array[0].numpy())
-    return Image.fromarray(array[:3].permute(1, 2, 0).contiguous().numpy())
-
-
-def _write_png(path: Path, image: torch.Tensor) -> None:
-    _save_pil(path, _to_pil(image))
-
-
-def _save_pil(path: Path, picture: Image.Image) -> None:
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes(path, buffer.getvalue())
-
-
-def _strip(crops: torch.Tensor, size: int) -> Image.Image:
-    """The crops side by side, each shown at size x size (pixels repeated, not blurred)."""
-    tiles = [_to_pil(crop).resize((size, size), Image.Resampling.NEAREST) for crop in crops]
-    strip = Image.new(tiles[0].mode, (size * len(tiles), size))
-    for i, tile in enumerate(tiles):
-        strip.paste(tile, (i * size, 0))
-    return strip
-
-
-def _write_grid(path: Path, interp: Interpretation) -> None:
-    """The class's averages in |weight| order, each captioned with layer, channel and weight."""
-    cell = max(64, *(int(f.average.shape[-1]) for f in interp.features)) if interp.features else 64
-    caption, pad = 26, 4
-    columns = max(1, min(_GRID_COLUMNS, len(interp.features)))
-    rows = max(1, -(-len(interp.features) // columns))
-    title = 18
-    width = columns * (cell + pad) + pad
-    picture = Image.new("RGB", (max(width, 200), title + rows * (cell + caption + pad) + pad), "white")
-    draw = ImageDraw.Draw(picture)
-    font = ImageFont.load_default()
-    draw.text((pad, 3), f"{interp.class_name}: {len(interp.features)} relevant features", fill="black", font=font)
-    for i, feat in enumerate(interp.features):
-        x = pad + (i % columns) * (cell + pad)
-        y = title + (i // columns) * (cell + caption + pad)
-        tile = _to_pil(feat.average).convert("RGB").resize((cell, cell), Image.Resampling.NEAREST)
-        picture.paste(tile, (x, y))
-        draw.text((x, y + cell + 1), f"{feat.layer} c{feat.channel}", fill="black", font=font)
-        draw.text((x, y + cell + 13), f"w={feat.weight:+.3g}", fill="black", font=font)
-    _save_pil(path, picture)
-
-
-def _replace_folder(new: Path, target: Path) -> None:
-    """Put ``new`` at ``target``; an existing ``target`` is kept until the new one is in place."""
-    old = None
-    if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-        os.replace(target, old / target.name)
-    try:
-        os.replace(new, target)
-    except OSError:
-        if old is not None:
-            os.replace(old / target.name, target)
-        raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)

@@ -1,9 +1,10 @@
-"""Atomic file output: write to a temporary sibling, then rename over the target."""
+"""Atomic file output: write to a temporary sibling, then rename over the target (files and folders)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,3 +43,22 @@ def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def replace_folder(new: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Put folder ``new`` at ``target``; an existing ``target`` is kept until the new one is in place
+    (and put back if the move fails)."""
+    new, target = Path(new), Path(target)
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+        os.replace(target, old / target.name)
+    try:
+        os.replace(new, target)
+    except OSError:
+        if old is not None:
+            os.replace(old / target.name, target)
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)

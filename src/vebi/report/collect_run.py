@@ -29,12 +29,12 @@ Interpretation (``vebi interpret``)::
                                                                                 or null
                                   }, ...]}, ...]}
 
-(this is what ``vebi.interpretation.crops.save_interpretations`` writes.)
+(this is what ``vebi.interpretation.store.save_interpretations`` writes.)
 
-Explanations (``vebi explain``, ``Explanation.save``): ``explanations/*.json`` and
+Explanations (``Explanation.save``, which ``vebi explain`` calls): ``explanations/*.json`` and
 ``explanations/*/*.json`` (e.g. one sub-folder per baseline), one record per image and method::
 
-    {"schema": 1, "method": "vebi" | baseline name,   default "vebi"
+    {"schema": 1, "method": "vebi" | baseline name,
      "image": "/path/to/input.png",                optional (vebi explain writes it); groups the
                                                    records of one image; without it, the file stem
      "true_class": str,                            optional; else the image's folder name when
@@ -44,7 +44,10 @@ Explanations (``vebi explain``, ``Explanation.save``): ``explanations/*.json`` a
      "features": [{"rank": k, "index": i, "layer": str, "channel": c, "weight": w,
                    "contribution": r, "share": s,
                    "interpretation": "/path/to/average.png"}, ...],   else looked up by index
-     "panel": "/path/to/panel.png"}                optional; shown when there are no maps
+     ...}
+
+  panel, optional: ``"panel": "name.png"`` in the record, else ``<same stem>.png`` beside the JSON
+  (``vebi explain`` draws it); shown when there are no maps.
 
   maps, optional: ``<same stem>.safetensors`` beside the JSON with (H, W) tensors in [0, 1]:
   "combined" and "feature<rank>" (what ``Explanation.save`` writes). The record of method
@@ -77,7 +80,7 @@ from vebi.io.artifacts import SCHEMA_VERSION, load_relevance, read_json
 from vebi.errors import VebiError
 from vebi.core.relevance import Relevance
 
-__all__ = ["ClassView", "EvalGroup", "EvaluationView", "ExplainedFeature", "ExplanationView", "FeatureView",
+__all__ = ["ClassView", "EvalGroup", "EvaluationView", "ExplainedFeatureView", "ExplanationView", "FeatureView",
            "Figure", "LayerView", "MapRef", "Picture", "ReportData", "Table", "collect_run"]
 
 EVAL_SECTIONS: dict[str, str] = {"iou": "IoU with the ground-truth masks", "scores": "Other scores",
@@ -135,7 +138,7 @@ Picture = Path | MapRef  # an image file, or a heatmap the report draws
 
 
 @dataclass(frozen=True)
-class ExplainedFeature:
+class ExplainedFeatureView:
     index: int
     layer: str
     channel: int
@@ -155,7 +158,7 @@ class ExplanationView:
     predicted: str
     score: float | None
     target: str | None  # set when the explained class is not the predicted one
-    features: tuple[ExplainedFeature, ...]
+    features: tuple[ExplainedFeatureView, ...]
     combined: Picture | None
     panel: Path | None
     baselines: tuple[tuple[str, Picture], ...]  # (method, its map or panel) for the same image
@@ -368,7 +371,7 @@ def _read_explanations(folder: Path, class_names: Sequence[str], interpretations
             raise VebiError(f"{path} is not valid JSON ({exc})") from None
         if not isinstance(data, dict) or "predicted" not in data:
             continue  # another kind of JSON file in the folder
-        if data.get("schema", SCHEMA_VERSION) != SCHEMA_VERSION:  # baseline records of vebi explain carry none
+        if data.get("schema") != SCHEMA_VERSION:
             raise VebiError(f"{path} has schema version {data.get('schema')}, this vebi reads {SCHEMA_VERSION}")
         image = data.get("image")
         key = str(_resolve(path.parent, image)) if isinstance(image, str) and image else f"stem:{path.stem}"
@@ -413,6 +416,14 @@ def _class_name(data: dict[str, Any], key: str, class_names: Sequence[str]) -> s
     return str(index)
 
 
+def _panel(path: Path, data: dict[str, Any], warnings: list[str]) -> Path | None:
+    """The record's "panel" when it names one, else the ``<stem>.png`` beside it if there is one."""
+    if data.get("panel"):
+        return _image(path.parent, data["panel"], "panel", path, warnings)
+    panel = path.with_suffix(".png")
+    return panel if panel.is_file() else None
+
+
 def _explanation(main: tuple[Path, dict[str, Any]], others: list[tuple[Path, dict[str, Any]]],
                  class_names: Sequence[str], interpretations: dict[int, Path],
                  warnings: list[str]) -> ExplanationView:
@@ -426,7 +437,7 @@ def _explanation(main: tuple[Path, dict[str, Any]], others: list[tuple[Path, dic
         interp = _resolve(base, link) if isinstance(link, str) and link else None
         if interp is None or not interp.is_file():
             interp = interpretations.get(index)
-        features.append(ExplainedFeature(
+        features.append(ExplainedFeatureView(
             index, str(f.get("layer", "")), int(f.get("channel", -1)),
             None if f.get("weight") is None else float(f["weight"]),
             None if f.get("contribution") is None else float(f["contribution"]),
@@ -440,8 +451,7 @@ def _explanation(main: tuple[Path, dict[str, Any]], others: list[tuple[Path, dic
         true_class = image.parent.name  # class-per-folder data
     baselines: list[tuple[str, Picture]] = []
     for other_path, other in others:
-        picture = _map(_maps(other_path), "combined") or _image(other_path.parent, other.get("panel"), "panel",
-                                                                other_path, warnings)
+        picture = _map(_maps(other_path), "combined") or _panel(other_path, other, warnings)
         if picture is not None:
             baselines.append((str(other.get("method", other_path.parent.name)), picture))
     return ExplanationView(
@@ -450,7 +460,7 @@ def _explanation(main: tuple[Path, dict[str, Any]], others: list[tuple[Path, dic
         predicted=predicted, score=None if data.get("score") is None else float(data["score"]),
         target=None if data.get("target") in (None, data.get("predicted")) else target,
         features=tuple(features), combined=_map(maps, "combined"),
-        panel=_image(base, data.get("panel"), "panel", path, warnings), baselines=tuple(baselines),
+        panel=_panel(path, data, warnings), baselines=tuple(baselines),
     )
 
 

@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from vebi import __version__
-from vebi.io.atomic import write_text
+from vebi.io.atomic import replace_folder, write_text
 from vebi.errors import VebiError
 from vebi.report import plots
 from vebi.report.collect_run import MapRef, Picture, ReportData, collect_run
@@ -84,7 +84,7 @@ def write_report(data: ReportData, out: str | Path, *, max_features: int = 60, m
         assets = _Assets(tmp, quote(folder.name), warnings)
         figures = _add_images(data, assets, max_features, max_crops, progress)
         html = _render(data, assets, figures, max_features, max_crops, warnings)
-        _swap(tmp, folder)
+        replace_folder(tmp, folder)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -193,17 +193,6 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
-
-
-def _swap(new: Path, target: Path) -> None:
-    """Put folder ``new`` at ``target``, replacing an earlier report's folder."""
-    if not target.exists():
-        os.replace(new, target)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-    os.replace(target, old / "x")
-    os.replace(new, target)
-    shutil.rmtree(old)
 
 
 # --------------------------------------------------------------------------- HTML

@@ -1,0 +1,132 @@
+"""Methods built on a fitted relevance: vebi's own explanation (with and without the stride fix)
+and the upsampled activation maps of the same top features (the paper's baseline)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vebi.errors import VebiError
+from vebi.explanation.explainer import Explainer, top_contributions
+from vebi.explanation.postprocess import postprocess_map
+from vebi.hooks import preserve_model
+from vebi.layers import capture_outputs
+from vebi.methods.registry import Method, check_inputs, register_method
+from vebi.models import model_device, model_dtype
+
+if TYPE_CHECKING:
+    from vebi.core.relevance import Relevance
+    from vebi.explanation.result import Explanation
+
+__all__ = ["ActivationMap", "Vebi", "VebiNoFix"]
+
+
+@register_method("vebi")
+@dataclass(frozen=True)
+class Vebi(Method):
+    """vebi's explanation (:class:`vebi.explanation.explainer.Explainer`): the image's ``top_k``
+    contributing features, each with its backward heatmap, and their combination.
+
+    ``interpretations``: a run folder whose average-crop images are linked from the features.
+    In the evaluation it also contributes ``vebi_feature<r>``, the r-th feature's map alone.
+    """
+
+    needs_relevance: ClassVar[bool] = True
+
+    relevance: Relevance
+    top_k: int = 3
+    stride_fix: bool = True
+    pool_fix: bool = False
+    interpretations: str | None = None
+
+    def explainer(self, model: nn.Module) -> Explainer:
+    
+        return Explainer(model, self.relevance, top_k=self.top_k, stride_fix=self.stride_fix,
+                         pool_fix=self.pool_fix, interpretation_dir=self.interpretations)
+
+    def maps(self, model: nn.Module, images: Tensor, target: Tensor) -> Tensor:
+        return self.explainer(model).maps(images, target)
+
+    def explain(self, model: nn.Module, images: Tensor, target: Any = None,
+                class_names: Sequence[str] = ()) -> tuple[Explanation, ...]:
+        return self.explainer(model)(images, target)
+
+    def output_names(self) -> tuple[str, ...]:
+        return (self.name, *[f"{self.name}_feature{r + 1}" for r in range(self.top_k)])
+
+    def evaluation_maps(self, model: nn.Module, images: Tensor, target: Tensor) -> dict[str, Tensor]:
+        explanations = self.explainer(model)(images, target)
+        maps = {self.name: torch.stack([e.combined for e in explanations])}
+        blank = torch.zeros_like(maps[self.name][0])
+        for r in range(self.top_k):
+            maps[f"{self.name}_feature{r + 1}"] = torch.stack(
+                [e.features[r].heatmap if r < len(e.features) else blank for e in explanations])
+        return maps
+
+
+@register_method("vebi_nofix")
+@dataclass(frozen=True)
+class VebiNoFix(Vebi):
+    """vebi's explanation without the stride fix (plain guided backprop from each feature)."""
+
+    stride_fix: bool = False
+
+    output_names = Method.output_names
+    evaluation_maps = Method.evaluation_maps
+
+
+@register_method("activation_map")
+@dataclass(frozen=True)
+class ActivationMap(Method):
+    """Upsampled activation maps of the method's top features (the paper's "upsampled activation
+    map" baseline).
+
+    For image b and class j = target[b]: responses x (as in collection, ``relevance.response``),
+    contributions r = x o w_j; the k = ``top_k`` features with the largest r > 0 are kept. Each one's
+    activation map A_{l,f} is bilinearly resized to (H, W) and post-processed (positive part,
+    min-max); the result is their pixel-wise maximum. No feature with r > 0 gives an all-zero map.
+    """
+
+    needs_relevance: ClassVar[bool] = True
+
+    relevance: Relevance
+    top_k: int = 3
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1:
+            raise VebiError(f"top_k must be >= 1, got {self.top_k}")
+
+    def maps(self, model: nn.Module, images: Tensor, target: Tensor) -> Tensor:
+        from vebi.core.responses import as_maps, responses
+
+        check_inputs(images, target)
+        relevance = self.relevance
+        if target.numel() and int(target.max()) >= len(relevance.class_names):
+            raise VebiError(
+                f"target class {int(target.max())} is out of range for a relevance over "
+                f"{len(relevance.class_names)} classes"
+            )
+        space = relevance.space
+        device = model_device(model, images.device)
+        x = images.detach().to(device, model_dtype(model, images.dtype))
+        with preserve_model(model), torch.no_grad(), capture_outputs(model, list(space.layers)) as acts:
+            model(x)
+            activations = dict(acts)
+        resp = responses(activations, space, kind=relevance.response)
+        _, _, values, indices = top_contributions(resp, relevance.weights, target, self.top_k)
+        height, width = images.shape[-2:]
+        out = torch.zeros(images.shape[0], height, width, device=device)
+        for b in range(images.shape[0]):
+            for value, index in zip(values[b].tolist(), indices[b].tolist()):
+                if value <= 0:
+                    break
+                feature = space.feature(index)
+                channel_map = as_maps(activations[feature.layer])[b, feature.channel].float()
+                up = F.interpolate(channel_map[None, None], size=(height, width), mode="bilinear", align_corners=False)
+                out[b] = torch.maximum(out[b], postprocess_map(up[0])[0])
+        return out.to(images.device)

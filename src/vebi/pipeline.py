@@ -1,0 +1,201 @@
+"""The stages of the method over run folders: collect -> fit -> interpret -> explain.
+
+Each function reads what earlier stages saved in the run folder (:class:`vebi.run.Run`) and saves
+its own result there, so the command line, the demo and a notebook run the same code::
+
+    collect_run("runs/mine", "torchvision:resnet18", "photos/train", weights="r18.pt", size=224)
+    fit_run("runs/mine", mu=10)
+    interpret_run("runs/mine", "photos/train")
+    explain_files("runs/mine", ["photos/test/tulip/1.jpg"])
+
+The evaluation (:func:`vebi.evaluate.runner.evaluate_run`) and the report
+(:func:`vebi.report.build_report`) take a run folder the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vebi.errors import VebiError
+from vebi.run import Run, data_record, model_record, resolve_device
+
+if TYPE_CHECKING:
+    import torch
+
+    from vebi.core.relevance import Relevance
+    from vebi.core.stats import FeatureStats
+    from vebi.explanation.result import Explanation
+    from vebi.interpretation.crops import Interpretation
+
+__all__ = ["ExplainedFile", "collect_run", "explain_files", "fit_run", "interpret_run"]
+
+
+def collect_run(
+    out: str | Path,
+    model: str,
+    data: str | Path,
+    *,
+    weights: str | None = None,
+    model_args: Mapping[str, Any] | None = None,
+    size: int | None = None,
+    normalize: str = "auto",
+    batch_size: int = 32,
+    workers: int = 0,
+    device: str | torch.device | None = "auto",
+    checkpoint_every: int = 0,
+    progress: bool = True,
+    **options: Any,
+) -> FeatureStats:
+    """One pass of ``model`` (a spec, see :func:`vebi.models.load_model`) over the image folder
+    ``data``; writes ``run.json`` and the statistics into ``out``. ``options`` go to
+    :func:`vebi.core.collect.collect` (layers, response, labels, top_k, gram_dtype, memory_budget).
+    Under torchrun every process takes its share and process 0 writes the result."""
+    from vebi.core import distributed
+    from vebi.core.collect import collect_dataset
+    from vebi.io.artifacts import model_fingerprint, save_stats
+    from vebi.models import load_model
+
+    if batch_size < 1 or checkpoint_every < 0:
+        raise VebiError("batch_size must be at least 1, checkpoint_every at least 0")
+    out = Path(out)
+    dev = distributed.device_for(resolve_device(device), distributed.current())
+    with distributed.process_group(dev) as where:
+        minfo = model_record(model, weights, model_args)
+        net = load_model(minfo["spec"], minfo["weights"], minfo["args"]).to(dev)
+        dinfo = data_record(net, model, data, size, normalize)
+        probe = Run(out, {"model": minfo, "data": dinfo})
+        dataset = probe.dataset()
+
+        def write(stats: FeatureStats) -> None:
+            save_stats(stats, out, net)
+            Run.create(out, minfo, dinfo, stats.space.layers)
+
+        return collect_dataset(
+            net, dataset, batch_size=batch_size, workers=workers, checkpoint=out / "checkpoints",
+            checkpoint_every=checkpoint_every, on_result=write, progress=progress and where.is_main,
+            checkpoint_key={"model": minfo, "fingerprint": model_fingerprint(net), "data": dinfo},
+            class_names=dataset.classes, **options)
+
+
+def fit_run(run_dir: str | Path, mu: float = 10.0, *, solver: str = "auto", device: str | torch.device = "cpu",
+            progress: bool = True) -> Relevance:
+    """Fit the mu-LASSO relevance from the run's statistics (no pass over the images) and save it."""
+    from vebi.core.lasso import SOLVERS
+    from vebi.core.relevance import fit_relevance
+    from vebi.io.artifacts import save_relevance
+
+    if not mu > 0:
+        raise VebiError(f"mu must be positive, not {mu}")
+    if solver not in SOLVERS:
+        raise VebiError(f"solver must be one of {', '.join(SOLVERS)}, not {solver!r}")
+    run = Run.open(run_dir)
+    relevance = fit_relevance(run.stats, mu, solver=solver, device=resolve_device(device), progress=progress)
+    save_relevance(relevance, run.root)
+    return relevance
+
+
+def interpret_run(run_dir: str | Path, data: str | Path, *, ignore_global: bool = False, workers: int = 0,
+                  **options: Any) -> tuple[tuple[Interpretation, ...], Path]:
+    """Average receptive-field crops of every relevant feature's top images of ``data`` (the folder
+    the statistics were collected on); saved to ``RUN/interpretation``. ``options`` go to
+    :func:`vebi.interpretation.crops.interpret` (top_k, size, weighted, classes, max_features,
+    keep_crops, progress). Returns the interpretations and their folder."""
+    from vebi.interpretation.crops import interpret
+    from vebi.interpretation.store import save_interpretations
+    from vebi.interpretation.receptive import receptive_fields
+
+    run = Run.open(run_dir)
+    stats, relevance = run.stats, run.relevance
+    model = run.model(weights=False)  # receptive fields depend on the architecture only
+    dataset = run.dataset(data, display=True)
+    if tuple(dataset.classes) != tuple(stats.class_names):
+        raise VebiError(f"{data} has classes {', '.join(dataset.classes)}, the run has {', '.join(stats.class_names)}")
+    fields = receptive_fields(model, stats.space.layers, input_size=stats.input_size, ignore_global=ignore_global)
+    results = interpret(relevance, stats, dataset, fields=fields, num_workers=workers, **options)
+    settings = {"top_k": options.get("top_k", 100), "size": options.get("size", 64),
+                "weighted": options.get("weighted", False), "keep_crops": options.get("keep_crops", 8),
+                "ignore_global": ignore_global, "max_features": options.get("max_features"),
+                "data": str(Path(data).resolve()), "fill": "mean of the images read"}
+    return results, save_interpretations(results, run.root, settings)
+
+
+@dataclass(frozen=True)
+class ExplainedFile:
+    """One explained image file: its explanation and where it was written (``stem`` + .json,
+    .safetensors, .png)."""
+
+    path: Path
+    explanation: Explanation
+    stem: Path
+
+
+def explain_files(
+    run_dir: str | Path,
+    images: Sequence[str | Path],
+    *,
+    method: str = "vebi",
+    out: str | Path | None = None,
+    target: int | str | None = None,
+    batch_size: int = 16,
+    device: str | torch.device | None = "auto",
+    **options: Any,
+) -> list[ExplainedFile]:
+    """Explain each image file with ``method`` (vebi or a baseline); per image write
+    ``OUT/STEM.json`` + ``.safetensors`` (:meth:`Explanation.save`) and a PNG panel. ``OUT``
+    defaults to ``RUN/explanations`` (``RUN/explanations/METHOD`` for other methods), where the
+    report finds them. ``options`` go to the method where it declares them (top_k, pool_fix)."""
+    import torch
+
+    from vebi.data import load_image
+    from vebi.explanation.panel import write_panel
+    from vebi.methods import build_method
+
+    if batch_size < 1:
+        raise VebiError(f"batch_size must be at least 1, not {batch_size}")
+    run = Run.open(run_dir)
+    folder = Path(out) if out is not None else run.root / "explanations" / ("" if method == "vebi" else method)
+    relevance = run.relevance
+    explainer = build_method(method, relevance, strict=False, interpretations=str(run.root), **options)
+    model = run.model().to(resolve_device(device))
+    to_input, to_display = run.transform(), run.transform(display=True)
+    targets = None if target is None else relevance.class_index(
+        int(target) if isinstance(target, str) and target.isdigit() else target)
+
+    loaded = []
+    for path in images:
+        picture = load_image(path, run.channels)
+        loaded.append((Path(path), to_input(picture), to_display(picture)))
+    stems = _unique_stems([p for p, _, _ in loaded])
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, (_, tensor, _) in enumerate(loaded):
+        groups.setdefault(tuple(tensor.shape), []).append(i)
+    folder.mkdir(parents=True, exist_ok=True)
+    written: dict[int, ExplainedFile] = {}
+    for members in groups.values():
+        for start in range(0, len(members), batch_size):
+            chunk = members[start:start + batch_size]
+            batch = torch.stack([loaded[i][1] for i in chunk])
+            results = explainer.explain(model, batch, targets, relevance.class_names)
+            for i, result in zip(chunk, results, strict=True):
+                path, _, shown = loaded[i]
+                result = dataclasses.replace(result, image=str(path.resolve()))
+                stem = folder / stems[i]
+                write_panel(stem.with_name(stem.name + ".png"), shown, result)
+                result.save(stem)
+                written[i] = ExplainedFile(path, result, stem)
+    return [written[i] for i in range(len(loaded))]
+
+
+def _unique_stems(paths: Sequence[Path]) -> list[str]:
+    stems: list[str] = []
+    seen: dict[str, int] = {}
+    for path in paths:
+        stem = Path(path).stem or "image"
+        count = seen.get(stem, 0)
+        seen[stem] = count + 1
+        stems.append(stem if count == 0 else f"{stem}-{count}")
+    return stems

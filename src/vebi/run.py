@@ -1,0 +1,155 @@
+"""A run folder as one object: how its model and data are rebuilt, and what its stages saved.
+
+    run = Run.open("runs/mine")
+    model = run.model()                    # rebuilt from run.json: spec, weights, factory arguments
+    train = run.dataset()                  # the collection's images, preprocessed as collected
+    test = run.dataset("photos/test")      # another folder, the same preprocessing
+    run.stats, run.relevance               # loaded on first use
+
+``run.json`` (written by :meth:`Run.create`) holds ``model`` {spec, weights, args}, ``data``
+{path, size, channels, mean, std} and ``layers``. Every command, the evaluation and the demo
+open runs through this class.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vebi.errors import VebiError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+    from torchvision import datasets, transforms
+
+    from vebi.core.relevance import Relevance
+    from vebi.core.stats import FeatureStats
+
+__all__ = ["Run", "data_record", "model_record"]
+
+NORMALIZE = ("auto", "imagenet", "none")
+
+
+def model_record(spec: str, weights: str | None = None, args: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """How to rebuild a model: its spec, weights (a file's absolute path, or a weights name) and arguments."""
+    path = Path(weights) if weights else None
+    return {"spec": spec, "weights": str(path.resolve()) if path is not None and path.exists() else weights,
+            "args": dict(args or {})}
+
+
+def data_record(model: nn.Module, spec: str, path: str | Path, size: int | None = None,
+                normalize: str = "auto") -> dict[str, Any]:
+    """How to read images for ``model``: folder, size, channels and normalisation (``auto``: ImageNet
+    statistics for torchvision models, none otherwise)."""
+    from vebi.data import IMAGENET_MEAN, IMAGENET_STD
+    from vebi.layers import first_conv_in_channels
+
+    if normalize not in NORMALIZE:
+        raise VebiError(f"normalize must be one of {', '.join(NORMALIZE)}, not {normalize!r}")
+    if normalize == "auto":
+        normalize = "imagenet" if spec.startswith("torchvision:") else "none"
+    imagenet = normalize == "imagenet"
+    return {"path": str(Path(path).resolve()), "size": size, "channels": first_conv_in_channels(model),
+            "mean": list(IMAGENET_MEAN) if imagenet else None, "std": list(IMAGENET_STD) if imagenet else None}
+
+
+@dataclass(frozen=True)
+class Run:
+    """A run folder and its ``run.json`` (see the module docstring)."""
+
+    root: Path
+    info: Mapping[str, Any] = field(repr=False)
+
+    @classmethod
+    def open(cls, root: str | Path) -> Run:
+        """The run in ``root``; VebiError when it has no readable ``run.json``."""
+        from vebi.io.artifacts import load_run_info
+
+        return cls(Path(root), load_run_info(root))
+
+    @classmethod
+    def create(cls, root: str | Path, model: Mapping[str, Any], data: Mapping[str, Any],
+               layers: tuple[str, ...] | list[str]) -> Run:
+        """Write ``run.json`` in ``root`` (from :func:`model_record` and :func:`data_record`)."""
+        from vebi.io.artifacts import save_run_info
+
+        info = {"model": dict(model), "data": dict(data), "layers": list(layers)}
+        save_run_info(root, info)
+        return cls.open(root)
+
+    def model(self, *, weights: bool = True) -> nn.Module:
+        """The run's model, rebuilt from its spec (``weights=False``: the architecture only)."""
+        from vebi.models import load_model
+
+        spec = self.info["model"]
+        return load_model(spec["spec"], spec.get("weights") if weights else None, spec.get("args"))
+
+    def dataset(self, path: str | Path | None = None, *, with_index: bool = True,
+                display: bool = False) -> datasets.ImageFolder:
+        """An image folder (default: the collected one) read as collected; ``display`` leaves out the
+        model's normalisation (images in [0, 1] for people)."""
+        from vebi.data import check_uniform_size, image_folder
+
+        data = self.data
+        mean, std = (None, None) if display else (data.get("mean"), data.get("std"))
+        dataset = image_folder(path or data["path"], data.get("size"), data.get("channels", 3), mean, std,
+                               with_index=with_index)
+        check_uniform_size(dataset, data.get("size"))
+        return dataset
+
+    def transform(self, *, display: bool = False) -> transforms.Compose:
+        """The run's preprocessing of one PIL image (``display``: without normalisation)."""
+        from vebi.data import image_transform
+
+        data = self.data
+        if display:
+            return image_transform(data.get("size"), self.channels)
+        return image_transform(data.get("size"), self.channels, data.get("mean"), data.get("std"))
+
+    @property
+    def data(self) -> Mapping[str, Any]:
+        return self.info["data"]
+
+    @property
+    def channels(self) -> int:
+        return int(self.data.get("channels", 3))
+
+    @functools.cached_property
+    def stats(self) -> FeatureStats:
+        from vebi.io.artifacts import load_stats
+
+        return load_stats(self.root)
+
+    @functools.cached_property
+    def relevance(self) -> Relevance:
+        from vebi.io.artifacts import load_relevance
+
+        return load_relevance(self.root)
+
+    def check_classes(self, dataset: datasets.ImageFolder, path: str | Path) -> None:
+        """VebiError unless ``dataset``'s class folders are the run's classes."""
+        classes = tuple(self.stats.class_names)
+        if tuple(dataset.classes) != classes:
+            raise VebiError(f"the class folders of {path} ({', '.join(dataset.classes)}) are not the run's classes "
+                            f"({', '.join(classes)})")
+
+
+def resolve_device(name: str | torch.device | None) -> torch.device:
+    """``auto`` (or None): CUDA when available, else the CPU; a device name is checked."""
+    import torch
+
+    if name is None or name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if isinstance(name, torch.device):
+        return name
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise VebiError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise VebiError("device cuda was asked for but no CUDA device is available")
+    return dev
