@@ -91,7 +91,7 @@ def measure(batch: int, size: int, repeats: int, device: torch.device, last_only
     images = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(1)).to(device)
     with torch.no_grad():
         target = model(images).argmax(dim=1)
-    explainer = Explainer(model, relevance, top_k=3)
+    explainer = Explainer(model, relevance, num_features=3)
     guided = GuidedBackprop(model)
     cam_targets = [ClassifierOutputTarget(int(t)) for t in target]
 

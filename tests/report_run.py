@@ -97,7 +97,7 @@ def _write_explanations(run: Path, data: Path, relevance: Relevance, model: torc
     classes = sorted(p.name for p in data.iterdir())
     paths = [sorted((data / c).iterdir())[0] for c in classes[:2]]
     batch = torch.stack([image_transform()(load_image(p)) for p in paths])
-    explanations = Explainer(model, relevance, top_k=3, interpretation_dir=run)(batch)
+    explanations = Explainer(model, relevance, num_features=3, interpretation_dir=run)(batch)
     grad_cam = build_method("grad_cam", relevance)(model, batch, torch.tensor([e.target for e in explanations]))
     rng = np.random.default_rng(1)
     for n, (path, e) in enumerate(zip(paths, explanations, strict=True)):

@@ -172,7 +172,7 @@ def test_activation_map_hand_computed():
     out = activation_map(_relevance())(model, x, torch.tensor([0, 1]))
     assert torch.allclose(out[0], torch.tensor([[1 / 3, 0.0], [1.0, 0.0]]))
     assert torch.allclose(out[1], torch.tensor([[1 / 3, 1.0], [1.0, 0.0]]))  # pixel-wise max
-    top1 = activation_map(_relevance(), top_k=1)(model, X_CAM, torch.tensor([1]))
+    top1 = activation_map(_relevance(), num_features=1)(model, X_CAM, torch.tensor([1]))
     assert torch.allclose(top1[0], torch.tensor([[0.0, 1.0], [0.0, 0.0]]))  # r = 8 > 5: A_1
     # upsampled to the image: a 4 x 4 image whose features are 2 x 2
     strided = nn.Sequential(nn.Conv2d(1, 2, 1, stride=2, bias=False), nn.ReLU())

@@ -70,7 +70,7 @@ def test_target_keeps_only_positive_contributions_and_top_k_limits():
         assert [(f.index, f.share) for f in e.features] == [(1, 1.0)]
         assert e.features[0].contribution == pytest.approx(2 * X[1])
         assert e.combined.flatten().tolist() == pytest.approx([0, 1, 0.5])
-    (top1,) = Explainer(hand_model(), hand_relevance(), top_k=1)(IMAGE)
+    (top1,) = Explainer(hand_model(), hand_relevance(), num_features=1)(IMAGE)
     assert [f.index for f in top1.features] == [0] and top1.features[0].share == pytest.approx(0.8)
     first, second = explainer(IMAGE.repeat(2, 1, 1, 1), target=["a", 1])
     assert [f.index for f in first.features] == [0, 1] and [f.index for f in second.features] == [1]
@@ -92,8 +92,8 @@ def test_bad_inputs_raise_clear_errors_and_leave_the_model_as_it_was():
         explainer(IMAGE, target=[0, 1])
     with pytest.raises(VebiError, match="float tensor"):
         explainer(IMAGE[0])
-    with pytest.raises(VebiError, match="top_k"):
-        Explainer(model, hand_relevance(), top_k=0)
+    with pytest.raises(VebiError, match="num_features"):
+        Explainer(model, hand_relevance(), num_features=0)
     image = IMAGE.clone()
     explainer(image)
     assert torch.equal(image, IMAGE) and not image.requires_grad

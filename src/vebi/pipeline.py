@@ -147,7 +147,7 @@ def explain_files(
     """Explain each image file with ``method`` (vebi or a baseline); per image write
     ``OUT/STEM.json`` + ``.safetensors`` (:meth:`Explanation.save`) and a PNG panel. ``OUT``
     defaults to ``RUN/explanations`` (``RUN/explanations/METHOD`` for other methods), where the
-    report finds them. ``options`` go to the method where it declares them (top_k, pool_fix)."""
+    report finds them. ``options`` go to the method where it declares them (num_features, pool_fix)."""
     import torch
 
     from vebi.data import load_image

@@ -43,7 +43,7 @@ def evaluate_command(
                                           "this many images"),
     seed: int = typer.Option(0, help="seed of the subset and of the random features in the ablation"),
     out: Path | None = typer.Option(None, "-o", "--out", help="output folder (default: RUN/evaluation)"),
-    top_k: int = typer.Option(3, "--top-k", help="features per explanation (vebi, activation_map)"),
+    num_features: int = typer.Option(3, "--num-features", "-k", help="features per explanation (vebi, activation_map)"),
     steps: int = typer.Option(20, help="steps of the deletion/insertion curves"),
     batch_size: int = typer.Option(32, "--batch-size", "-b"),
     cam_layer: str | None = typer.Option(None, "--cam-layer", help="Grad-CAM layer (default: the last spatial map)"),
@@ -67,7 +67,7 @@ def evaluate_command(
         raise VebiError(f"mask folder {masks} not found")
     result = evaluate_run(
         run, data, masks=masks, methods=chosen, thresholds=_thresholds(thresholds),
-        max_images=max_images, seed=seed, top_k=top_k, steps=steps, batch_size=batch_size, cam_layer=cam_layer,
+        max_images=max_images, seed=seed, num_features=num_features, steps=steps, batch_size=batch_size, cam_layer=cam_layer,
         ablation=ablation, ablation_seeds=ablation_seeds, max_ablation_features=max_ablation_features,
         device=resolve_device(device), progress=progress,
     )

@@ -23,7 +23,7 @@ def explain_command(
                                "activation_map)"),
     target: str | None = typer.Option(None, "--target", "-t", help="class name or index to explain "
                                       "(default: the predicted class)"),
-    top_k: int = typer.Option(3, "--top-k", help="features per explanation (vebi, activation_map)"),
+    num_features: int = typer.Option(3, "--num-features", "-k", help="features per explanation (vebi, activation_map)"),
     pool_fix: bool = typer.Option(False, "--pool-fix/--no-pool-fix", help="vebi: route pooled signals to the "
                                   "window's argmax, overwriting"),
     batch_size: int = typer.Option(16, "--batch-size", "-b"),
@@ -32,10 +32,8 @@ def explain_command(
     """Explain the model's prediction for each IMAGE with the run's relevant features (or a baseline)."""
     from vebi.pipeline import explain_files
 
-    if top_k < 1:
-        raise VebiError("--top-k must be at least 1")
     for done in explain_files(run, images, method=method, out=out, target=target, batch_size=batch_size,
-                              device=device, top_k=top_k, pool_fix=pool_fix):
+                              device=device, num_features=num_features, pool_fix=pool_fix):
         typer.echo(f"{done.path}: {_summary(done.explanation)} -> {done.stem}.png")
 
 

@@ -19,9 +19,9 @@ when its value is > 127; a 0/1 mask file counts its non-zero pixels), and comput
 Methods: ``vebi`` (the combined map), ``vebi_feature1`` .. ``vebi_feature<k>`` (the heatmap of
 the image's r-th contributing feature alone, from the same pass; an all-zero map where fewer than
 r features contribute), ``vebi_nofix`` (without the stride fix) and every baseline of
-:mod:`vebi.methods`, each built by name with the shared options ``top_k`` and ``layer`` where it
+:mod:`vebi.methods`, each built by name with the shared options ``num_features`` and ``layer`` where it
 declares them. The CAM layer is resolved once (:func:`vebi.methods.cam.default_cam_layer` unless
-given) and used by every method with a ``layer`` option; ``activation_map`` keeps ``top_k``
+given) and used by every method with a ``layer`` option; ``activation_map`` keeps ``num_features``
 features, like vebi.
 
 ``max_images`` keeps a seeded, class-balanced subset (classes take turns, each in a random order
@@ -279,7 +279,7 @@ def evaluate_run(
     thresholds: Sequence[float] | None = None,
     max_images: int | None = None,
     seed: int = 0,
-    top_k: int = 3,
+    num_features: int = 3,
     steps: int = 20,
     batch_size: int = 32,
     cam_layer: str | None = None,
@@ -303,8 +303,8 @@ def evaluate_run(
     from vebi.run import Run, resolve_device
 
     start = time.perf_counter()
-    if top_k < 1 or steps < 1 or batch_size < 1 or ablation_seeds < 1:
-        raise VebiError("top_k, steps, batch_size and ablation_seeds must be at least 1")
+    if num_features < 1 or steps < 1 or batch_size < 1 or ablation_seeds < 1:
+        raise VebiError("num_features, steps, batch_size and ablation_seeds must be at least 1")
     if max_ablation_features is not None and max_ablation_features < 0:
         raise VebiError(f"max_ablation_features must be >= 0, got {max_ablation_features}")
     chosen = tuple(dict.fromkeys(methods)) if methods is not None else default_methods()
@@ -366,7 +366,7 @@ def evaluate_run(
     if cam_layer is None and first_batch is not None and uses_cam:
         cam_layer = default_cam_layer(model, first_batch)
 
-    built = [build_method(name, relevance, strict=False, top_k=top_k, layer=cam_layer) for name in chosen]
+    built = [build_method(name, relevance, strict=False, num_features=num_features, layer=cam_layer) for name in chosen]
     names = [n for method in built for n in method.output_names()]
     localization = {n: {"correct": Localization(thresholds), "wrong": Localization(thresholds)} for n in names}
     faithfulness = {n: DeletionInsertion(steps) for n in names}
@@ -422,7 +422,7 @@ def evaluate_run(
 
     settings = {
         "methods": list(chosen), "thresholds": list(thresholds), "seed": int(seed), "max_images": max_images,
-        "top_k": top_k, "steps": steps, "deletion_baseline": "zero", "insertion_baseline": "zero",
+        "num_features": num_features, "steps": steps, "deletion_baseline": "zero", "insertion_baseline": "zero",
         "cam_layer": cam_layer, "batch_size": batch_size, "ablation": ablation, "ablation_seeds": list(seeds),
         "max_ablation_features": max_ablation_features, "confidence": 0.95, "explained_class": "predicted",
         "mu": relevance.mu, "response": relevance.response, "layers": list(relevance.space.layers),

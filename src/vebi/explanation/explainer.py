@@ -50,7 +50,7 @@ class Explainer:
 
     ``explainer(images (B, C, H, W), target=None)`` returns one :class:`Explanation` per image.
     ``target``: None (the predicted class), a class index or name for every image, or one per
-    image. ``top_k`` features with r > 0 are kept; ``stride_fix`` / ``pool_fix`` switch the
+    image. ``num_features`` features with r > 0 are kept; ``stride_fix`` / ``pool_fix`` switch the
     backward rules (see :mod:`vebi.explanation.backward`), ``rules`` replaces them altogether.
     ``interpretation_dir``: a run folder (or its ``interpretation`` folder) whose average-crop
     images are linked from the features. The model is used in eval mode and is left exactly
@@ -62,19 +62,19 @@ class Explainer:
         model: nn.Module,
         relevance: Relevance,
         *,
-        top_k: int = 3,
+        num_features: int = 3,
         stride_fix: bool = True,
         pool_fix: bool = False,
         interpretation_dir: str | os.PathLike[str] | None = None,
         rules: RuleMap | None = None,
     ) -> None:
-        if top_k < 1:
-            raise VebiError(f"top_k must be at least 1, not {top_k}")
+        if num_features < 1:
+            raise VebiError(f"num_features must be at least 1, not {num_features}")
         self.model = model
         self.relevance = relevance
-        self.top_k = int(top_k)
+        self.num_features = int(num_features)
         self.rules = rules if rules is not None else guided_rules(stride_fix=stride_fix, pool_fix=pool_fix)
-        self.settings = {"top_k": self.top_k, "stride_fix": bool(stride_fix), "pool_fix": bool(pool_fix),
+        self.settings = {"num_features": self.num_features, "stride_fix": bool(stride_fix), "pool_fix": bool(pool_fix),
                          "rules": "custom" if rules is not None else "guided_backprop",
                          "response": relevance.response, "mu": relevance.mu}
         self.method = "vebi" if stride_fix else "vebi_nofix"
@@ -88,7 +88,7 @@ class Explainer:
         for b in range(images.shape[0]):
             j = int(run["targets"][b])
             feats = []
-            for s in range(self.top_k):
+            for s in range(self.num_features):
                 if not run["kept"][b, s]:
                     break
                 index = int(run["indices"][b, s])
@@ -115,7 +115,7 @@ class Explainer:
         if not isinstance(images, Tensor) or images.dim() != 4 or not images.is_floating_point():
             shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
             raise VebiError(f"images must be a float tensor (B, C, H, W), got {shape}")
-        space, k = self.relevance.space, self.top_k
+        space, k = self.relevance.space, self.num_features
         device = model_device(self.model, images.device)
         batch, height, width = images.shape[0], images.shape[-2], images.shape[-1]
         with preserve_model(self.model, no_inplace=False):

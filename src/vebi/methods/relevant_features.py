@@ -29,7 +29,7 @@ __all__ = ["ActivationMap", "Vebi", "VebiNoFix"]
 @register_method("vebi")
 @dataclass(frozen=True)
 class Vebi(Method):
-    """vebi's explanation (:class:`vebi.explanation.explainer.Explainer`): the image's ``top_k``
+    """vebi's explanation (:class:`vebi.explanation.explainer.Explainer`): the image's ``num_features``
     contributing features, each with its backward heatmap, and their combination.
 
     ``interpretations``: a run folder whose average-crop images are linked from the features.
@@ -39,14 +39,14 @@ class Vebi(Method):
     needs_relevance: ClassVar[bool] = True
 
     relevance: Relevance
-    top_k: int = 3
+    num_features: int = 3
     stride_fix: bool = True
     pool_fix: bool = False
     interpretations: str | None = None
 
     def explainer(self, model: nn.Module) -> Explainer:
     
-        return Explainer(model, self.relevance, top_k=self.top_k, stride_fix=self.stride_fix,
+        return Explainer(model, self.relevance, num_features=self.num_features, stride_fix=self.stride_fix,
                          pool_fix=self.pool_fix, interpretation_dir=self.interpretations)
 
     def maps(self, model: nn.Module, images: Tensor, target: Tensor) -> Tensor:
@@ -57,13 +57,13 @@ class Vebi(Method):
         return self.explainer(model)(images, target)
 
     def output_names(self) -> tuple[str, ...]:
-        return (self.name, *[f"{self.name}_feature{r + 1}" for r in range(self.top_k)])
+        return (self.name, *[f"{self.name}_feature{r + 1}" for r in range(self.num_features)])
 
     def evaluation_maps(self, model: nn.Module, images: Tensor, target: Tensor) -> dict[str, Tensor]:
         explanations = self.explainer(model)(images, target)
         maps = {self.name: torch.stack([e.combined for e in explanations])}
         blank = torch.zeros_like(maps[self.name][0])
-        for r in range(self.top_k):
+        for r in range(self.num_features):
             maps[f"{self.name}_feature{r + 1}"] = torch.stack(
                 [e.features[r].heatmap if r < len(e.features) else blank for e in explanations])
         return maps
@@ -87,7 +87,7 @@ class ActivationMap(Method):
     map" baseline).
 
     For image b and class j = target[b]: responses x (as in collection, ``relevance.response``),
-    contributions r = x o w_j; the k = ``top_k`` features with the largest r > 0 are kept. Each one's
+    contributions r = x o w_j; the k = ``num_features`` features with the largest r > 0 are kept. Each one's
     activation map A_{l,f} is bilinearly resized to (H, W) and post-processed (positive part,
     min-max); the result is their pixel-wise maximum. No feature with r > 0 gives an all-zero map.
     """
@@ -95,11 +95,11 @@ class ActivationMap(Method):
     needs_relevance: ClassVar[bool] = True
 
     relevance: Relevance
-    top_k: int = 3
+    num_features: int = 3
 
     def __post_init__(self) -> None:
-        if self.top_k < 1:
-            raise VebiError(f"top_k must be >= 1, got {self.top_k}")
+        if self.num_features < 1:
+            raise VebiError(f"num_features must be >= 1, got {self.num_features}")
 
     def maps(self, model: nn.Module, images: Tensor, target: Tensor) -> Tensor:
         from vebi.core.responses import as_maps, responses
@@ -118,7 +118,7 @@ class ActivationMap(Method):
             model(x)
             activations = dict(acts)
         resp = responses(activations, space, kind=relevance.response)
-        _, _, values, indices = top_contributions(resp, relevance.weights, target, self.top_k)
+        _, _, values, indices = top_contributions(resp, relevance.weights, target, self.num_features)
         height, width = images.shape[-2:]
         out = torch.zeros(images.shape[0], height, width, device=device)
         for b in range(images.shape[0]):
