@@ -25,6 +25,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 _EXPORTS: dict[str, str] = {
     "FeatureSpace": "vebi.core.features",
     "FeatureStats": "vebi.core.stats",
+    "StatsConfig": "vebi.core.stats",
     "collect": "vebi.core.collect",
     "Relevance": "vebi.core.relevance",
     "RelevantFeature": "vebi.core.relevance",
@@ -62,7 +63,7 @@ if TYPE_CHECKING:
     from vebi.core.collect import collect
     from vebi.core.features import FeatureSpace
     from vebi.core.relevance import Relevance, RelevantFeature, fit_relevance
-    from vebi.core.stats import FeatureStats
+    from vebi.core.stats import FeatureStats, StatsConfig
     from vebi.explanation.explainer import Explainer, Explanation
     from vebi.interpretation.crops import Interpretation, interpret
     from vebi.interpretation.receptive import receptive_field

@@ -19,7 +19,7 @@ import abc
 import enum
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, Self, TypeVar, overload
 
 import torch
 
@@ -111,33 +111,58 @@ class Reduce(enum.Enum):
         """SUM: each state a + b. TOPK: the states (values, indices, yx) together, by ``merge_topk``."""
         if self is Reduce.SUM:
             return tuple(x + y for x, y in zip(a, b, strict=True))
-        values, indices, yx = a
-        return merge_topk((values, indices, yx), (b[0], b[1], b[2]), top_k)
+        return merge_topk((a[0], a[1], a[2]), (b[0], b[1], b[2]), top_k)
 
 
-V = TypeVar("V", torch.Tensor, int)
+T = TypeVar("T")
 
 
-class State(abc.ABC, Generic[V]):
-    """One declared state of ``FeatureStats``: its reduction, and its shape, dtype and fill for a config."""
+class _Attribute(abc.ABC, Generic[T]):
+    """A descriptor of ``FeatureStats`` named by the class attribute it is assigned to."""
 
     name: str
-
-    def __init__(self, reduce: Reduce, shape: Callable[[StatsConfig], tuple[int, ...]],
-                 dtype: torch.dtype | Callable[[StatsConfig], torch.dtype], fill: float = 0.0) -> None:
-        self.reduce, self._shape, self._dtype, self.fill = reduce, shape, dtype, fill
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
 
     @overload
-    def __get__(self, obj: None, owner: type | None = None) -> State[V]: ...
+    def __get__(self, obj: None, owner: type | None = None) -> Self: ...
 
     @overload
-    def __get__(self, obj: FeatureStats, owner: type | None = None) -> V: ...
+    def __get__(self, obj: FeatureStats, owner: type | None = None) -> T: ...
 
-    def __get__(self, obj: FeatureStats | None, owner: type | None = None) -> State[V] | V:
-        return self if obj is None else obj.__dict__[self.name]
+    def __get__(self, obj: FeatureStats | None, owner: type | None = None) -> Self | T:
+        return self if obj is None else self._read(obj)
+
+    @abc.abstractmethod
+    def _read(self, obj: FeatureStats) -> T: ...
+
+    @abc.abstractmethod
+    def __set__(self, obj: FeatureStats, value: T) -> None: ...
+
+
+class _FromConfig(_Attribute[T]):
+    """The config's attribute of the same name, read-only."""
+
+    def _read(self, obj: FeatureStats) -> T:
+        return getattr(obj.config, self.name)
+
+    def __set__(self, obj: FeatureStats, value: T) -> None:
+        raise AttributeError(f"{self.name} belongs to the frozen config; build new statistics to change it")
+
+
+V = TypeVar("V", torch.Tensor, int)
+
+
+class State(_Attribute[V]):
+    """One declared state of ``FeatureStats``: its reduction, and its shape, dtype and fill for a config."""
+
+    def __init__(self, reduce: Reduce, shape: Callable[[StatsConfig], tuple[int, ...]],
+                 dtype: torch.dtype | Callable[[StatsConfig], torch.dtype], fill: float = 0.0) -> None:
+        self.reduce, self._shape, self._dtype, self.fill = reduce, shape, dtype, fill
+
+    def _read(self, obj: FeatureStats) -> V:
+        return obj.__dict__[self.name]
 
     def __set__(self, obj: FeatureStats, value: V) -> None:
         obj.__dict__[self.name] = value
@@ -237,37 +262,14 @@ class FeatureStats:
         return (f"FeatureStats({self.count} images, {c.num_features} features, {c.num_classes} classes, "
                 f"response={c.response!r}, labels={c.labels!r}, top_k={c.top_k}, device={self.device})")
 
-    @property
-    def space(self) -> FeatureSpace:
-        return self.config.space
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return self.config.class_names
-
-    @property
-    def num_classes(self) -> int:
-        return self.config.num_classes
-
-    @property
-    def response(self) -> str:
-        return self.config.response
-
-    @property
-    def labels(self) -> str:
-        return self.config.labels
-
-    @property
-    def top_k(self) -> int:
-        return self.config.top_k
-
-    @property
-    def map_sizes(self) -> Mapping[str, tuple[int, int]]:
-        return self.config.map_sizes
-
-    @property
-    def input_size(self) -> tuple[int, int] | None:
-        return self.config.input_size
+    space = _FromConfig[FeatureSpace]()
+    class_names = _FromConfig[tuple[str, ...]]()
+    num_classes = _FromConfig[int]()
+    response = _FromConfig[str]()
+    labels = _FromConfig[str]()
+    top_k = _FromConfig[int]()
+    map_sizes = _FromConfig[Mapping[str, tuple[int, int]]]()
+    input_size = _FromConfig["tuple[int, int] | None"]()
 
     @property
     def correct(self) -> int:
