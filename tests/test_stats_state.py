@@ -121,7 +121,7 @@ def test_config_round_trips_and_must_agree_to_merge():
 def test_files_of_an_older_format_or_missing_a_state_are_refused(whole, tmp_path):
     save_stats(whole, tmp_path)
     old = {k: v for k, v in whole.state_dict().items() if k not in ("hits", "count", "scored")}
-    save_file({k: v.contiguous() for k, v in old.items()}, str(tmp_path / "stats.safetensors"))  # as format 1 was written
+    save_file({k: v.contiguous() for k, v in old.items()}, str(tmp_path / "stats.safetensors"))  # format 1
     with pytest.raises(VebiError, match=f"format 1, this vebi reads format {STATS_FORMAT}.*re-run `vebi collect`"):
         load_stats(tmp_path)
     meta = {"format": STATS_FORMAT, "config": whole.config.to_dict()}

@@ -200,7 +200,7 @@ class DeviceState(State[torch.Tensor]):
 
 
 class HostCount(State[int]):
-    """A sum kept as a Python int on the host (known without waiting for the device); a 0-d int64 tensor."""
+    """A sum kept as a Python int on the host (known without waiting for the device), saved as 0-d int64."""
 
     def __init__(self) -> None:
         super().__init__(Reduce.SUM, lambda c: (), torch.int64)
@@ -216,7 +216,11 @@ class HostCount(State[int]):
 
 
 class FeatureStats:
-    """Accumulator of the statistics above: ``update`` per batch, ``merge`` across shards."""
+    """Accumulator of the statistics above: ``update`` per batch, ``merge`` across shards.
+
+    The first class attributes declare the states with their reductions (``STATES``, in this
+    order); the next ones read the frozen ``config``.
+    """
 
     gram = DeviceState(Reduce.SUM, lambda c: (c.num_features, c.num_features), lambda c: c.gram_dtype)
     cross = DeviceState(Reduce.SUM, lambda c: (c.num_features, c.num_classes), torch.float64)
@@ -229,6 +233,15 @@ class FeatureStats:
     top_indices = DeviceState(Reduce.TOPK, lambda c: (c.num_features, c.top_k), torch.int64, -1)
     top_yx = DeviceState(Reduce.TOPK, lambda c: (c.num_features, c.top_k, 2), torch.int64)
 
+    space = _FromConfig[FeatureSpace]()
+    class_names = _FromConfig[tuple[str, ...]]()
+    num_classes = _FromConfig[int]()
+    response = _FromConfig[str]()
+    labels = _FromConfig[str]()
+    top_k = _FromConfig[int]()
+    map_sizes = _FromConfig[Mapping[str, tuple[int, int]]]()
+    input_size = _FromConfig[tuple[int, int] | None]()
+
     def __init__(self, config: StatsConfig, device: torch.device | str = "cpu") -> None:
         """Empty statistics (no image yet) on ``device``."""
         self.config, self.device = config, torch.device(device)
@@ -240,16 +253,18 @@ class FeatureStats:
                         device: torch.device | str = "cpu") -> FeatureStats:
         """Statistics holding ``state`` (as ``state_dict`` gives it), checked against the declaration."""
         missing = [s.name for s in STATES if s.name not in state]
+        if missing:
+            raise VebiError(f"the statistics lack {', '.join(missing)}")
         unknown = sorted(set(state) - {s.name for s in STATES})
-        if missing or unknown:
-            raise VebiError(f"the statistics lack {', '.join(missing) or 'nothing'} and hold undeclared "
-                            f"{', '.join(unknown) or 'nothing'}")
+        if unknown:
+            raise VebiError(f"the statistics hold undeclared states {', '.join(unknown)}")
         out = cls.__new__(cls)
         out.config, out.device = config, torch.device(device)
         for s in STATES:
             t, shape, dtype = state[s.name], s.shape(config), s.dtype(config)
             if tuple(t.shape) != shape or t.dtype != dtype:
-                raise VebiError(f"state {s.name} is {tuple(t.shape)} {t.dtype}, the configuration gives {shape} {dtype}")
+                raise VebiError(f"state {s.name} is {tuple(t.shape)} {t.dtype}, "
+                                f"the configuration gives {shape} {dtype}")
             s.__set__(out, s.from_tensor(t, out.device))
         return out
 
@@ -261,15 +276,6 @@ class FeatureStats:
         c = self.config
         return (f"FeatureStats({self.count} images, {c.num_features} features, {c.num_classes} classes, "
                 f"response={c.response!r}, labels={c.labels!r}, top_k={c.top_k}, device={self.device})")
-
-    space = _FromConfig[FeatureSpace]()
-    class_names = _FromConfig[tuple[str, ...]]()
-    num_classes = _FromConfig[int]()
-    response = _FromConfig[str]()
-    labels = _FromConfig[str]()
-    top_k = _FromConfig[int]()
-    map_sizes = _FromConfig[Mapping[str, tuple[int, int]]]()
-    input_size = _FromConfig["tuple[int, int] | None"]()
 
     @property
     def correct(self) -> int:

@@ -3,7 +3,8 @@
 A checkpoint is a statistics file (``vebi.io.artifacts.save_stats_file``) of the first ``batches``
 batches of this process's shard, with a ``key`` describing the run (model, data, batch size,
 layers, processes, ...). Resuming with the same key continues after those batches; a different
-key, or a file of another format, is refused, so that a checkpoint of another run is never mixed in. Its size is that of the statistics: it does not grow with N.
+key, or a file of another format, is refused, so that a checkpoint of another run is never mixed
+in. Its size is that of the statistics: it does not grow with N.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ class Checkpointer:
         try:
             stats, meta = load_stats_file(self.path, device)
         except VebiError as exc:
-            raise VebiError(f"checkpoint {self.path} is unreadable by this vebi ({exc}); delete it to start over") from None
+            raise VebiError(f"checkpoint {self.path} is unreadable by this vebi ({exc}); "
+                            "delete it to start over") from None
         if meta.get("key") != self.key:
             theirs = meta.get("key") or {}
             diff = sorted(k for k in {**theirs, **self.key} if theirs.get(k) != self.key.get(k)) or ["key"]
