@@ -32,7 +32,7 @@ from vebi.core.features import FeatureSpace
 from vebi.interpretation.crops import interpret
 from vebi.interpretation.receptive import receptive_fields
 from vebi.core.relevance import Relevance
-from vebi.core.stats import FeatureStats
+from vebi.core.stats import FeatureStats, StatsConfig
 
 CLASSES, PER_CLASS, TOP_K, SIDE = 6, 20, 100, 112
 
@@ -60,7 +60,7 @@ def _made_up(model: nn.Module, images: int, seed: int) -> tuple[Relevance, Featu
     map_sizes = {"4": (56, 56), "7": (28, 28)}
     names = tuple(f"class{c}" for c in range(CLASSES))
     g = torch.Generator().manual_seed(seed)
-    stats = FeatureStats(space, names, top_k=TOP_K, map_sizes=map_sizes, input_size=(SIDE, SIDE))
+    stats = FeatureStats(StatsConfig(space, names, top_k=TOP_K, map_sizes=map_sizes, input_size=(SIDE, SIDE)))
     stats.top_values = torch.rand(space.size, TOP_K, generator=g).sort(dim=1, descending=True).values
     stats.top_indices = torch.stack([torch.randperm(images, generator=g)[:TOP_K] for _ in range(space.size)])
     for f in space:

@@ -34,7 +34,7 @@ import torch.multiprocessing as mp
 
 from vebi.core.distributed import reduce_stats
 from vebi.core.features import FeatureSpace
-from vebi.core.stats import FeatureStats
+from vebi.core.stats import FeatureStats, StatsConfig
 
 ILSVRC12_TRAIN = 1_281_167
 
@@ -59,8 +59,8 @@ def _run(rank: int, world: int, a: argparse.Namespace, init: str, out_dir: str) 
     device = torch.device(a.device)
     if world > 1:
         dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
-    stats = FeatureStats(FeatureSpace(("features",), (a.features,)), tuple(str(c) for c in range(a.classes)),
-                         top_k=a.top_k, device=device)
+    stats = FeatureStats(StatsConfig(FeatureSpace(("features",), (a.features,)),
+                                     tuple(str(c) for c in range(a.classes)), top_k=a.top_k), device)
     timed = 0.0
     for j in range(rank, -(-a.rows // a.batch_size), world):
         x, labels, ids, yx = _batch(j, a, device)

@@ -16,7 +16,7 @@ from vebi.interpretation.crops import Interpretation, interpret
 from vebi.interpretation.store import grid_file, load_interpretations, save_interpretations
 from vebi.interpretation.receptive import ReceptiveField
 from vebi.core.relevance import Relevance
-from vebi.core.stats import FeatureStats
+from vebi.core.stats import FeatureStats, StatsConfig
 
 # --------------------------------------------------------------------------- hand-made statistics
 
@@ -48,7 +48,8 @@ class _CountingDataset(torch.utils.data.Dataset):
 
 
 def _stats() -> FeatureStats:
-    stats = FeatureStats(SPACE, ("p", "q"), top_k=3, map_sizes={"a": (3, 3), "b": (6, 6)}, input_size=(6, 6))
+    stats = FeatureStats(StatsConfig(SPACE, ("p", "q"), top_k=3, map_sizes={"a": (3, 3), "b": (6, 6)},
+                                     input_size=(6, 6)))
     stats.top_values = torch.tensor([[3.0, 1.0, 0.5], [2.0, 1.0, float("-inf")], [4.0, 2.0, 1.0]])
     stats.top_indices = torch.tensor([[4, 1, 2], [1, 4, -1], [1, 3, 0]])
     stats.top_yx = torch.tensor([

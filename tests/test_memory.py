@@ -9,14 +9,15 @@ from vebi.core.collect import collect
 from vebi.errors import VebiError
 from vebi.core.features import FeatureSpace
 from vebi.core.memory import ENV_BUDGET, estimate, parse_size
-from vebi.core.stats import FeatureStats
+from vebi.core.stats import STATES, DeviceState, FeatureStats, StatsConfig
 
 
 @pytest.mark.parametrize("gram_dtype", [torch.float64, torch.float32])
 def test_estimate_equals_the_tensors_of_the_statistics(gram_dtype):
-    stats = FeatureStats(FeatureSpace(("a", "b"), (7, 5)), ("x", "y", "z"), top_k=4, gram_dtype=gram_dtype)
-    held = sum(t.nbytes for t in (stats.gram, stats.cross, stats.class_counts, stats.feature_sum, stats.top_values,
-                                  stats.top_indices, stats.top_yx, stats.hits))
+    stats = FeatureStats(StatsConfig(FeatureSpace(("a", "b"), (7, 5)), ("x", "y", "z"), top_k=4,
+                                     gram_dtype=gram_dtype))
+    # every declared state that lives on the device (the host counts are Python ints)
+    held = sum(s.__get__(stats).nbytes for s in STATES if isinstance(s, DeviceState))
     est = estimate(12, 3, 4, batch_size=8, gram_dtype=gram_dtype)
     assert est.state == held and est.gram == 12 * 12 * (8 if gram_dtype == torch.float64 else 4)
     # G of VGG-16's 4224 filters: 4224^2 doubles = 136.1 MiB; checkpoints add one copy of the state

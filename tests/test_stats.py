@@ -5,7 +5,7 @@ from conftest import tiny_cnn
 from vebi.core.collect import collect
 from vebi.errors import VebiError
 from vebi.core.features import FeatureSpace
-from vebi.core.stats import FeatureStats, merge_topk
+from vebi.core.stats import FeatureStats, StatsConfig, merge_topk
 
 
 def _batches(images, labels, batch_size, offset=0):
@@ -86,8 +86,8 @@ def test_topk_ties_go_to_smaller_index_regardless_of_order():
 
 
 def test_merge_rejects_incompatible_and_bad_labels():
-    s1 = FeatureStats(FeatureSpace(("a",), (2,)), ("x", "y"))
-    s2 = FeatureStats(FeatureSpace(("a",), (2,)), ("x", "y"), response="max")
+    s1 = FeatureStats(StatsConfig(FeatureSpace(("a",), (2,)), ("x", "y")))
+    s2 = FeatureStats(StatsConfig(FeatureSpace(("a",), (2,)), ("x", "y"), response="max"))
     with pytest.raises(VebiError, match="response"):
         s1.merge(s2)
     with pytest.raises(VebiError, match="outside"):

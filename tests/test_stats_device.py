@@ -5,7 +5,7 @@ import torch
 from conftest import tiny_cnn
 from vebi.core.collect import collect
 from vebi.core.features import FeatureSpace
-from vebi.core.stats import FeatureStats
+from vebi.core.stats import FeatureStats, StatsConfig
 
 
 def test_collection_reads_nothing_back_from_the_device():
@@ -29,7 +29,7 @@ def test_topk_equals_sorting_everything_with_ties_negatives_and_any_id_order():
     values = (torch.rand(n, m, generator=g) * 4 - 2).round()  # -2..2 in whole numbers: ties everywhere
     ids = torch.randperm(10_000, generator=g)[:n]
     yx = torch.randint(0, 9, (n, m, 2), generator=g)
-    stats = FeatureStats(FeatureSpace(("a",), (m,)), ("x",), top_k=k)
+    stats = FeatureStats(StatsConfig(FeatureSpace(("a",), (m,)), ("x",), top_k=k))
     for s in range(0, n, 7):  # after the first batches, most features take no new image (the CPU shortcut)
         stats.update(values[s:s + 7], torch.zeros(len(values[s:s + 7]), dtype=torch.long), ids[s:s + 7], yx[s:s + 7])
     expected = _reference_topk(values, ids, k)
@@ -44,8 +44,8 @@ def test_float32_gram_is_close_and_halves_the_memory():
     g = torch.Generator().manual_seed(2)
     x = torch.rand(50, 8, generator=g)
     labels, ids, yx = torch.zeros(50, dtype=torch.long), torch.arange(50), torch.zeros(50, 8, 2, dtype=torch.long)
-    s64 = FeatureStats(FeatureSpace(("a",), (8,)), ("x",))
-    s32 = FeatureStats(FeatureSpace(("a",), (8,)), ("x",), gram_dtype=torch.float32)
+    s64 = FeatureStats(StatsConfig(FeatureSpace(("a",), (8,)), ("x",)))
+    s32 = FeatureStats(StatsConfig(FeatureSpace(("a",), (8,)), ("x",), gram_dtype=torch.float32))
     for s in (s64, s32):
         s.update(x, labels, ids, yx)
     assert s32.gram.nbytes * 2 == s64.gram.nbytes and s32.cross.dtype == torch.float64

@@ -25,6 +25,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 _EXPORTS: dict[str, str] = {
     "FeatureSpace": "vebi.core.features",
     "FeatureStats": "vebi.core.stats",
+    "StatsConfig": "vebi.core.stats",
     "collect": "vebi.core.collect",
     "Relevance": "vebi.core.relevance",
     "RelevantFeature": "vebi.core.relevance",
@@ -45,7 +46,7 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = [
     "Explainer", "Explanation", "FeatureSpace", "FeatureStats", "Interpretation", "Relevance", "RelevantFeature",
-    "Run", "VebiError", "__version__", "collect", "fit_relevance", "interpret", "list_layers", "load_relevance",
+    "Run", "StatsConfig", "VebiError", "__version__", "collect", "fit_relevance", "interpret", "list_layers", "load_relevance",
     "load_stats", "receptive_field", "resolve_layers", "save_relevance", "save_stats",
 ]
 
@@ -67,7 +68,7 @@ if TYPE_CHECKING:
     from vebi.core.collect import collect
     from vebi.core.features import FeatureSpace
     from vebi.core.relevance import Relevance, RelevantFeature, fit_relevance
-    from vebi.core.stats import FeatureStats
+    from vebi.core.stats import FeatureStats, StatsConfig
     from vebi.explanation.explainer import Explainer
     from vebi.explanation.result import Explanation
     from vebi.interpretation.crops import Interpretation, interpret

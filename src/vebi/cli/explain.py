@@ -8,7 +8,6 @@ import typer
 
 from vebi.cli._app import app
 from vebi.cli.common import DeviceOpt
-from vebi.errors import VebiError
 
 
 @app.command("explain")

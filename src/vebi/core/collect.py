@@ -19,7 +19,7 @@ from vebi.hooks import forward_hooks, preserve_model
 from vebi.layers import LayerSpec, named_layers, resolve_layers
 from vebi.models import model_device
 from vebi.core.responses import argmax_yx, as_maps, check_response, normalise, pool
-from vebi.core.stats import LABEL_MODES, FeatureStats
+from vebi.core.stats import LABEL_MODES, FeatureStats, StatsConfig
 
 
 def _unpack(batch: Any, running: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -114,8 +114,9 @@ def collect(
                     class_names = [str(i) for i in range(logits.shape[1])]
                 _check_memory(space.size, len(class_names), top_k, images.shape[0], gram_dtype, device,
                               memory_budget, on_batch is not None, bar)
-                stats = FeatureStats(space, tuple(class_names), response, labels, top_k, dict(reader.shapes),
-                                     (images.shape[2], images.shape[3]), device, gram_dtype=gram_dtype)
+                config = StatsConfig(space, tuple(class_names), response, labels, top_k, dict(reader.shapes),
+                                     (images.shape[2], images.shape[3]), gram_dtype)
+                stats = FeatureStats(config, device)
             elif stats.space != space:
                 raise VebiError(f"the statistics to continue have features {stats.space.to_dict()}, "
                                 f"this model gives {space.to_dict()}")

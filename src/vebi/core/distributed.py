@@ -2,8 +2,9 @@
 
 Started by ``torchrun`` (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, ... in the environment),
 rank r of W takes the images r, r + W, r + 2W, ... (``DistributedSampler`` order without its
-padding, so every image counts exactly once), and the per-rank statistics are combined: the
-sums G, B, n_c, s, N by all-reduce, the top-K lists by an all-gather and ``merge_topk``.
+padding, so every image counts exactly once), and the per-rank statistics are combined as their
+declaration in ``vebi.core.stats`` says: the sums by all-reduce, the top-K lists by an all-gather
+and a merge.
 """
 
 from __future__ import annotations
@@ -17,9 +18,7 @@ import torch
 import torch.distributed as dist
 
 from vebi.errors import VebiError
-from vebi.core.stats import FeatureStats, merge_topk
-
-_SUMS = ("gram", "cross", "class_counts", "feature_sum", "hits")
+from vebi.core.stats import STATES, FeatureStats, Reduce
 
 
 @dataclass(frozen=True)
@@ -90,26 +89,27 @@ def barrier() -> None:
 
 
 def reduce_stats(stats: FeatureStats) -> FeatureStats:
-    """Statistics of all ranks' images together, on every rank (in place for the sums).
+    """Statistics of all ranks' images together, on every rank.
 
-    The sums are all-reduced where they are; the top-K lists of all ranks are gathered and merged
-    in rank order, which gives the same lists as one pass (ties go to the smaller image index).
+    Every declared state is reduced as ``STATES`` says: sums by all-reduce (in place on the device),
+    the top-K lists gathered from all ranks and merged in rank order, which gives the same lists
+    as one pass (ties go to the smaller image index).
     """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return stats
-    for name in _SUMS:
-        dist.all_reduce(getattr(stats, name))
-    counts = torch.tensor([stats.count, stats.scored], dtype=torch.int64, device=stats.device)
-    dist.all_reduce(counts)
-    stats.count, stats.scored = (int(v) for v in counts.tolist())
     world = dist.get_world_size()
-    gathered = []
-    for name in ("top_values", "top_indices", "top_yx"):
-        local = getattr(stats, name).contiguous()
-        gathered.append([torch.empty_like(local) for _ in range(world)])
-        dist.all_gather(gathered[-1], local)
-    merged = tuple(parts[0] for parts in gathered)
-    for r in range(1, world):
-        merged = merge_topk(merged, tuple(parts[r] for parts in gathered), stats.top_k)
-    stats.top_values, stats.top_indices, stats.top_yx = merged
-    return stats
+    state = {name: t.to(stats.device) for name, t in stats.state_dict().items()}
+    for reduce in Reduce:
+        names = [s.name for s in STATES if s.reduce is reduce]
+        if reduce is Reduce.SUM:
+            for name in names:
+                dist.all_reduce(state[name])
+            continue
+        ranks = [[torch.empty_like(state[n]) for n in names] for _ in range(world)]
+        for i, name in enumerate(names):
+            dist.all_gather([parts[i] for parts in ranks], state[name].contiguous())
+        merged: tuple[torch.Tensor, ...] = tuple(ranks[0])
+        for parts in ranks[1:]:
+            merged = reduce.combine(merged, parts, stats.top_k)
+        state.update(zip(names, merged, strict=True))
+    return FeatureStats.from_state_dict(stats.config, state, stats.device)

@@ -4,6 +4,10 @@ A run folder holds ``stats.safetensors`` + ``stats.json`` (the collection pass),
 ``relevance.safetensors`` + ``relevance.json`` (one mu-LASSO fit) and ``run.json`` (how the model
 and data were given, written by the CLI). Every JSON carries ``schema``; a file of another
 schema version, or statistics of a model whose layers differ, fail to load with a clear message.
+
+A statistics file (``stats.safetensors``, and the checkpoints of ``vebi.io.checkpoint``) holds
+every state ``FeatureStats`` declares, under its name, and in its metadata the config and its
+``format``, ``STATS_FORMAT``; format 1 (older vebi) kept some state in JSON and is refused.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from vebi import __version__
@@ -23,10 +28,10 @@ from vebi.errors import VebiError
 from vebi.core.features import FeatureSpace
 from vebi.layers import get_module
 from vebi.core.relevance import Relevance
-from vebi.core.stats import FeatureStats
+from vebi.core.stats import FeatureStats, StatsConfig
 
 SCHEMA_VERSION = 1
-STATS_TENSORS = ("gram", "cross", "class_counts", "feature_sum", "top_values", "top_indices", "top_yx")
+STATS_FORMAT = 2
 
 
 def versions() -> dict[str, str]:
@@ -61,34 +66,58 @@ def read_json(path: Path, kind: str) -> dict[str, Any]:
     return data
 
 
-def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+def _save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None) -> None:
     with atomic_path(path) as tmp:
-        save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp))
+        save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp),
+                  metadata=None if meta is None else {"vebi": json.dumps(meta)})
 
 
-def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors of a safetensors file and the JSON metadata under "vebi" ({} when there is none)."""
     if not path.is_file():
         raise VebiError(f"{path} not found")
     try:
-        return load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("vebi", "{}"))
+            return {name: f.get_tensor(name) for name in f.keys()}, meta
     except Exception as exc:  # safetensors raises its own error types for corrupt files
         raise VebiError(f"{path} is not a readable safetensors file ({exc})") from None
 
 
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    return _read_tensors(path)[0]
+
+
+def save_stats_file(path: str | Path, stats: FeatureStats, **meta: Any) -> None:
+    """One safetensors file of every declared state; config, format and ``meta`` in its JSON metadata."""
+    _save_tensors(Path(path), stats.state_dict(),
+                  {"format": STATS_FORMAT, "config": stats.config.to_dict(), **meta})
+
+
+def load_stats_file(path: str | Path, device: torch.device | str = "cpu") -> tuple[FeatureStats, dict[str, Any]]:
+    """The statistics of ``save_stats_file`` on ``device``, and the metadata it was given."""
+    tensors, meta = _read_tensors(Path(path))
+    found = meta.get("format", 1)
+    if found != STATS_FORMAT:
+        raise VebiError(f"{path} holds statistics in format {found}, this vebi reads format {STATS_FORMAT}")
+    try:
+        return FeatureStats.from_state_dict(StatsConfig.from_dict(meta["config"]), tensors, device), meta
+    except (VebiError, KeyError) as exc:
+        raise VebiError(f"{path} holds unusable statistics ({exc})") from None
+
+
 def save_stats(stats: FeatureStats, run_dir: str | Path, model: nn.Module | None = None) -> None:
-    """Write ``stats`` to ``run_dir``; with ``model``, record its fingerprint for later checks."""
+    """Write ``stats`` to ``run_dir``; with ``model``, record its fingerprint for later checks.
+
+    ``stats.safetensors`` holds the statistics; ``stats.json`` repeats their config with a summary
+    (count, correct, scored) for readers of the run folder, and the fingerprint.
+    """
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
-    _save_tensors(run / "stats.safetensors", {n: getattr(stats, n) for n in STATS_TENSORS})
+    save_stats_file(run / "stats.safetensors", stats)
     write_json(run / "stats.json", {
         "schema": SCHEMA_VERSION,
-        "space": stats.space.to_dict(),
-        "class_names": list(stats.class_names),
-        "response": stats.response,
-        "labels": stats.labels,
-        "top_k": stats.top_k,
-        "map_sizes": {k: list(v) for k, v in stats.map_sizes.items()},
-        "input_size": list(stats.input_size) if stats.input_size else None,
+        **stats.config.to_dict(),
         "count": stats.count,
         "correct": stats.correct,
         "scored": stats.scored,
@@ -111,15 +140,12 @@ def load_stats(run_dir: str | Path, model: nn.Module | None = None,
         if found != meta["model_fingerprint"]:
             raise VebiError(f"the model does not match the statistics in {run} (its layers or parameter "
                             "shapes differ from the model they were collected with)")
-    stats = FeatureStats(space, tuple(meta["class_names"]), meta["response"], meta["labels"], int(meta["top_k"]),
-                         {k: (int(v[0]), int(v[1])) for k, v in meta["map_sizes"].items()},
-                         tuple(meta["input_size"]) if meta["input_size"] else None, device)
-    tensors = load_tensors(run / "stats.safetensors")
-    for name in STATS_TENSORS:
-        if name not in tensors or tensors[name].shape != getattr(stats, name).shape:
-            raise VebiError(f"{run / 'stats.safetensors'} does not match {run / 'stats.json'} ({name})")
-        setattr(stats, name, tensors[name].to(device))
-    stats.count, stats.correct, stats.scored = int(meta["count"]), int(meta["correct"]), int(meta.get("scored", 0))
+    try:
+        stats, _ = load_stats_file(run / "stats.safetensors", device)
+    except VebiError as exc:
+        raise VebiError(f"{exc}; re-run `vebi collect`") from None
+    if StatsConfig.from_dict(meta) != stats.config:
+        raise VebiError(f"{run / 'stats.safetensors'} does not match {run / 'stats.json'} (another collection)")
     return stats
 
 

@@ -1,9 +1,10 @@
 """Checkpoints of a running collection: one file per process, replaced atomically every N batches.
 
-A checkpoint holds the statistics of the first ``batches`` batches of this process's shard and a
-``key`` describing the run (model, data, batch size, layers, processes, ...). Resuming with the
-same key continues after those batches; a different key is refused, so that a checkpoint of
-another run is never mixed in. Its size is that of the statistics: it does not grow with N.
+A checkpoint is a statistics file (``vebi.io.artifacts.save_stats_file``) of the first ``batches``
+batches of this process's shard, with a ``key`` describing the run (model, data, batch size,
+layers, processes, ...). Resuming with the same key continues after those batches; a different
+key, or a file of another format, is refused, so that a checkpoint of another run is never mixed
+in. Its size is that of the statistics: it does not grow with N.
 """
 
 from __future__ import annotations
@@ -14,16 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
-from vebi.io.atomic import atomic_path
 from vebi.errors import VebiError
-from vebi.core.features import FeatureSpace
 from vebi.core.stats import FeatureStats
-
-SCHEMA = 1
-_TENSORS = ("gram", "cross", "class_counts", "feature_sum", "top_values", "top_indices", "top_yx", "hits")
+from vebi.io.artifacts import load_stats_file, save_stats_file
 
 
 @dataclass(frozen=True)
@@ -48,23 +43,15 @@ class Checkpointer:
         if not self.path.is_file():
             return None
         try:
-            with safe_open(str(self.path), framework="pt") as f:
-                meta = json.loads((f.metadata() or {})["vebi"])
-                tensors = {name: f.get_tensor(name) for name in _TENSORS}
-        except (SafetensorError, OSError, ValueError, KeyError) as exc:
-            raise VebiError(f"checkpoint {self.path} is unreadable ({exc}); delete it to start over") from None
-        if meta.get("schema") != SCHEMA or meta.get("key") != self.key:
+            stats, meta = load_stats_file(self.path, device)
+        except VebiError as exc:
+            raise VebiError(f"checkpoint {self.path} is unreadable by this vebi ({exc}); "
+                            "delete it to start over") from None
+        if meta.get("key") != self.key:
             theirs = meta.get("key") or {}
-            diff = sorted(k for k in {**theirs, **self.key} if theirs.get(k) != self.key.get(k)) or ["schema"]
+            diff = sorted(k for k in {**theirs, **self.key} if theirs.get(k) != self.key.get(k)) or ["key"]
             raise VebiError(f"checkpoint {self.path} belongs to another collection (it differs in "
                             f"{', '.join(diff)}); rerun the same command or delete {self.path.parent}")
-        s = meta["stats"]
-        stats = FeatureStats(FeatureSpace.from_dict(s["space"]), tuple(s["class_names"]), s["response"], s["labels"],
-                             s["top_k"], {k: tuple(v) for k, v in s["map_sizes"].items()},
-                             tuple(s["input_size"]) if s["input_size"] else None, device,
-                             count=s["count"], scored=s["scored"], gram_dtype=getattr(torch, s["gram_dtype"]))
-        for name in _TENSORS:
-            setattr(stats, name, tensors[name].to(device))
         self.batches = int(meta["batches"])
         return Resume(stats, self.batches)
 
@@ -75,14 +62,7 @@ class Checkpointer:
 
     def save(self, stats: FeatureStats) -> None:
         """Write the statistics after ``self.batches`` batches (replacing the file in one rename)."""
-        meta = {"schema": SCHEMA, "key": self.key, "batches": self.batches, "stats": {
-            "space": stats.space.to_dict(), "class_names": list(stats.class_names), "response": stats.response,
-            "labels": stats.labels, "top_k": stats.top_k, "map_sizes": {k: list(v) for k, v in stats.map_sizes.items()},
-            "input_size": list(stats.input_size) if stats.input_size else None, "count": stats.count,
-            "scored": stats.scored, "gram_dtype": str(stats.gram.dtype).removeprefix("torch.")}}
-        tensors = {n: getattr(stats, n).detach().to("cpu").contiguous() for n in _TENSORS}
-        with atomic_path(self.path) as tmp:
-            save_file(tensors, str(tmp), metadata={"vebi": json.dumps(meta)})
+        save_stats_file(self.path, stats, key=self.key, batches=self.batches)
 
     def remove(self) -> None:
         """Delete the checkpoint (and temporary files of a write that was killed), then the folder if empty."""
