@@ -29,3 +29,11 @@ def test_importing_vebi_does_not_import_torch():
     code = "import sys, vebi; vebi.VebiError; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_cli_help_does_not_import_torch():
+    code = ("import sys; from vebi.cli import main; "
+            "codes = [main(['--help']), main(['collect', '--help']), main(['evaluate', '--help'])]; "
+            "print(codes, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[0, 0, 0] False"
