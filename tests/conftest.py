@@ -12,6 +12,21 @@ from torch import nn
 
 torch.set_num_threads(1)
 
+# Modules whose assertions compare floating-point results: `make test` runs them a second time with
+# ATEN_CPU_CAPABILITY=default (other CPU kernels, another accumulation order), so a tolerance that
+# holds only on the machine it was tuned on fails in CI rather than on a user's machine.
+NUMERIC_MODULES = frozenset({
+    "test_ablation", "test_backprop", "test_baselines", "test_collect", "test_explain", "test_interpret",
+    "test_lasso", "test_metrics", "test_receptive", "test_responses", "test_stats", "test_stats_device",
+    "test_stats_state",
+})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in NUMERIC_MODULES:
+            item.add_marker(pytest.mark.numeric)
+
 
 def tiny_cnn(num_classes: int = 3, in_channels: int = 3, seed: int = 0) -> nn.Module:
     """Conv-ReLU-Pool-Conv-ReLU-GAP-Linear, seeded."""

@@ -420,3 +420,14 @@ def test_stride_frequency_energy_measure_hand_checked():
     # 2(2 + sqrt2), 2, 2(2 - sqrt2), 1, ... summing to 21; the lattice u in {2, 4, 6} holds 2 + 1 + 2
     ramp = torch.arange(8.0, dtype=torch.float64).view(1, 1, 8).expand(1, 8, 8)
     assert float(stride_frequency_energy(ramp, 4)) == pytest.approx(5 / 21)
+
+
+def test_forward_with_rules_leaves_batch_norm_statistics_of_a_training_model_alone():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU()).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    bp.forward_with_rules(model, torch.randn(2, 1, 5, 5), bp.guided_rules(), ["2"])
+    with pytest.raises(VebiError):
+        bp.forward_with_rules(model, torch.randn(2, 1, 5, 5), bp.guided_rules(), ["nope"])
+    assert model.training and all(m.training for m in model.modules())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # running stats, counter

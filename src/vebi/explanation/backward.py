@@ -29,7 +29,7 @@ from torch.overrides import TorchFunctionMode
 from vebi.errors import VebiError
 from vebi.explanation.rules import OPERATIONS, ArgmaxPool, DeconvReLU, GuidedReLU, OpCall, Rule, RuleMap
 from vebi.explanation.stride_fix import StrideFixConv
-from vebi.hooks import HookHandles
+from vebi.hooks import HookHandles, preserve_model
 from vebi.layers import named_layers
 
 __all__ = [
@@ -215,9 +215,14 @@ class RuleForward:
 
 
 def forward_with_rules(model: nn.Module, images: Tensor, rules: RuleMap, layers: Sequence[str] = ()) -> RuleForward:
-    """Run ``model(images)`` once under ``rules``, capturing ``layers`` for seeded backward passes."""
+    """Run ``model(images)`` once under ``rules``, capturing ``layers`` for seeded backward passes.
+
+    The pass runs in eval mode (batch norm uses, and does not update, its running statistics);
+    the model's training flags and everything else are restored afterwards, also after an error.
+    """
     inputs = images.detach().clone().requires_grad_(True)
-    with torch.enable_grad(), backward_rules(model, rules, capture=layers) as trace:
+    with (preserve_model(model, freeze=False, no_inplace=False), torch.enable_grad(),
+          backward_rules(model, rules, capture=layers) as trace):
         output = model(inputs)
     missing = [layer for layer in layers if layer not in trace.outputs]
     if missing:
