@@ -66,3 +66,15 @@ def test_cli_rejects_an_empty_sample(option, tmp_path, capsys):
     assert code != 0
     assert f"{option} must be at least 1" in capsys.readouterr().err
     assert not (tmp_path / "demo" / "stages").exists()  # refused before any stage ran
+
+
+def test_quick_profile_is_smaller_and_explicit_options_win(tmp_path, monkeypatch):
+    import vebi.cli.demo as cli_demo
+    from vebi.demo import QUICK
+
+    seen = []
+    monkeypatch.setattr(demo_module, "run_demo", lambda out, cfg, fresh: seen.append((out, cfg)) or out / "r.html")
+    assert app_module.main(["demo", "--quick", "-o", str(tmp_path), "--epochs", "2"]) == 0
+    (out, cfg), = seen
+    assert out == tmp_path and cfg == replace(QUICK, epochs=2)
+    assert QUICK.per_class < cli_demo._DEFAULT.per_class and QUICK.eval_images < cli_demo._DEFAULT.eval_images

@@ -29,11 +29,8 @@ BASELINES: tuple[str, ...] = ("grad_cam", "grad_cam_plus_plus", "guided_backprop
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Sizes of the demo run.
-
-    The defaults (the evaluation's image size, 300 renders per class, ``vebi train``'s 12 epochs)
-    took 139 s on an idle 2-core CPU, well inside the 15-minute target on a busy one.
-    """
+    """Sizes of the demo run (defaults: the evaluation's image size, 300 renders per class,
+    ``vebi train``'s 12 epochs; :data:`QUICK` is a first look in well under a minute)."""
 
     variant: str = "single-6c"
     per_class: int = 300
@@ -44,6 +41,9 @@ class DemoConfig:
     top_k: int = 100
     explain_images: int = 12
     eval_images: int = 300
+
+
+QUICK = DemoConfig(per_class=60, size=64, epochs=6, top_k=30, explain_images=6, eval_images=48)
 
 
 @dataclass(frozen=True)
