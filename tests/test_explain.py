@@ -192,7 +192,7 @@ def fitted_run(make_folder, tmp_path):
     run = tmp_path / "run"
     assert main(["collect", FACTORY, str(data), "-o", str(run), "--top-k", "3", "-b", "6"]) == 0
     assert main(["fit", str(run), "--mu", "2"]) == 0
-    assert main(["interpret", str(run), str(data), "--top-k", "3", "--size", "8", "--no-progress"]) == 0
+    assert main(["interpret", str(run), str(data), "--top-k", "3", "--tile-size", "8", "--no-progress"]) == 0
     return run, data
 
 

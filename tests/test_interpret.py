@@ -300,7 +300,7 @@ def test_cli_interpret_writes_images_and_prints_where(tmp_path, capsys):
     assert main(["collect", spec, str(data), "-o", str(run), "--top-k", "5", "-l", "1", "-l", "4"]) == 0
     assert main(["fit", str(run), "--mu", "2"]) == 0
     capsys.readouterr()
-    assert main(["interpret", str(run), str(data), "--top-k", "4", "--size", "8", "--no-progress"]) == 0
+    assert main(["interpret", str(run), str(data), "--top-k", "4", "--tile-size", "8", "--no-progress"]) == 0
     out = capsys.readouterr().out
     folder = run / "interpretation"
     assert f"interpretations -> {folder}" in out

@@ -7,25 +7,30 @@ from pathlib import Path
 import typer
 
 from vebi.cli._app import app
-from vebi.cli.common import DeviceOpt
+from vebi.cli.common import DeviceOpt, ProgressOpt, batch_size_option, seed_option
 from vebi.run import resolve_device
 
 
 @app.command()
 def an8flower(
-    out: Path = typer.Option(..., "-o", "--out", help="dataset folder to write (resumed if it holds the same config)"),
-    variant: str = typer.Option("single-6c", help="single-6c, double-12c or the path of a JSON variant config"),
-    per_class: int = typer.Option(500, "--per-class", help="images per class, train + test"),
-    size: int = typer.Option(112, help="image side in pixels"),
-    seed: int = typer.Option(0, help="dataset seed; image i is drawn from (seed, i)"),
+    out: Path = typer.Option(..., "-o", "--out", help="where to write; the dataset folder (resumed if it holds the same config)"),
+    variant: str = typer.Option("single-6c", "--variant", help="an8Flower variant; single-6c, double-12c or the path "
+                                "of a JSON variant config"),
+    per_class: int = typer.Option(500, "--per-class", help="images per class, train + test; rendered"),
+    size: int = typer.Option(112, "--size", help="image side in pixels; of the rendered images"),
+    seed: int = seed_option("the dataset: image i is drawn from (seed, i)"),
     test_fraction: float = typer.Option(0.2, "--test-fraction", help="share of each class in the test split"),
     spp: int = typer.Option(9, help="samples per pixel (a square: 4, 9, 16, ...)"),
-    workers: int = typer.Option(2, help="rendering processes"),
-    sheet: Path | None = typer.Option(None, "--sheet", help="also write a contact sheet PNG of test examples"),
+    workers: int = typer.Option(2, "--workers", help="worker processes; rendering in parallel"),
+    sheet: Path | None = typer.Option(None, "--sheet", help="also write a contact sheet PNG of test examples "
+                                      "(default: none)"),
     sheet_only: bool = typer.Option(False, "--sheet-only", help="only write --sheet from the existing dataset OUT"),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    progress: bool = ProgressOpt,
 ) -> None:
-    """Render the an8Flower benchmark: flowers whose class is the colour of known parts, with exact part masks."""
+    """Render the an8Flower benchmark with exact part masks.
+
+    Flowers whose class is the colour of known parts, with a mask of those parts per image.
+    """
     from vebi.an8flower import DatasetConfig, contact_sheet, generate, load_variant
     from vebi.errors import VebiError
 
@@ -47,22 +52,25 @@ def an8flower(
 @app.command()
 def train(
     data: Path = typer.Argument(..., help="an8Flower dataset folder (images/train, images/test) or a folder with train/ and test/"),
-    out: Path = typer.Option(..., "-o", "--out", help="folder for model.pt and model.json"),
-    epochs: int = typer.Option(12),
-    batch_size: int = typer.Option(64, "--batch-size", "-b"),
+    out: Path = typer.Option(..., "-o", "--out", help="where to write; the folder for model.pt and model.json"),
+    epochs: int = typer.Option(12, "--epochs", help="training epochs"),
+    batch_size: int = batch_size_option(64),
     lr: float = typer.Option(2e-3, help="Adam learning rate (cosine-decayed to 0)"),
-    weight_decay: float = typer.Option(1e-4, "--weight-decay"),
+    weight_decay: float = typer.Option(1e-4, "--weight-decay", help="Adam weight decay"),
     shift: int = typer.Option(4, help="random shift augmentation in pixels"),
-    seed: int = typer.Option(0),
+    seed: int = seed_option("the initialisation, the batch order and the augmentation"),
     width: int = typer.Option(32, help="channels of conv1 (doubling twice towards conv5)"),
     first_stride: int = typer.Option(4, "--first-stride", help="stride of conv1"),
     first_kernel: int = typer.Option(7, "--first-kernel", help="kernel of conv1"),
     batch_norm: bool = typer.Option(True, "--batch-norm/--no-batch-norm", help="batch norm after every conv"),
     device: str = DeviceOpt,
     threads: int | None = typer.Option(None, help="torch CPU threads (default: torch's); 1 is fastest on a busy machine"),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    progress: bool = ProgressOpt,
 ) -> None:
-    """Train the small VGG-style CNN (vebi.an8flower.net:an8net) and report its test accuracy."""
+    """Train the small an8Flower CNN.
+
+    The VGG-style vebi.an8flower.net:an8net, seeded; prints its test accuracy.
+    """
     import json
 
     from vebi.an8flower.train import TrainConfig, model_args

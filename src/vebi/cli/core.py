@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 
 from vebi.cli._app import app
-from vebi.cli.common import DeviceOpt, ModelArg, ModelArgsOpt, WeightsOpt
+from vebi.cli.common import (DeviceOpt, ModelArg, ModelArgsOpt, ProgressOpt, WeightsOpt, WorkersOpt,
+                             batch_size_option)
 from vebi.errors import VebiError
 
 
@@ -16,10 +17,13 @@ def layers(
     model: str = ModelArg,
     weights: str | None = WeightsOpt,
     model_arg: list[str] | None = ModelArgsOpt,
-    size: int = typer.Option(64, help="input size of the example pass that finds output shapes"),
+    size: int = typer.Option(64, "--size", help="image side in pixels; of the example input that finds output shapes"),
     all_layers: bool = typer.Option(False, "--all", help="list every module, not only those with 2-D+ maps"),
 ) -> None:
-    """List the model's layers: name, type, output shape; '*' marks the default layer set."""
+    """List the model's layers; '*' marks the default set.
+
+    Each layer's name, type and output shape for an example input of --size pixels.
+    """
     import torch
 
     from vebi.layers import first_conv_in_channels, list_layers
@@ -44,25 +48,29 @@ def layers(
 def collect(
     model: str = ModelArg,
     data: Path = typer.Argument(..., help="image folder, one sub-folder per class"),
-    out: Path = typer.Option(..., "-o", "--out", help="run folder to write"),
+    out: Path = typer.Option(..., "-o", "--out", help="where to write; the run folder"),
     weights: str | None = WeightsOpt,
     model_arg: list[str] | None = ModelArgsOpt,
     layer: list[str] | None = typer.Option(None, "--layer", "-l", help="layer name or glob (repeatable); default set if none"),
     response: str = typer.Option("energy", help="energy, max or mean"),
     labels: str = typer.Option("true", help="true (ground truth) or predicted"),
-    top_k: int = typer.Option(100, "--top-k", help="top images kept per feature"),
-    size: int | None = typer.Option(None, help="resize + centre-crop images to SIZE"),
+    top_k: int = typer.Option(100, "--top-k", help="top images per feature; kept for the interpretations"),
+    size: int | None = typer.Option(None, "--size", help="image side in pixels; images are resized and centre-cropped "
+                                    "to it (default: their own size, which must then be the same for all)"),
     normalize: str = typer.Option("auto", help="auto (imagenet for torchvision models), imagenet or none"),
-    batch_size: int = typer.Option(32, "--batch-size", "-b"),
-    workers: int = typer.Option(0, help="DataLoader worker processes"),
+    batch_size: int = batch_size_option(32),
+    workers: int = WorkersOpt,
     device: str = DeviceOpt,
     checkpoint_every: int = typer.Option(0, "--checkpoint-every", help="save the running statistics every N batches "
                                          "to OUT/checkpoints; the same command then resumes from there (0: never)"),
     gram_dtype: str = typer.Option("float64", "--gram-dtype", help="float64, or float32 for half the memory of G"),
     memory_budget: str | None = typer.Option(None, "--memory-budget", help="memory the statistics may take per "
                                              "process, e.g. 8GiB (default: $VEBI_MEMORY_BUDGET or the free memory)"),
+    progress: bool = ProgressOpt,
 ) -> None:
-    """One pass over DATA: responses, streaming statistics and top images per feature, saved to OUT.
+    """One pass over the images: statistics of every feature.
+
+    Responses, streaming statistics and top images per feature of DATA, saved to the run folder OUT.
 
     Under `torchrun --nproc-per-node N vebi collect ...` each process takes every N-th image and
     process 0 writes the one result (gloo on CPU, nccl on GPUs).
@@ -80,7 +88,8 @@ def collect(
     stats = collect_run(out, model, data, weights=weights, model_args=parse_model_args(model_arg), size=size,
                         normalize=normalize, batch_size=batch_size, workers=workers, device=device,
                         checkpoint_every=checkpoint_every, layers=layer or None, response=response, labels=labels,
-                        top_k=top_k, gram_dtype=getattr(torch, gram_dtype), memory_budget=memory_budget)
+                        top_k=top_k, gram_dtype=getattr(torch, gram_dtype), memory_budget=memory_budget,
+                        progress=progress)
     where = distributed.current()
     if where.is_main:
         acc = f", accuracy {stats.accuracy:.3f}" if stats.accuracy is not None else ""
@@ -92,14 +101,18 @@ def collect(
 @app.command()
 def fit(
     run: Path = typer.Argument(..., help="run folder written by `vebi collect`"),
-    mu: float = typer.Option(10.0, help="L1 budget of each class's weights (sparsity)"),
+    mu: float = typer.Option(10.0, "--mu", help="mu-LASSO L1 budget of each class's weights; smaller: fewer "
+                             "relevant features (10 is the method's default; its authors used 5 for an8Flower)"),
     solver: str = typer.Option("auto", help="auto (SPAMS on the CPU when installed, else vebi's own homotopy), "
                                "spams or torch"),
-    device: str = typer.Option("cpu", "--device", help="where the solver runs: cpu, or cuda / cuda:N / auto "
-                               "for the torch solver on a GPU"),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar over the classes"),
+    device: str = typer.Option("cpu", "--device", help="where to compute: cpu, cuda, cuda:N or auto; a GPU runs "
+                               "the torch solver"),
+    progress: bool = ProgressOpt,
 ) -> None:
-    """Fit mu-LASSO relevance from the saved statistics (no new pass over the images)."""
+    """Fit the mu-LASSO: the relevant features of each class.
+
+    From the run's saved statistics, without another pass over the images.
+    """
     from vebi.pipeline import fit_run
 
     relevance = fit_run(run, mu, solver=solver, device=device, progress=progress)

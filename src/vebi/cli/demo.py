@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from vebi.cli._app import app
+from vebi.cli.common import seed_option
 from vebi.demo import QUICK as _QUICK
 from vebi.demo import DemoConfig
 
@@ -15,25 +16,31 @@ _DEFAULT = DemoConfig()
 
 @app.command()
 def demo(
-    out: Path | None = typer.Option(None, "-o", "--out", help="folder for every stage's output "
+    out: Path | None = typer.Option(None, "-o", "--out", help="where to write; every stage's output "
                                     "(default runs/demo, runs/demo-quick with --quick)"),
     quick: bool = typer.Option(False, "--quick", help=f"a first look: {_QUICK.per_class} renders per class at "
                                f"{_QUICK.size} px, {_QUICK.epochs} epochs, {_QUICK.eval_images} evaluated images"),
     fresh: bool = typer.Option(False, "--fresh", help="rerun every stage instead of reusing finished ones"),
-    variant: str = typer.Option(_DEFAULT.variant, help="an8Flower variant: single-6c or double-12c"),
+    variant: str = typer.Option(_DEFAULT.variant, "--variant", help="an8Flower variant; single-6c or double-12c"),
     per_class: int | None = typer.Option(None, "--per-class", show_default=False,
-                                         help=f"rendered images per class, train + test (default {_DEFAULT.per_class})"),
-    size: int | None = typer.Option(None, show_default=False, help=f"image side in pixels (default {_DEFAULT.size})"),
-    epochs: int | None = typer.Option(None, show_default=False, help=f"training epochs (default {_DEFAULT.epochs})"),
-    mu: float = typer.Option(_DEFAULT.mu, help="mu-LASSO L1 budget (5, as the method's authors used for an8Flower)"),
+                                         help=f"images per class, train + test; rendered (default {_DEFAULT.per_class})"),
+    size: int | None = typer.Option(None, "--size", show_default=False,
+                                    help=f"image side in pixels; of the rendered images (default {_DEFAULT.size})"),
+    epochs: int | None = typer.Option(None, "--epochs", show_default=False,
+                                      help=f"training epochs (default {_DEFAULT.epochs})"),
+    mu: float = typer.Option(_DEFAULT.mu, "--mu", help="mu-LASSO L1 budget of each class's weights; smaller: fewer "
+                             "relevant features (5, as the method's authors used for an8Flower)"),
     explain_images: int | None = typer.Option(None, "--explain-images", show_default=False,
                                               help="test images explained in the report, spread over the classes "
                                                    f"(default {_DEFAULT.explain_images})"),
     eval_images: int | None = typer.Option(None, "--eval-images", show_default=False,
                                            help=f"test images the evaluation scores (default {_DEFAULT.eval_images})"),
-    seed: int = typer.Option(_DEFAULT.seed, help="seed of the data, the training and the evaluation's sampling"),
+    seed: int = seed_option("the data, the training and the evaluation's sampling"),
 ) -> None:
-    """The whole method end to end on a small an8Flower set; ends with the report's path."""
+    """Run everything on a small an8Flower set.
+
+    Render, train, collect, fit, interpret, explain, evaluate and report; ends with the report's path.
+    """
     from dataclasses import replace
 
     from vebi.demo import run_demo

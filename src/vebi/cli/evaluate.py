@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from vebi.cli._app import app
-from vebi.cli.common import DeviceOpt
+from vebi.cli.common import DeviceOpt, ProgressOpt, batch_size_option, seed_option
 from vebi.run import resolve_device
 from vebi.errors import VebiError
 
@@ -33,28 +33,32 @@ def evaluate_command(
     data: Path = typer.Argument(..., help="test images: a class-per-folder image folder, or an an8Flower root / a "
                                 "folder with test/ (its test split is used)"),
     masks: Path | None = typer.Option(None, "--masks", help="ground-truth masks mirroring DATA (CLASS/STEM.png); "
-                                      "without it only the mask-free scores and the ablation are computed"),
-    methods: list[str] | None = typer.Option(None, "--methods", "-m", help="methods to evaluate (repeatable or "
+                                      "without them (default) only the mask-free scores and the ablation"),
+    methods: list[str] | None = typer.Option(None, "--method", "--methods", "-m", help="explanation method; evaluate these (repeatable or "
                                              "comma-separated; default: all, vebi's single-feature maps come with "
                                              "vebi; 'none': only the ablation)"),
     thresholds: list[str] | None = typer.Option(None, "--thresholds", help="IoU thresholds, comma-separated "
                                                 "(default 0.05, 0.10, ..., 0.95)"),
     max_images: int | None = typer.Option(None, "--max-images", help="evaluate a seeded class-balanced subset of "
-                                          "this many images"),
-    seed: int = typer.Option(0, help="seed of the subset and of the random features in the ablation"),
-    out: Path | None = typer.Option(None, "-o", "--out", help="output folder (default: RUN/evaluation)"),
-    num_features: int = typer.Option(3, "--num-features", "-k", help="features per explanation (vebi, activation_map)"),
+                                          "this many images (default: all)"),
+    seed: int = seed_option("the image subset and the ablation's random features"),
+    out: Path | None = typer.Option(None, "-o", "--out", help="where to write; the results folder (default RUN/evaluation)"),
+    num_features: int = typer.Option(3, "--num-features", "-k", help="features per explanation; for vebi and activation_map"),
     steps: int = typer.Option(20, help="steps of the deletion/insertion curves"),
-    batch_size: int = typer.Option(32, "--batch-size", "-b"),
+    batch_size: int = batch_size_option(32),
     cam_layer: str | None = typer.Option(None, "--cam-layer", help="Grad-CAM layer (default: the last spatial map)"),
     ablation: bool = typer.Option(True, "--ablation/--no-ablation", help="run the feature ablation experiments"),
     ablation_seeds: int = typer.Option(3, "--ablation-seeds", help="random feature draws per class"),
     max_ablation_features: int | None = typer.Option(None, "--max-ablation-features", help="ablate at most this "
                                                      "many features per class (default: all relevant ones)"),
     device: str = DeviceOpt,
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    progress: bool = ProgressOpt,
 ) -> None:
-    """Score every method's heatmaps against the masks (IoU sweep, pointing, mass), deletion/insertion, and ablation."""
+    """Score the explanations: IoU, deletion/insertion, ablation.
+
+    Every method's heatmaps against the ground-truth masks (IoU sweep, pointing game, mass in mask),
+    deletion/insertion curves, and the feature ablation experiments.
+    """
     from vebi.evaluate.output import format_summary, write_evaluation
     from vebi.evaluate.runner import evaluate_run
 

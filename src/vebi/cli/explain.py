@@ -7,28 +7,32 @@ from pathlib import Path
 import typer
 
 from vebi.cli._app import app
-from vebi.cli.common import DeviceOpt
+from vebi.cli.common import DeviceOpt, batch_size_option
 
 
 @app.command("explain")
 def explain_command(
     run: Path = typer.Argument(..., help="run folder with a relevance fit (`vebi collect`, `vebi fit`)"),
     images: list[Path] = typer.Argument(..., help="image files to explain"),
-    out: Path | None = typer.Option(None, "-o", "--out", help="folder for IMAGE.png panels and IMAGE.json "
+    out: Path | None = typer.Option(None, "-o", "--out", help="where to write; the folder for IMAGE.png panels and IMAGE.json "
                                     "(default: RUN/explanations, RUN/explanations/METHOD for other methods; "
                                     "where `vebi report RUN` finds them)"),
-    method: str = typer.Option("vebi", "--method", "-m", help="vebi, vebi_nofix, or a baseline of vebi.methods "
+    method: str = typer.Option("vebi", "--method", "-m", help="explanation method; vebi, vebi_nofix or a baseline "
                                "(guided_backprop, deconvnet, grad_cam, grad_cam_plus_plus, integrated_gradients, "
                                "activation_map)"),
     target: str | None = typer.Option(None, "--target", "-t", help="class name or index to explain "
                                       "(default: the predicted class)"),
-    num_features: int = typer.Option(3, "--num-features", "-k", help="features per explanation (vebi, activation_map)"),
+    num_features: int = typer.Option(3, "--num-features", "-k", help="features per explanation; for vebi and activation_map"),
     pool_fix: bool = typer.Option(False, "--pool-fix/--no-pool-fix", help="vebi: route pooled signals to the "
                                   "window's argmax, overwriting"),
-    batch_size: int = typer.Option(16, "--batch-size", "-b"),
+    batch_size: int = batch_size_option(16),
     device: str = DeviceOpt,
 ) -> None:
-    """Explain the model's prediction for each IMAGE with the run's relevant features (or a baseline)."""
+    """Explain predictions by their top relevant features.
+
+    For each IMAGE the model's prediction, its top contributing features with their heatmaps and
+    the combined map (or a baseline's map with --method); a PNG panel, JSON and maps per image.
+    """
     from vebi.pipeline import explain_files
 
     for done in explain_files(run, images, method=method, out=out, target=target, batch_size=batch_size,
