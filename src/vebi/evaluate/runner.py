@@ -371,11 +371,14 @@ def evaluate_run(
     localization = {n: {"correct": Localization(thresholds), "wrong": Localization(thresholds)} for n in names}
     faithfulness = {n: DeletionInsertion(steps) for n in names}
     blank = dict.fromkeys(names, 0)
-    for method in built:
+    overall = tqdm(total=len(built) * len(loader), unit="batch", disable=not progress)  # one bar: ETA of all methods
+    for number, method in enumerate(built, start=1):
         label = method.name
+        overall.set_description(f"method {number}/{len(built)} {label}")
         began = time.perf_counter()
         offset = 0
-        for batch in tqdm(loader, desc=label, unit="batch", disable=not progress):
+        for batch in loader:
+            overall.update()
             images = batch[0].to(dev)
             b = images.shape[0]
             target = predicted[offset:offset + b]
@@ -391,6 +394,7 @@ def evaluate_run(
                             localization[name][subset_name].update(maps[rows], m[rows])
                 faithfulness[name].update(model, images, maps.to(dev), target.to(dev))
         timings[label] = time.perf_counter() - began
+    overall.close()
 
     scores = []
     for name in names:
