@@ -45,6 +45,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from vebi.core.relevance import Relevance
 from vebi.errors import VebiError
 from vebi.hooks import HookHandles, preserve_model
 from vebi.layers import named_layers
@@ -543,7 +544,7 @@ def _draw_sets(plan: _Plan, features: Sequence[FeatureKey], counts: Sequence[int
 def ablation_study(
     model: nn.Module,
     data: Iterable[Any],
-    relevance: Any,
+    relevance: Relevance,
     *,
     seeds: Sequence[int] = (0, 1, 2, 3, 4),
     max_features: int | None = None,
@@ -668,7 +669,7 @@ class UnionAblationResult:
 def union_ablation(
     model: nn.Module,
     data: Iterable[Any],
-    relevance: Any,
+    relevance: Relevance,
     *,
     seeds: Sequence[int] = (0, 1, 2, 3, 4),
     max_batch: int | None = None,

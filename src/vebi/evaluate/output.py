@@ -33,10 +33,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from vebi.evaluate.ablation import AblationResult, UnionAblationResult
 from vebi.io.atomic import write_bytes, write_text
 from vebi.evaluate.runner import SUBSETS, EvaluationResult
 
-__all__ = ["format_summary", "write_evaluation"]
+__all__ = ["format_ablation", "format_summary", "write_evaluation"]
 
 
 def _clean(value: Any) -> Any:
@@ -347,8 +348,12 @@ def format_summary(result: EvaluationResult) -> str:
 
 
 def _ablation_lines(result: EvaluationResult) -> list[str]:
+    return format_ablation(result.ablation, result.union_ablation)
+
+
+def format_ablation(ab: AblationResult | None, union: UnionAblationResult | None) -> list[str]:
+    """The printed ablation table: per class (k = n) and the mean over classes; the union's line."""
     lines: list[str] = []
-    ab, union = result.ablation, result.union_ablation
 
     def pair(own: float | None, other: float | None) -> str:
         return f"{_fmt(own)}/{_fmt(other)}"
