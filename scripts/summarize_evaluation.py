@@ -35,23 +35,29 @@ def ablation_table(results: dict) -> str:
     ab, union = results.get("ablation"), results.get("union_ablation")
     if ab is None:
         return ""
-    lines = ["| class | n ablated | accuracy | n relevant ablated | n random (mean ± std) | n highest-mean |",
-             "|---|---|---|---|---|---|"]
-    for c in ab["classes"]:
-        top = c["top_mean_class_accuracy"]
-        before = ab["baseline_class_accuracy"][c["class_index"]]
-        lines.append(f"| {c['class_name']} | {c['counts'][-1]} | {before:.3f} | {c['relevant_class_accuracy'][-1]:.3f} "
-                     f"| {c['random_class_accuracy_mean'][-1]:.3f} ± {c['random_class_accuracy_std'][-1]:.3f} "
-                     f"| {'–' if top is None else f'{top[-1]:.3f}'} |")
-    n = len(ab["classes"])
-    tops = [c["top_mean_class_accuracy"] for c in ab["classes"]]
-    top_mean = "–" if None in tops else f"{sum(t[-1] for t in tops) / n:.3f}"
-    lines.append(f"| **mean over classes** | | {sum(ab['baseline_class_accuracy']) / n:.3f} | "
-                 f"{sum(c['relevant_class_accuracy'][-1] for c in ab['classes']) / n:.3f} | "
-                 f"{sum(c['random_class_accuracy_mean'][-1] for c in ab['classes']) / n:.3f} | {top_mean} |")
+
+    def control(row: dict, kind: str) -> str:
+        if row.get(f"{kind}_control_class_accuracy") is None:
+            return "–"
+        return (f"{row[f'{kind}_control_class_accuracy']:.3f} [{row[f'{kind}_control_class_low']:.3f}, "
+                f"{row[f'{kind}_control_class_high']:.3f}]")
+
+    lines = ["| class | accuracy (others) | n+ | positive set (others) | its controls | n− | negative set | "
+             "its controls | reference (others) |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in ab["summary"]:
+        name = row["class_name"] if row["class_index"] != "" else f"**{row['class_name']}**"
+        lines.append(f"| {name} | {_f(row['baseline_class_accuracy'])} ({_f(row['baseline_other_accuracy'])}) | "
+                     f"{_f(row['positive_features'], 1)} | {_f(row['positive_class_accuracy'])} "
+                     f"({_f(row['positive_other_accuracy'])}) | {control(row, 'positive')} | "
+                     f"{_f(row['negative_features'], 1)} | {_f(row['negative_class_accuracy'])} | "
+                     f"{control(row, 'negative')} | {_f(row['reference_class_accuracy'])} "
+                     f"({_f(row['reference_other_accuracy'])}) |")
     if union is not None:
-        lines.append(f"| **union, mCA** | {len(union['features'])} | {union['baseline_mca']:.3f} | "
-                     f"{union['ablated_mca']:.3f} | {union['random_mca_mean']:.3f} ± {union['random_mca_std']:.3f} | – |")
+        random = union.get("random_mca")
+        random = "–" if random is None else f"{random['mean']:.3f}"
+        lines.append(f"\nUnion of {len(union['features'])} relevant features: mCA {union['baseline_mca']:.3f} -> "
+                     f"{union['ablated_mca']:.3f}; layer-matched random sets: "
+                     f"{random}")
     return "\n".join(lines)
 
 

@@ -145,8 +145,18 @@ def test_runner_scores_every_method_and_the_ablation(tiny, test_methods, tmp_pat
     # per class relevant counts from WEIGHTS: blue (0) 2, green (1) 3, red (2) 1
     assert result.relevant_counts == (2, 3, 1)
     ab = result.ablation
-    assert [c.counts for c in ab.classes] == [(0, 1, 2), (0, 1, 2, 3), (0, 1)]
-    assert [c.features[0] for c in ab.classes] == [("1", 1), ("1", 3), ("4", 1)]  # |weight| order
+    # positive sets in |weight| order, negative sets apart; the reference: as many channels of layer "4"
+    assert [c.positive.features for c in ab.classes] == [(("1", 1),), (("1", 3), ("4", 3), ("4", 4)), (("4", 1),)]
+    assert [c.negative.features for c in ab.classes] == [(("4", 3),), (), ()]
+    assert [len(c.reference.features) for c in ab.classes] == [1, 3, 1] and ab.reference_layer == "4"
+    assert all(layer == "4" for c in ab.classes for layer, _ in c.reference.features)
+    relevant = {("1", 1), ("1", 3), ("4", 1), ("4", 3), ("4", 4)}
+    for c in ab.classes:  # controls: the same layers, never a relevant channel, 5 seeds by default
+        for s in (c.positive, c.negative):
+            assert len(s.control_features) == 5 and s.counts == (len(s.features),)
+            for draw in s.control_features:
+                assert [layer for layer, _ in draw] == [layer for layer, _ in s.features]
+                assert not set(draw) & relevant
     per_class = [float((predicted[truth == c] == c).double().mean()) for c in range(len(CLASSES))]
     assert list(ab.baseline_class_accuracy) == pytest.approx(per_class)
     assert ab.baseline_mca == pytest.approx(sum(per_class) / 3)
@@ -161,8 +171,8 @@ def test_runner_scores_every_method_and_the_ablation(tiny, test_methods, tmp_pat
     assert [row["method"] for row in saved["summary"]] == names
     listed = {e["file"] for e in saved["tables"] + saved["figures"]}
     assert listed == {p.name for p in files} - {"results.json", "timings.json"}
-    assert {"scores.csv", "iou_summary.csv", "iou_vs_threshold.png", "ablation_curves.png",
-            "ablation_union.csv", "deletion_insertion.png"} <= listed
+    assert {"scores.csv", "iou_summary.csv", "iou_vs_threshold.png", "ablation.png", "ablation_summary.csv",
+            "ablation_sets.csv", "ablation_union.csv", "deletion_insertion.png"} <= listed
     assert all((tmp_path / "out" / f).stat().st_size > 0 for f in listed)
     header = (tmp_path / "out" / "iou_curves.csv").read_text().splitlines()[0]
     assert header.startswith("method,subset,threshold,mean")
@@ -232,12 +242,22 @@ def test_cli_ablation_only(tiny, tmp_path, capsys):
     saved = json.loads((out / "results.json").read_text())
     assert saved["methods"] == {} and saved["summary"] == []
     assert {e["file"] for e in saved["tables"] + saved["figures"]} == {
-        "ablation_summary.csv", "ablation_curves.csv", "ablation_curves.png", "ablation_union.csv"}
+        "ablation_summary.csv", "ablation_sets.csv", "ablation.png", "ablation_union.csv"}
     rows = (out / "ablation_summary.csv").read_text().splitlines()
     header, classes, mean = rows[0].split(","), [r.split(",") for r in rows[1:4]], rows[4].split(",")
-    column = header.index("relevant_class_accuracy")
     assert len(rows) == 5 and mean[1] == "mean over classes"
-    assert float(mean[column]) == pytest.approx(sum(float(r[column]) for r in classes) / 3, abs=1e-6)
+    for name in ("positive_class_accuracy", "positive_control_class_accuracy", "reference_other_accuracy"):
+        column = header.index(name)
+        assert float(mean[column]) == pytest.approx(sum(float(r[column]) for r in classes) / 3, abs=1e-5)
+    assert len(saved["ablation"]["summary"]) == 4 and saved["settings"]["ablation_curves"] is False
+
+    curves = tmp_path / "curves"
+    assert main(["evaluate", str(run), str(data), "--methods", "none", "--no-progress", "--ablation-curves",
+                 "--ablation-seeds", "2", "--ablation-batch", "7", "-o", str(curves)]) == 0
+    saved = json.loads((curves / "results.json").read_text())
+    green = saved["ablation"]["classes"][1]["positive"]
+    assert green["counts"] == [0, 1, 2, 3] and len(green["control_class"][0]["values"]) == 2
+    assert "ablation_curves.png" in {e["file"] for e in saved["figures"]}
 
     from vebi.report.collect_run import collect_run
 

@@ -48,9 +48,14 @@ def evaluate_command(
     batch_size: int = batch_size_option(32),
     cam_layer: str | None = typer.Option(None, "--cam-layer", help="Grad-CAM layer (default: the last spatial map)"),
     ablation: bool = typer.Option(True, "--ablation/--no-ablation", help="run the feature ablation experiments"),
-    ablation_seeds: int = typer.Option(3, "--ablation-seeds", help="random feature draws per class"),
+    ablation_seeds: int = typer.Option(5, "--ablation-seeds", help="layer-matched random control sets per "
+                                       "ablated set (seeds)"),
     max_ablation_features: int | None = typer.Option(None, "--max-ablation-features", help="ablate at most this "
-                                                     "many features per class (default: all relevant ones)"),
+                                                     "many features of each set (default: all relevant ones)"),
+    ablation_curves: bool = typer.Option(False, "--ablation-curves/--no-ablation-curves", help="ablate every "
+                                         "k = 0..n features of each set, not only all n"),
+    ablation_batch: int | None = typer.Option(None, "--ablation-batch", help="images per forward pass of the "
+                                              "ablation, feature sets stacked (default: from free memory, <= 1024)"),
     device: str = DeviceOpt,
     progress: bool = ProgressOpt,
 ) -> None:
@@ -73,6 +78,7 @@ def evaluate_command(
         run, data, masks=masks, methods=chosen, thresholds=_thresholds(thresholds),
         max_images=max_images, seed=seed, num_features=num_features, steps=steps, batch_size=batch_size, cam_layer=cam_layer,
         ablation=ablation, ablation_seeds=ablation_seeds, max_ablation_features=max_ablation_features,
+        ablation_curves=ablation_curves, ablation_batch=ablation_batch,
         device=resolve_device(device), progress=progress,
     )
     folder = out if out is not None else run / "evaluation"

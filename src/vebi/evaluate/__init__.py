@@ -4,10 +4,13 @@ curves, and feature ablation (see ``metrics``, ``faithfulness``, ``ablation``)."
 from vebi.evaluate.ablation import (
     AblationResult,
     ClassAblation,
+    SetAblation,
+    Spread,
     UnionAblationResult,
     ablate,
-    ablation_curves,
+    ablation_study,
     class_accuracies,
+    classifier_evidence,
     union_ablation,
 )
 from vebi.evaluate.faithfulness import DeletionInsertion, FaithfulnessResult, perturbation_curves
@@ -35,10 +38,13 @@ __all__ = [
     "LocalizationResult",
     "MassInMask",
     "PointingGame",
+    "SetAblation",
+    "Spread",
     "UnionAblationResult",
     "ablate",
-    "ablation_curves",
+    "ablation_study",
     "class_accuracies",
+    "classifier_evidence",
     "perturbation_curves",
     "union_ablation",
 ]

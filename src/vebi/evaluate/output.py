@@ -13,12 +13,14 @@ Files (all written atomically)::
     iou_vs_threshold.png            IoU vs threshold per method, correct (and wrong) images
     deletion_insertion_curves.csv   per method and step: mean class probability
     deletion_insertion.png          the two curves per method
-    ablation_curves.csv             per class and k: class accuracy and mCA for relevant / random /
-                                    highest-mean features (AblationResult.rows)
-    ablation_summary.csv            per class (and their mean): all n relevant features ablated vs n
-                                    random vs n top-mean
-    ablation_union.csv              union of all relevant features vs random sets of its size
-    ablation_curves.png             per class: class accuracy vs features ablated
+    ablation_summary.csv            per class (and their mean): its positive, negative and reference
+                                    sets ablated whole (k = n), the class's accuracy and the other
+                                    classes', the layer-matched controls' mean and 95 % interval
+    ablation_sets.csv               per class, set and k: the same (AblationResult.rows; every k with
+                                    ``ablation_curves``, else k = n)
+    ablation.png                    per class: accuracy before and with each set / its controls ablated
+    ablation_curves.png             per class: class accuracy vs k          (with ``ablation_curves``)
+    ablation_union.csv              union of all relevant features vs layer-matched random sets
 """
 
 from __future__ import annotations
@@ -31,10 +33,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from vebi.evaluate.ablation import AblationResult, UnionAblationResult
 from vebi.io.atomic import write_bytes, write_text
 from vebi.evaluate.runner import SUBSETS, EvaluationResult
 
-__all__ = ["format_summary", "write_evaluation"]
+__all__ = ["format_ablation", "format_summary", "write_evaluation"]
 
 
 def _clean(value: Any) -> Any:
@@ -101,45 +104,6 @@ def _faithfulness_rows(result: EvaluationResult) -> list[dict]:
     return [{"method": m.name, **row} for m in result.methods for row in m.faithfulness.curve_rows()]
 
 
-def _ablation_summary_rows(result: EvaluationResult) -> list[dict]:
-    assert result.ablation is not None
-    rows = []
-    for c in result.ablation.classes:
-        n = c.counts[-1]
-        rows.append({
-            "class_index": c.class_index, "class_name": c.class_name, "relevant_features": len(c.features),
-            "ablated": n, "baseline_class_accuracy": result.ablation.baseline_class_accuracy[c.class_index],
-            "relevant_class_accuracy": c.relevant_class_accuracy[-1],
-            "random_class_accuracy_mean": c.random_class_accuracy_mean[-1],
-            "random_class_accuracy_std": c.random_class_accuracy_std[-1],
-            "top_mean_class_accuracy": None if c.top_mean_class_accuracy is None else c.top_mean_class_accuracy[-1],
-            "baseline_mca": result.ablation.baseline_mca, "relevant_mca": c.relevant_mca[-1],
-            "random_mca_mean": c.random_mca_mean[-1], "random_mca_std": c.random_mca_std[-1],
-            "top_mean_mca": None if c.top_mean_mca is None else c.top_mean_mca[-1],
-        })
-    return rows
-
-
-def _ablation_mean(result: EvaluationResult) -> dict[str, Any]:
-    """Class accuracies of :func:`_ablation_summary_rows` averaged over the classes."""
-    rows = _ablation_summary_rows(result)
-    keys = ("baseline_class_accuracy", "relevant_class_accuracy", "random_class_accuracy_mean",
-            "top_mean_class_accuracy")
-    return {k: None if any(r[k] is None for r in rows) else sum(r[k] for r in rows) / len(rows) for k in keys}
-
-
-def _union_rows(result: EvaluationResult) -> list[dict]:
-    u = result.union_ablation
-    assert u is not None
-    rows = u.rows()
-    rows.append({"class_index": "", "class_name": "mCA (all classes)", "baseline_class_accuracy": u.baseline_mca,
-                 "ablated_class_accuracy": u.ablated_mca, "random_class_accuracy_mean": u.random_mca_mean,
-                 "random_class_accuracy_std": u.random_mca_std})
-    for row in rows:
-        row["features_ablated"] = len(u.features)
-    return rows
-
-
 # ----------------------------------------------------------------------------- plots
 
 
@@ -192,7 +156,55 @@ def _faithfulness_plot(result: EvaluationResult) -> bytes:
     return _figure_bytes(fig)
 
 
+_SET_STYLE = {"positive": ("black", "positive set"), "negative": ("tab:red", "negative set"),
+              "reference": ("tab:orange", "reference (last layer)")}
+
+
 def _ablation_plot(result: EvaluationResult) -> bytes:
+    """Grouped bars per class: accuracy before, with each set ablated and with its controls
+    (error bars: 95 % interval over seeds); crosses: the other classes' mean accuracy."""
+    from matplotlib.figure import Figure
+
+    ab = result.ablation
+    assert ab is not None
+    bars = [("before", "0.75", None), ("positive", "black", None), ("positive", "tab:blue", "control"),
+            ("negative", "tab:red", None), ("negative", "lightsteelblue", "control"), ("reference", "tab:orange", None)]
+    labels = ["before", "positive set", "its controls", "negative set", "its controls", "reference (last layer)"]
+    width = 0.8 / len(bars)
+    fig = Figure(figsize=(max(6.4, 1.0 * len(ab.classes) + 2.0), 4.2))
+    ax = fig.subplots()
+    for b, ((kind, color, control), label) in enumerate(zip(bars, labels, strict=True)):
+        xs, own, others, low, high = [], [], [], [], []
+        for c in ab.classes:
+            x = c.class_index + (b - (len(bars) - 1) / 2) * width
+            if kind == "before":
+                value, other, interval = c.baseline_class_accuracy, c.baseline_other_accuracy, None
+            else:
+                s = next(s for s in c.sets() if s.kind == kind)
+                if control is None:
+                    value, other, interval = s.class_accuracy[-1], s.other_accuracy[-1], None
+                elif s.control_class is None:
+                    continue
+                else:
+                    spread = s.control_class[-1]
+                    value, other, interval = spread.mean, s.control_other[-1].mean, (spread.low, spread.high)
+            xs.append(x)
+            own.append(value)
+            others.append(other)
+            low.append(value - (interval[0] if interval else value))
+            high.append((interval[1] if interval else value) - value)
+        ax.bar(xs, own, width, color=color, label=label, yerr=[low, high] if control else None, capsize=2)
+        ax.plot(xs, others, "x", color="0.3", ms=4, label="other classes" if b == 0 else None)
+    ax.set_xticks(range(len(ab.classes)), [c.class_name for c in ab.classes], rotation=30, ha="right", fontsize=8)
+    ax.set(ylim=(0, 1.3), yticks=[0, 0.2, 0.4, 0.6, 0.8, 1.0], ylabel="accuracy of the class")
+    ax.set_title(f"Whole sets ablated; controls: {len(ab.seeds)} layer-matched random sets", fontsize=9)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=7, ncol=4, loc="upper center")
+    fig.tight_layout()
+    return _figure_bytes(fig)
+
+
+def _ablation_curve_plot(result: EvaluationResult) -> bytes:
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
@@ -206,19 +218,18 @@ def _ablation_plot(result: EvaluationResult) -> bytes:
     for ax in axes.flat[n:]:
         ax.axis("off")
     for ax, c in zip(axes.flat, ab.classes, strict=False):
-        k = list(c.counts)
-        ax.plot(k, c.relevant_class_accuracy, color="black", lw=2, label="relevant (|w| order)")
-        mean, std = c.random_class_accuracy_mean, c.random_class_accuracy_std
-        ax.plot(k, mean, color="tab:blue", label=f"random ({len(ab.seeds)} seeds)")
-        ax.fill_between(k, [a - s for a, s in zip(mean, std)], [a + s for a, s in zip(mean, std)],
-                        color="tab:blue", alpha=0.2, lw=0)
-        if c.top_mean_class_accuracy is not None:
-            ax.plot(k, c.top_mean_class_accuracy, color="tab:orange", label="highest mean response")
-        ax.plot(k, c.relevant_mca, color="black", ls=":", lw=1, label="mCA, relevant")
-        ax.set(title=c.class_name, ylim=(-0.02, 1.02), xlabel="features ablated", ylabel="class accuracy")
+        for s in c.sets():
+            color, label = _SET_STYLE[s.kind]
+            ax.plot(s.counts, s.class_accuracy, color=color, lw=1.8, label=label)
+            if s.control_class is not None:
+                ax.fill_between(s.counts, [e.low for e in s.control_class], [e.high for e in s.control_class],
+                                color=color, alpha=0.15, lw=0)
+                ax.plot(s.counts, [e.mean for e in s.control_class], color=color, ls="--", lw=1,
+                        label=f"{s.kind} controls")
+        ax.set(title=c.class_name, ylim=(-0.02, 1.02), xlabel="features ablated (k)", ylabel="class accuracy")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    axes.flat[0].legend(fontsize=7)
+    axes.flat[0].legend(fontsize=6)
     fig.tight_layout()
     return _figure_bytes(fig)
 
@@ -269,22 +280,31 @@ def write_evaluation(result: EvaluationResult, out: str | Path) -> list[Path]:
                "Class probability as pixels are removed (left; a faster drop is better) or inserted (right; a "
                "faster rise is better) in the order of each method's heatmap.")
     if result.ablation is not None:
-        mean_row = {"class_index": "", "class_name": "mean over classes", **_ablation_mean(result)}
-        table("ablation_summary.csv", [*_ablation_summary_rows(result), mean_row], "ablation",
-              "Ablation: all relevant features",
-              "Per class, accuracy after zeroing its n relevant features, against n random features (mean and std "
-              "over seeds) and the n features of highest mean response; class accuracy and mean class accuracy "
-              "(mCA).")
-        table("ablation_curves.csv", result.ablation.rows(), "ablation", "Ablation curves",
-              "Per class and number k of ablated features: class accuracy and mCA for the k most relevant features "
-              "(|weight| order), k random features (mean, std over seeds) and the k of highest mean response.")
-        figure("ablation_curves.png", _ablation_plot(result), "ablation", "Ablation curves",
-               "Class accuracy as more features are zeroed: relevant ones in |weight| order (black), random ones "
-               "(blue, band: one std over seeds), those of highest mean response (orange); dotted: mCA.")
+        ab = result.ablation
+        seeds = len(ab.seeds)
+        table("ablation_summary.csv", ab.summary_rows(), "ablation", "Ablation per class",
+              f"Per class, its accuracy and the other classes' mean accuracy before and after zeroing, all at once: "
+              f"its positive-weight relevant features, their controls ({seeds} random sets with the same number of "
+              f"channels in each layer, from channels relevant to no class: mean and 2.5-97.5 percentile "
+              f"interval), its negative-weight features and their controls, and the reference set (as many "
+              f"channels of {ab.reference_layer} as the positive set, highest mean activation x logit gradient for "
+              "the class). Last row: means over the classes.")
+        table("ablation_sets.csv", ab.rows(), "ablation", "Ablation per set" + (" and k" if ab.curves else ""),
+              "Per class, set (positive, negative, reference) and number k of its features ablated (first k in "
+              "|weight| order): accuracy of the class and of the other classes, and of the layer-matched controls.")
+        figure("ablation.png", _ablation_plot(result), "ablation", "Ablation per class",
+               "Bars: the class's accuracy before and with each set (or its controls; error bars: 95 % interval "
+               "over seeds) ablated; crosses: the other classes' mean accuracy, which a specific set leaves high.")
+        if ab.curves:
+            figure("ablation_curves.png", _ablation_curve_plot(result), "ablation", "Ablation curves",
+                   "Class accuracy as the first k features of each set are zeroed; dashed with band: the "
+                   "layer-matched controls (mean, 95 % interval over seeds).")
     if result.union_ablation is not None:
-        table("ablation_union.csv", _union_rows(result), "ablation", "Ablation of all relevant features at once",
+        table("ablation_union.csv", result.union_ablation.rows(), "ablation",
+              "Ablation of all relevant features at once",
               "Accuracy per class (last row: mCA) with the union of every class's relevant features zeroed, against "
-              "random sets of the same size (mean and std over seeds).")
+              "random sets with the same number of channels per layer, from channels relevant to no class (mean "
+              "and 2.5-97.5 percentile interval over seeds).")
     results = {**result.to_dict(), "tables": tables, "figures": figures}
     write_text(folder / "results.json", json.dumps(_clean(results), indent=1) + "\n")
     write_text(folder / "timings.json", json.dumps({k: round(v, 2) for k, v in result.timings.items()}, indent=1)
@@ -328,23 +348,39 @@ def format_summary(result: EvaluationResult) -> str:
 
 
 def _ablation_lines(result: EvaluationResult) -> list[str]:
+    return format_ablation(result.ablation, result.union_ablation)
+
+
+def format_ablation(ab: AblationResult | None, union: UnionAblationResult | None) -> list[str]:
+    """The printed ablation table: per class (k = n) and the mean over classes; the union's line."""
     lines: list[str] = []
-    ab, union = result.ablation, result.union_ablation
+
+    def pair(own: float | None, other: float | None) -> str:
+        return f"{_fmt(own)}/{_fmt(other)}"
+
     if ab is not None:
-        lines.append("")
-        lines.append(f"ablation (baseline mCA {ab.baseline_mca:.3f}): class accuracy after ablating n features")
-        lines.append(f"{'class':<22} {'n':>4} {'before':>7} {'relevant':>8} {'random':>13} {'top-mean':>8}")
-        for c in ab.classes:
-            top = "-" if c.top_mean_class_accuracy is None else f"{c.top_mean_class_accuracy[-1]:.3f}"
-            rnd = f"{c.random_class_accuracy_mean[-1]:.3f}+-{c.random_class_accuracy_std[-1]:.3f}"
-            lines.append(f"{c.class_name:<22} {c.counts[-1]:>4} {ab.baseline_class_accuracy[c.class_index]:>7.3f} "
-                         f"{c.relevant_class_accuracy[-1]:>8.3f} {rnd:>13} {top:>8}")
-        mean = _ablation_mean(result)
-        top = "-" if mean["top_mean_class_accuracy"] is None else f"{mean['top_mean_class_accuracy']:.3f}"
-        lines.append(f"{'mean over classes':<22} {'':>4} {mean['baseline_class_accuracy']:>7.3f} "
-                     f"{mean['relevant_class_accuracy']:>8.3f} {mean['random_class_accuracy_mean']:>13.3f} {top:>8}")
+        lines += ["", f"ablation, whole sets (baseline mCA {ab.baseline_mca:.3f}); accuracy of the class/of the "
+                  f"other classes; controls: {len(ab.seeds)} layer-matched random sets, mean [95 % interval]",
+                  f"{'class':<18} {'before':>11} | {'n+':>3} {'positive':>11} {'controls':>27} | {'n-':>3} "
+                  f"{'negative':>11} {'controls':>27} | {'reference':>11}"]
+        for row in ab.summary_rows():
+            cells = []
+            for kind in ("positive", "negative"):
+                if row[f"{kind}_control_class_accuracy"] is None:
+                    control = "-"
+                else:
+                    control = (f"{_fmt(row[f'{kind}_control_class_accuracy'])} [{_fmt(row[f'{kind}_control_class_low'])},"
+                               f" {_fmt(row[f'{kind}_control_class_high'])}]/{_fmt(row[f'{kind}_control_other_accuracy'])}")
+                n = row[f"{kind}_features"]
+                cells.append(f"{'' if n is None else (n if isinstance(n, int) else f'{n:.1f}'):>3} "
+                             f"{pair(row[f'{kind}_class_accuracy'], row[f'{kind}_other_accuracy']):>11} {control:>27}")
+            lines.append(f"{row['class_name'][:18]:<18} "
+                         f"{pair(row['baseline_class_accuracy'], row['baseline_other_accuracy']):>11} | "
+                         f"{cells[0]} | {cells[1]} | "
+                         f"{pair(row['reference_class_accuracy'], row['reference_other_accuracy']):>11}")
     if union is not None:
+        random = ("-" if union.random_mca is None else
+                  f"{union.random_mca.mean:.3f} [{union.random_mca.low:.3f}, {union.random_mca.high:.3f}]")
         lines.append(f"union of {len(union.features)} relevant features ablated: mCA {union.baseline_mca:.3f} -> "
-                     f"{union.ablated_mca:.3f} (random sets of that size: {union.random_mca_mean:.3f} +- "
-                     f"{union.random_mca_std:.3f})")
+                     f"{union.ablated_mca:.3f} (layer-matched random sets of that size: {random})")
     return lines

@@ -11,10 +11,12 @@ when its value is > 127; a 0/1 mask file counts its non-zero pixels), and comput
   only the mask-free score below;
 - per method, deletion and insertion curves and their AUCs (:mod:`vebi.evaluate.faithfulness`,
   baseline image "zero" for both);
-- ablation (:mod:`vebi.evaluate.ablation`): for each class its relevant features in |weight|
-  order, k = 0..n of them, against k random features (one draw per seed, ``ablation_seeds``
-  seeds from ``seed``) and the k features of highest mean response on the collected data; and the
-  union of all relevant features against random sets of its size.
+- ablation (:func:`vebi.evaluate.ablation.ablation_study`): per class its positive-weight and
+  negative-weight relevant sets, each as a whole (every k = 0..n with ``ablation_curves``), against
+  layer-matched random sets of channels relevant to no class (``ablation_seeds`` seeds from
+  ``seed``), and the reference set of the last layer's channels with the most classifier evidence;
+  the class's own accuracy and the other classes'; and the union of all relevant features against
+  layer-matched random sets of its size.
 
 Methods: ``vebi`` (the combined map), ``vebi_feature1`` .. ``vebi_feature<k>`` (the heatmap of
 the image's r-th contributing feature alone, from the same pass; an all-zero map where fewer than
@@ -46,7 +48,7 @@ from tqdm.auto import tqdm
 
 from vebi.hooks import preserve_model
 from vebi.errors import VebiError
-from vebi.evaluate.ablation import AblationResult, UnionAblationResult, ablation_curves, union_ablation
+from vebi.evaluate.ablation import AblationResult, UnionAblationResult, ablation_study, union_ablation
 from vebi.evaluate.faithfulness import DeletionInsertion, FaithfulnessResult
 from vebi.evaluate.metrics import DEFAULT_THRESHOLDS, Localization, LocalizationResult
 from vebi.models import model_device
@@ -284,8 +286,10 @@ def evaluate_run(
     batch_size: int = 32,
     cam_layer: str | None = None,
     ablation: bool = True,
-    ablation_seeds: int = 3,
+    ablation_seeds: int = 5,
     max_ablation_features: int | None = None,
+    ablation_curves: bool = False,
+    ablation_batch: int | None = None,
     split: str = "test",
     model: nn.Module | None = None,
     device: str | torch.device | None = None,
@@ -307,6 +311,8 @@ def evaluate_run(
         raise VebiError("num_features, steps, batch_size and ablation_seeds must be at least 1")
     if max_ablation_features is not None and max_ablation_features < 0:
         raise VebiError(f"max_ablation_features must be >= 0, got {max_ablation_features}")
+    if ablation_batch is not None and ablation_batch < 1:
+        raise VebiError(f"ablation_batch must be at least 1, got {ablation_batch}")
     chosen = tuple(dict.fromkeys(methods)) if methods is not None else default_methods()
     unknown = [m for m in chosen if m not in method_names()]
     if unknown:
@@ -316,7 +322,7 @@ def evaluate_run(
 
     run = Run.open(run_dir)
     info = run.info
-    relevance, stats = run.relevance, run.stats
+    relevance = run.relevance
     if model is None:
         model = run.model()
     dev = resolve_device(device) if device is not None else model_device(model)
@@ -410,17 +416,16 @@ def evaluate_run(
 
     ranked = [relevance.relevant(j) for j in range(num_classes)]
     seeds = tuple(range(int(seed), int(seed) + int(ablation_seeds)))
-    curves = union = None
+    study = union = None
     if ablation:
         ablation_loader = DataLoader(_Subset(dataset, indices, None, size), batch_size=max(batch_size, 64),
                                      shuffle=False, num_workers=0)
         began = time.perf_counter()
-        curves = ablation_curves(model, ablation_loader, ranked, relevance.space, mean_response=stats.mean_response(),
-                                 max_features=max_ablation_features, seeds=seeds, class_names=relevance.class_names,
-                                 progress=progress)
+        study = ablation_study(model, ablation_loader, relevance, seeds=seeds, max_features=max_ablation_features,
+                               curves=ablation_curves, max_batch=ablation_batch, progress=progress)
         if any(ranked):
-            union = union_ablation(model, ablation_loader, ranked, relevance.space, seeds=seeds,
-                                   class_names=relevance.class_names, progress=progress)
+            union = union_ablation(model, ablation_loader, relevance, seeds=seeds, max_batch=ablation_batch,
+                                   progress=progress)
         timings["ablation"] = time.perf_counter() - began
     timings["total"] = time.perf_counter() - start
 
@@ -428,7 +433,10 @@ def evaluate_run(
         "methods": list(chosen), "thresholds": list(thresholds), "seed": int(seed), "max_images": max_images,
         "num_features": num_features, "steps": steps, "deletion_baseline": "zero", "insertion_baseline": "zero",
         "cam_layer": cam_layer, "batch_size": batch_size, "ablation": ablation, "ablation_seeds": list(seeds),
-        "max_ablation_features": max_ablation_features, "confidence": 0.95, "explained_class": "predicted",
+        "max_ablation_features": max_ablation_features, "ablation_curves": ablation_curves,
+        "ablation_controls": "per seed, the set's per-layer channel counts drawn from channels relevant to no class",
+        "ablation_reference": "the positive set's count of last-layer channels with the highest mean "
+                              "sum(A * dz_j/dA) over the class's images", "confidence": 0.95, "explained_class": "predicted",
         "mu": relevance.mu, "response": relevance.response, "layers": list(relevance.space.layers),
         "mask_rule": "8-bit mask: value > 127 is inside (0/1 masks: non-zero)", "empty_iou": 1.0,
     }
@@ -437,6 +445,6 @@ def evaluate_run(
         class_names=tuple(relevance.class_names),
         images=len(indices), correct=int(correct_mask.sum()), accuracy=float(correct_mask.double().mean()),
         class_accuracy=tuple(per_class), network=_network_info(info["model"]), settings=settings,
-        methods=tuple(scores), ablation=curves, union_ablation=union,
+        methods=tuple(scores), ablation=study, union_ablation=union,
         relevant_counts=tuple(len(r) for r in ranked), timings=timings,
     )
