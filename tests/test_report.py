@@ -343,3 +343,17 @@ def test_layer_colours_stay_distinct_and_the_iou_plot_is_drawn(full_run, tmp_pat
                                 for e in data.explanations)
     raws = [a["href"] for t, a in page.tags if t == "a" and a.get("class") == "raw"]
     assert len(raws) == len(overlays) and all((report.path.parent / h).is_file() for h in raws)
+    # the first overlay is the combined map blended over the input: (1 - a) image + a colour(h), a = .15 + .55 h
+    import numpy as np
+    from matplotlib import colormaps
+    from PIL import Image, ImageOps
+    from safetensors.torch import load_file
+
+    e = data.explanations[0]
+    heat = load_file(str(e.combined.path))["combined"].clamp(0, 1).numpy()
+    with Image.open(e.image) as img:
+        base = np.asarray(ImageOps.fit(img.convert("RGB"), heat.shape[::-1]), dtype=np.float64) / 255
+    alpha = (0.15 + 0.55 * heat)[..., None]
+    expected = 255 * ((1 - alpha) * base + alpha * colormaps["turbo"](heat)[..., :3])
+    with Image.open(report.path.parent / overlays[0]["src"]) as shown:
+        assert np.abs(np.asarray(shown, dtype=np.float64) - expected).max() <= 0.5 + 1e-6
