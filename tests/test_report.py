@@ -357,3 +357,21 @@ def test_layer_colours_stay_distinct_and_the_iou_plot_is_drawn(full_run, tmp_pat
     expected = 255 * ((1 - alpha) * base + alpha * colormaps["turbo"](heat)[..., :3])
     with Image.open(report.path.parent / overlays[0]["src"]) as shown:
         assert np.abs(np.asarray(shown, dtype=np.float64) - expected).max() <= 0.5 + 1e-6
+
+
+def test_features_below_the_minimum_share_are_greyed(tmp_path):
+    run = build_run(tmp_path, interpretation=False, evaluation=False)
+    record = run / "explanations" / "000.json"
+    data = json.loads(record.read_text())
+    shares = [f["share"] for f in data["features"]]
+    cut = max(shares) + 0.01  # every feature of the first image falls below it
+    record.write_text(json.dumps({**data, "min_share": cut}))
+    page = _parse(build_report(run, progress=False).path)
+    rows = [a["class"] for t, a in page.tags if t == "div" and (a.get("class") or "").startswith("feature-row ")
+            or a.get("class") == "feature-row"]
+    views = collect_run(run).explanations
+    assert views[0].min_share == cut and views[1].min_share == 0.05  # the default where the record names none
+    second = [f.share for f in views[1].features]
+    assert rows == ["feature-row minor"] * len(shares) + ["feature-row minor" if s < 0.05 else "feature-row"
+                                                         for s in second]
+    assert "feature-row" in rows

@@ -44,6 +44,8 @@ Explanations (``Explanation.save``, which ``vebi explain`` calls): ``explanation
      "features": [{"rank": k, "index": i, "layer": str, "channel": c, "weight": w,
                    "contribution": r, "share": s,
                    "interpretation": "/path/to/average.png"}, ...],   else looked up by index
+     "min_share": s0,                              optional; features with a smaller share are left
+                                                   out of the combined map, greyed here (default 0.05)
      ...}
 
   panel, optional: ``"panel": "name.png"`` in the record, else ``<same stem>.png`` beside the JSON
@@ -462,6 +464,7 @@ def _explanation(main: tuple[Path, dict[str, Any]], others: list[tuple[Path, dic
         target=None if data.get("target") in (None, data.get("predicted")) else target,
         features=tuple(features), combined=_map(maps, "combined"),
         panel=_panel(path, data, warnings), baselines=tuple(baselines),
+        min_share=float(data["min_share"]) if isinstance(data.get("min_share"), (int, float)) else MIN_SHARE,
     )
 
 

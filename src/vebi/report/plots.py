@@ -89,7 +89,8 @@ def weights_png(relevance: Relevance) -> bytes | None:
     centres = [(a + b - 1) / 2 for a, b in zip(starts, ends, strict=True)]
     labelled = _spaced(centres, len(union) / MAX_LABELS)
     ax.set_xticks([centres[k] for k in labelled],
-                  [_short(layers[starts[k]].rsplit(".", 1)[-1], 14) for k in labelled], fontsize=7, rotation=35,
+                  [_short(_unprefixed(relevance.space.layers)[layers[starts[k]]], 16) for k in labelled], fontsize=7,
+                  rotation=35,
                   ha="right", rotation_mode="anchor")
     colors = layer_colors(len(relevance.space.layers))
     for label, k in zip(ax.get_xticklabels(), labelled, strict=True):
@@ -99,6 +100,15 @@ def weights_png(relevance: Relevance) -> bytes | None:
                   + (f" ({hidden} narrow layer labels left out)" if hidden else ""), fontsize=8)
     fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02).ax.tick_params(labelsize=7)
     return _png(fig)
+
+
+def _unprefixed(names: Sequence[str]) -> dict[str, str]:
+    """Each layer name without the dotted prefix all names share ("features.3.conv.1" -> "3.conv.1")."""
+    parts = [n.split(".") for n in names]
+    common = 0
+    while len(names) > 1 and all(len(p) > common + 1 and p[common] == parts[0][common] for p in parts):
+        common += 1
+    return {n: ".".join(p[common:]) for n, p in zip(names, parts, strict=True)}
 
 
 def _spaced(positions: Sequence[float], gap: float) -> list[int]:
