@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
                         raise VebiError(f"the report has no section with id {args.anchor!r}")
                 with atomic_path(args.out) as shot:
                     if args.element:
+                        page.add_style_tag(content="header.top { position: static; }")  # not over the element
                         found = page.locator(args.element)
                         if not found.count():
                             raise VebiError(f"the report has no element {args.element!r}")
