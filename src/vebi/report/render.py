@@ -3,7 +3,8 @@
 ``out.html`` refers to its images as ``out_files/...`` (relative links), so the page opens from
 disk without a server and the pair can be moved or zipped together. Images of the run are
 copied (PNG/JPEG/GIF/WebP up to ``MAX_SIDE`` pixels) or re-encoded as PNG thumbnails (other
-formats, larger images); the report's own plots are drawn with matplotlib. The image folder is
+formats, larger images); heatmaps are drawn blended over the image they explain (``add_overlay``),
+and alone for the link behind it; the report's own plots are drawn with matplotlib. The image folder is
 built under a temporary name and swapped in, then the page is written atomically. All text
 from the run (class names, file names, layer names) is escaped by jinja2's autoescaping; image
 file names in the folder are chosen here, never taken from the user's data.
