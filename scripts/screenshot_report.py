@@ -1,11 +1,12 @@
 """Screenshot of a run's HTML report in headless Chromium, e.g. for the README.
 
     .venv/bin/python scripts/screenshot_report.py RUN docs/report.png [--width 1280] [--height 800]
-        [--full-page] [--anchor classes]
+        [--full-page] [--anchor classes] [--element "#explanation-0"]
 
 The report is built into a temporary folder (the run folder is not changed) and opened from
 disk in Debian's chromium (/usr/bin/chromium) through Playwright; ``--anchor`` scrolls to a
-section (summary, classes, explanations, evaluation) first.
+section (summary, classes, explanations, evaluation) first; ``--element`` shoots only the first
+element a CSS selector finds (e.g. one explanation, ``#eval-iou``), whatever its height.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--height", type=int, default=800)
     parser.add_argument("--full-page", action="store_true")
     parser.add_argument("--anchor", default=None, help="id of the section to scroll to")
+    parser.add_argument("--element", default=None, help="CSS selector of the one element to shoot")
     args = parser.parse_args(argv)
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -42,7 +44,14 @@ def main(argv: list[str] | None = None) -> int:
                     if not found:
                         raise VebiError(f"the report has no section with id {args.anchor!r}")
                 with atomic_path(args.out) as shot:
-                    page.screenshot(path=str(shot), full_page=args.full_page, type="png")
+                    if args.element:
+                        page.add_style_tag(content="header.top { position: static; }")  # not over the element
+                        found = page.locator(args.element)
+                        if not found.count():
+                            raise VebiError(f"the report has no element {args.element!r}")
+                        found.first.screenshot(path=str(shot), type="png")
+                    else:
+                        page.screenshot(path=str(shot), full_page=args.full_page, type="png")
     except VebiError as exc:
         print(f"screenshot_report: error: {exc}", file=sys.stderr)
         return 2

@@ -115,15 +115,43 @@ def _write_explanations(run: Path, data: Path, relevance: Relevance, model: torc
                                                                "panel": f"{stem}.png"}))
 
 
+# The evaluation's numbers, in the keys vebi evaluate writes (results.json "summary" rows, "ablation"):
+# vebi ahead of the best baseline (grad_cam) on IoU, behind guided_backprop on deletion AUC.
+SUMMARY = ({"method": "vebi", "iou_mean": 0.41234567, "iou_low": 0.35, "iou_high": 0.47, "best_threshold": 0.3,
+            "best_iou": 0.52, "deletion_auc": 0.21, "insertion_auc": 0.55},
+           {"method": "grad_cam", "iou_mean": 0.35, "iou_low": 0.30, "iou_high": 0.40, "best_threshold": 0.2,
+            "best_iou": 0.47, "deletion_auc": 0.25, "insertion_auc": 0.5},
+           {"method": "guided_backprop", "iou_mean": 0.12, "iou_low": 0.1, "iou_high": 0.14, "best_threshold": 0.1,
+            "best_iou": 0.2, "deletion_auc": 0.18, "insertion_auc": 0.3},
+           {"method": "vebi_nofix", "iou_mean": 0.5, "iou_low": 0.45, "iou_high": 0.55, "best_threshold": 0.3,
+            "best_iou": 0.6, "deletion_auc": 0.2, "insertion_auc": 0.6})
+THRESHOLDS = (0.1, 0.3, 0.5, 0.7, 0.9)
+# per class: (accuracy before, after ablating its n relevant features, after n random ones, n); owl has none
+ABLATION = ((1.0, 0.5, 0.9, 3), (0.75, 0.25, 0.7, 2), (0.5, None, None, 0))
+
+
 def _write_evaluation(run: Path, masks: bool) -> None:
     folder = run / "evaluation"
     folder.mkdir(parents=True)
-    (folder / "results.json").write_text(json.dumps({"schema": 1, "accuracy": 0.625}), encoding="utf-8")
+    summary = [{k: v for k, v in row.items() if masks or not k.startswith(("iou", "best"))} for row in SUMMARY]
+    classes = [{"class_index": j, "class_name": name, "counts": [0, n] if n else [0],
+                "relevant_class_accuracy": [a, b] if n else [a], "random_class_accuracy_mean": [a, r] if n else [a]}
+               for j, ((a, b, r, n), name) in enumerate(zip(ABLATION, ("cat", "dog", "owl"), strict=True))]
+    methods = {row["method"]: {"correct": {"iou": {
+        "thresholds": list(THRESHOLDS), "curve": [{"mean": row["iou_mean"] * (1.5 - t)} for t in THRESHOLDS],
+        "mean_over_thresholds": {"mean": row["iou_mean"]}}} if masks else None} for row in SUMMARY}
+    results = {"schema": 1, "accuracy": 0.625, "correct": 5, "summary": summary, "methods": methods,
+               "ablation": {"baseline_class_accuracy": [a for a, *_ in ABLATION], "classes": classes},
+               "union_ablation": {"features": [[0, 1], [0, 3], [1, 3], [1, 4]], "baseline_mca": 0.75,
+                                  "ablated_mca": 0.33333, "random_mca_mean": 0.7}}
+    (folder / "results.json").write_text(json.dumps(results), encoding="utf-8")
     tables = {"ablation.csv": [["features", "class accuracy", "mCA"], ["1", "0.5", "0.6666667"]],
-              "scores.csv": [["method", "deletion AUC", "insertion AUC"], ["vebi", "0.21", "0.55"]]}
+              "scores.csv": [["method", "deletion_auc", "insertion_auc"]]
+              + [[r["method"], r["deletion_auc"], r["insertion_auc"]] for r in SUMMARY]}
     if masks:
-        tables["iou.csv"] = [["method", "mean IoU", "best threshold", "best IoU"],
-                             ["vebi", "0.41234567", "0.3", "0.52"], ["gradcam", "0.35", "0.2", "0.47"]]
+        tables["iou.csv"] = [["method", "iou_mean", "iou_low", "iou_high", "best_threshold", "best_iou"]] + [
+            [r[k] for k in ("method", "iou_mean", "iou_low", "iou_high", "best_threshold", "best_iou")]
+            for r in SUMMARY]
     for name, rows in tables.items():
         with (folder / name).open("w", newline="", encoding="utf-8") as f:
             csv.writer(f).writerows(rows)
@@ -137,10 +165,11 @@ def expected_images(data, with_plots: int = 2) -> int:
     """<img> elements the page should hold for ``data`` (a ReportData), counted from its parts:
     the summary plots; per relevant feature its tile and, in its pop-up, the average and the crop row;
     per explanation its input, a heatmap and an interpretation per feature, the combined map and
-    one image per baseline; the evaluation figures."""
+    one image per baseline; the evaluation figures, where the report's own IoU plot (drawn when
+    results.json has the curves) replaces the evaluation's IoU-vs-threshold figure."""
     features = [f for c in data.classes for f in c.features]
     tiles = sum(f.average is not None for f in features) * 2 + sum(len(f.crops) for f in features)
     explained = sum(1 + sum(1 + (f.interpretation is not None) for f in e.features) + 1 + len(e.baselines)
                     for e in data.explanations)
     figures = sum(len(g.figures) for g in data.evaluation.groups) if data.evaluation else 0
-    return with_plots + tiles + explained + figures
+    return with_plots + tiles + explained + figures  # IoU: one figure replaced by one

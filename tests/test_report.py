@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote
@@ -12,7 +13,8 @@ import pytest
 import torch
 
 from conftest import tiny_cnn
-from report_run import EXPECTED_COUNTS, EXPECTED_LAYER_RELEVANT, EXPECTED_SIGNS, WEIGHTS, build_run, expected_images
+from report_run import (ABLATION, EXPECTED_COUNTS, EXPECTED_LAYER_RELEVANT, EXPECTED_SIGNS, SUMMARY, WEIGHTS,
+                        build_run, expected_images)
 from vebi.cli import main
 from vebi.data import image_folder
 from vebi.errors import VebiError
@@ -100,11 +102,20 @@ def test_collect_run_reads_every_stage(full_run):
     assert ev is not None and ev.accuracy == 0.625
     assert [g.key for g in ev.groups] == ["iou", "scores", "ablation"]
     iou = ev.groups[0].tables[0]
-    assert iou.columns == ("method", "mean IoU", "best threshold", "best IoU")
-    assert iou.rows[0] == ("vebi", "0.4123", "0.3", "0.52")  # long decimals shortened to 4 digits
+    assert iou.columns == ("Method", "IoU [95 % CI]", "Best threshold", "Best IoU")
+    assert [c.text for c in iou.rows[0]] == ["vebi", "0.412 [0.35, 0.47]", "0.3", "0.52"]  # 3 significant digits
+    assert iou.rows[0][1].value == pytest.approx(0.41234567)  # what the column sorts by
+    # best per column where the name says which way is better (IoU up); thresholds are not judged
+    assert [r[0].text for r in iou.rows if r[1].best] == ["vebi_nofix"]
+    assert [r[0].text for r in iou.rows if r[3].best] == ["vebi_nofix"] and not any(r[2].best for r in iou.rows)
+    scores = ev.groups[1].tables[0]
+    assert scores.columns == ("Method", "Deletion AUC", "Insertion AUC")
+    assert [r[0].text for r in scores.rows if r[1].best] == ["guided_backprop"]  # deletion: lower is better
     assert [f.path.name for f in ev.groups[0].figures] == ["iou_vs_threshold.png"]
-    assert ev.groups[2].tables[0].rows[0] == ("1", "0.5", "0.6667")
+    assert [c.text for c in ev.groups[2].tables[0].rows[0]] == ["1", "0.5", "0.667"]
     assert all(f.caption for g in ev.groups for f in g.figures)
+    assert [c.method for c in ev.iou_curves] == [r["method"] for r in SUMMARY]
+    assert all(g.verdict for g in ev.groups)
 
 
 def test_report_links_every_image_once_and_writes_atomically(full_run, tmp_path):
@@ -118,7 +129,8 @@ def test_report_links_every_image_once_and_writes_atomically(full_run, tmp_path)
         assert src.startswith("rep_files/") and (out.parent / src).is_file(), src
     assert {"summary", "classes", "explanations", "evaluation", "eval-iou", "eval-scores",
             "eval-ablation"} <= page.ids()
-    assert not any(t == "script" for t, _ in page.tags)
+    assert [t for t, a in page.tags if t == "script"] == ["script"]  # the table sorter, inline
+    assert not any("src" in a for t, a in page.tags if t == "script")
     assert not any(p.suffix == ".tmp" or p.name.startswith(".rep") for p in out.parent.iterdir())
     umask = os.umask(0o022)
     os.umask(umask)
@@ -181,9 +193,9 @@ def test_user_text_is_escaped(tmp_path):
     text = "".join(page.text)
     for payload in PAYLOADS + ("<img src=x onerror=alert(2)>.png",):
         assert payload in text  # shown as text ...
-    assert "<script>" not in html and "<img src=x" not in html and "<svg" not in html  # ... never as markup
+    assert "<script>alert" not in html and html.count("<script") == 1 and "<img src=x" not in html and "<svg" not in html  # ... never as markup
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
-    assert not any(t in ("script", "svg") for t, _ in page.tags)
+    assert sum(t == "script" for t, _ in page.tags) == 1 and not any(t == "svg" for t, _ in page.tags)
     assert not any(name.startswith("on") for _, attrs in page.tags for name in attrs)
     assert all(s.startswith("index_files/") and (run / "report" / s).is_file() for s in page.images())
 
@@ -201,8 +213,13 @@ def test_listed_evaluation_files_take_their_titles_and_sections(tmp_path):
     assert data.evaluation.groups[1].figures[0].title == "Deletion curves"
     assert data.evaluation.accuracy is None
     assert len(data.warnings) == 1 and "gone.png" in data.warnings[0]
-    (ev / "results.json").write_text(json.dumps({"schema": 1, "figures": [{"file": "x.png", "section": "misc"}]}))
-    with pytest.raises(VebiError, match="section 'misc'"):
+    # a section this report does not know (e.g. a newer stage's) gets its own group after the known ones
+    (ev / "results.json").write_text(json.dumps({"schema": 1, "figures": [
+        {"file": "deletion_curves.png", "section": "new_checks"}, {"file": "ablation_curves.png"}]}))
+    assert [(g.key, g.title) for g in collect_run(run).evaluation.groups] == [("ablation", "Feature ablation"),
+                                                                             ("new_checks", "New checks")]
+    (ev / "results.json").write_text(json.dumps({"schema": 1, "figures": [{"file": "x.png", "section": "a b"}]}))
+    with pytest.raises(VebiError, match="section 'a b'"):
         collect_run(run)
 
 
@@ -231,3 +248,130 @@ def test_cli_writes_the_report_and_prints_its_path(full_run, tmp_path, capsys):
         assert "broken.csv" in capsys.readouterr().err
     finally:
         (full_run / "evaluation" / "broken.csv").unlink()
+
+
+def test_tables_read_as_numbers_with_intervals(tmp_path):
+    from vebi.report.tables import format_table, header, significant
+
+    assert [significant(x) for x in (0.0005442, 0.41234567, 1234.6, 2.0, 0.0, -0.0123456, 1e-9)] == \
+        ["0.000544", "0.412", "1235", "2", "0", "-0.0123", "1e-09"]
+    assert [header(k) for k in ("iou_mean_wrong", "mca", "class_name", "deletion_auc")] == \
+        ["IoU mean wrong", "mCA", "Class name", "Deletion AUC"]
+    keys = ["method", "subset", "images", "random_mca_mean", "random_mca_std", "pointing", "pointing_low",
+            "pointing_high"]
+    rows = [["a", "correct", "12", "0.51234", "0.0123", "0.9", "0.8", "1.0"],
+            ["b", "correct", "12", "0.7", "0.1", "0.95", "0.9", "1"],
+            ["a", "wrong", "3", "0.2", "", "0.4", "", ""],
+            ["b", "wrong", "3", "0.3", "0.01", "0.1", "0.0", "0.2"]]
+    t = format_table("t", "c", tmp_path / "t.csv", keys, rows, max_rows=3)
+    assert t.columns == ("Method", "Subset", "Images", "Random mCA \u00b1 std", "Pointing [95 % CI]")
+    assert [[c.text for c in r] for r in t.rows] == [["a", "correct", "12", "0.512 \u00b1 0.0123", "0.9 [0.8, 1]"],
+                                                     ["b", "correct", "12", "0.7 \u00b1 0.1", "0.95 [0.9, 1]"],
+                                                     ["a", "wrong", "3", "0.2", "0.4"]]
+    assert t.truncated == 1
+    # pointing: higher is better, judged within each subset; a subset with one method marks nothing
+    assert [(r[0].text, r[1].text) for r in t.rows if r[4].best] == [("b", "correct")]
+    assert not any(c.best for r in t.rows for c in r[:4])
+
+
+def _numbers(text: str) -> list[float]:
+    return [float(x) for x in re.findall(r"-?\d+(?:\.\d+)?(?:e-?\d+)?", text)]
+
+
+def test_verdicts_state_numbers_that_agree_with_the_results(full_run):
+    said = {g.key: g.verdict for g in collect_run(full_run).evaluation.groups}
+    vebi, grad_cam = SUMMARY[0], SUMMARY[1]  # grad_cam: the best baseline (vebi_nofix is a vebi variant)
+    iou = said["iou"]
+    assert "ahead of the best baseline (grad_cam," in iou and "intervals overlap" in iou
+    n, v, b, d = _numbers(iou.split("95 %")[0])[:4]
+    assert n == 5 and "5 correctly classified images" in iou
+    assert v == pytest.approx(vebi["iou_mean"], abs=5e-4) and b == pytest.approx(grad_cam["iou_mean"], abs=5e-4)
+    assert d == pytest.approx(v - b, abs=1e-3)
+    scores = said["scores"]  # deletion: guided_backprop 0.18 beats vebi 0.21; insertion: vebi 0.55 beats 0.5
+    assert "vebi is not ahead: its deletion AUC (lower is better) 0.21 is behind the best baseline " \
+           "(guided_backprop, 0.18) by 0.03." in scores
+    assert "insertion AUC (higher is better) 0.55 is ahead of the best baseline (grad_cam, 0.5) by 0.05." in scores
+    ablation = said["ablation"]
+    explained = [row for row in ABLATION if row[3]]
+    before = sum(r[0] for r in explained) / len(explained)
+    after = sum(r[1] for r in explained) / len(explained)
+    rand = sum(r[2] for r in explained) / len(explained)
+    a, b, k, drop, drop_random, r = _numbers(ablation.split("(2-3 per class)")[1])[:6]
+    assert (a, b, k) == (pytest.approx(before, abs=5e-4), pytest.approx(after, abs=5e-4), len(explained))
+    assert drop == pytest.approx(100 * (a - b), abs=0.1) and drop_random == pytest.approx(100 * (a - r), abs=0.1)
+    assert r == pytest.approx(rand, abs=5e-4) and "matter more than random" in ablation
+    assert "Zeroing all 4 relevant features of every class at once moved the mean class accuracy from 0.75 to " \
+           "0.333 (random sets of that size: 0.7)." in ablation
+
+
+def test_verdicts_say_when_vebi_is_behind_or_ablation_barely_moves():
+    from vebi.report.verdict import plural, verdicts
+
+    summary = [{"method": "vebi", "iou_mean": 0.2}, {"method": "grad_cam", "iou_mean": 0.31},
+               {"method": "vebi_nofix", "iou_mean": 0.9}, {"method": "random", "iou_mean": 0.1}]
+    ablation = {"baseline_class_accuracy": [0.98, 1.0], "classes": [
+        {"class_index": 0, "counts": [0, 4], "relevant_class_accuracy": [0.98, 0.976],
+         "random_class_accuracy_mean": [0.98, 0.98]},
+        {"class_index": 1, "counts": [0, 4], "relevant_class_accuracy": [1.0, 0.996],
+         "random_class_accuracy_mean": [1.0, 1.0]}]}
+    said = verdicts({"summary": summary, "correct": 1, "ablation": ablation})
+    assert said["iou"] == ("On the 1 correctly classified image, vebi is not ahead: its mean IoU 0.2 is behind "
+                           "the best baseline (grad_cam, 0.31) by 0.11.")
+    assert "4 relevant features lowered its accuracy from 0.99 to 0.986 on average over 2 classes, a drop of " \
+           "0.4 points, against 0.0 points" in said["ablation"] and "barely moved" in said["ablation"]
+    assert "scores" not in said  # no AUCs in these results
+    assert verdicts({}) == {} and verdicts({"summary": [{"method": "vebi", "iou_mean": 0.2}]}) == {}
+    assert (plural(1, "image"), plural(2, "image"), plural(0, "class", "classes")) == ("1 image", "2 images",
+                                                                                      "0 classes")
+
+
+def test_layer_colours_stay_distinct_and_the_iou_plot_is_drawn(full_run, tmp_path):
+    from vebi.report.plots import layer_colors
+
+    for n in (1, 3, 10, 11, 35, 120):
+        assert len(set(layer_colors(n))) == n
+    report = build_report(full_run, tmp_path / "r.html", progress=False)
+    page = _parse(report.path)
+    srcs = page.images()
+    assert "r_files/plots/iou.png" in srcs and not any("iou00" in s for s in srcs)  # the report's plot replaces it
+    text = " ".join("".join(page.text).split())
+    assert "1 images" not in text and "4 images" in text and "What this shows:" in text
+    # every heatmap is an overlay on the input that links to the map alone
+    overlays = [a for t, a in page.tags if t == "img" and a.get("class") == "overlay"]
+    data = collect_run(full_run)
+    assert len(overlays) == sum(1 + len(e.features) + sum(not isinstance(p, Path) for _, p in e.baselines)
+                                for e in data.explanations)
+    raws = [a["href"] for t, a in page.tags if t == "a" and a.get("class") == "raw"]
+    assert len(raws) == len(overlays) and all((report.path.parent / h).is_file() for h in raws)
+    # the first overlay is the combined map blended over the input: (1 - a) image + a colour(h), a = .15 + .55 h
+    import numpy as np
+    from matplotlib import colormaps
+    from PIL import Image, ImageOps
+    from safetensors.torch import load_file
+
+    e = data.explanations[0]
+    heat = load_file(str(e.combined.path))["combined"].clamp(0, 1).numpy()
+    with Image.open(e.image) as img:
+        base = np.asarray(ImageOps.fit(img.convert("RGB"), heat.shape[::-1]), dtype=np.float64) / 255
+    alpha = (0.15 + 0.55 * heat)[..., None]
+    expected = 255 * ((1 - alpha) * base + alpha * colormaps["turbo"](heat)[..., :3])
+    with Image.open(report.path.parent / overlays[0]["src"]) as shown:
+        assert np.abs(np.asarray(shown, dtype=np.float64) - expected).max() <= 0.5 + 1e-6
+
+
+def test_features_below_the_minimum_share_are_greyed(tmp_path):
+    run = build_run(tmp_path, interpretation=False, evaluation=False)
+    record = run / "explanations" / "000.json"
+    data = json.loads(record.read_text())
+    shares = [f["share"] for f in data["features"]]
+    cut = max(shares) + 0.01  # every feature of the first image falls below it
+    record.write_text(json.dumps({**data, "min_share": cut}))
+    page = _parse(build_report(run, progress=False).path)
+    rows = [a["class"] for t, a in page.tags if t == "div" and (a.get("class") or "").startswith("feature-row ")
+            or a.get("class") == "feature-row"]
+    views = collect_run(run).explanations
+    assert views[0].min_share == cut and views[1].min_share == 0.05  # the default where the record names none
+    second = [f.share for f in views[1].features]
+    assert rows == ["feature-row minor"] * len(shares) + ["feature-row minor" if s < 0.05 else "feature-row"
+                                                         for s in second]
+    assert "feature-row" in rows

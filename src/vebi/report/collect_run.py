@@ -44,6 +44,8 @@ Explanations (``Explanation.save``, which ``vebi explain`` calls): ``explanation
      "features": [{"rank": k, "index": i, "layer": str, "channel": c, "weight": w,
                    "contribution": r, "share": s,
                    "interpretation": "/path/to/average.png"}, ...],   else looked up by index
+     "min_share": s0,                              optional; features with a smaller share are left
+                                                   out of the combined map, greyed here (default 0.05)
      ...}
 
   panel, optional: ``"panel": "name.png"`` in the record, else ``<same stem>.png`` beside the JSON
@@ -58,8 +60,12 @@ Evaluation (``vebi evaluate``), ``evaluation/``::
 
     results.json  optional; keys read: "accuracy" (float, on the evaluated images),
                   "tables" and "figures": lists of {"file": name, "title": str,
-                  "caption": str, "section": "iou" | "scores" | "ablation"}
-    *.csv         tables (header row first)
+                  "caption": str, "section": "iou" | "scores" | "ablation" | any other key},
+                  and for the generated verdicts and the report's IoU plot (each left out
+                  when its numbers are absent, see ``vebi.report.verdict``): "summary",
+                  "methods", "ablation", "union_ablation"
+    *.csv         tables (header row first); a column X with columns X_low and X_high (or
+                  mean / low / high) shows as "X [low, high]", one with X_std as "X ± std"
     *.png         plots
 
 Without "tables"/"figures" lists every ``*.csv`` / ``*.png`` of the folder is shown, in name
@@ -79,6 +85,9 @@ from typing import Any
 from vebi.io.artifacts import SCHEMA_VERSION, load_relevance, read_json
 from vebi.errors import VebiError
 from vebi.core.relevance import Relevance
+from vebi.report import tables as table_format
+from vebi.report.tables import Table
+from vebi.report.verdict import IoUCurve, iou_curves, verdicts
 
 __all__ = ["ClassView", "EvalGroup", "EvaluationView", "ExplainedFeatureView", "ExplanationView", "FeatureView",
            "Figure", "LayerView", "MapRef", "Picture", "ReportData", "Table", "collect_run"]
@@ -86,6 +95,7 @@ __all__ = ["ClassView", "EvalGroup", "EvaluationView", "ExplainedFeatureView", "
 EVAL_SECTIONS: dict[str, str] = {"iou": "IoU with the ground-truth masks", "scores": "Other scores",
                                  "ablation": "Feature ablation"}
 MAX_TABLE_ROWS = 200
+MIN_SHARE = 0.05  # features below this share of the evidence are greyed (unless the record names its own)
 
 
 @dataclass(frozen=True)
@@ -162,20 +172,11 @@ class ExplanationView:
     combined: Picture | None
     panel: Path | None
     baselines: tuple[tuple[str, Picture], ...]  # (method, its map or panel) for the same image
+    min_share: float = MIN_SHARE  # features with a smaller share are left out of the combined map
 
     @property
     def correct(self) -> bool | None:
         return None if self.true_class is None else self.true_class == self.predicted
-
-
-@dataclass(frozen=True)
-class Table:
-    title: str
-    caption: str
-    columns: tuple[str, ...]
-    rows: tuple[tuple[str, ...], ...]
-    source: Path
-    truncated: int = 0  # rows left out
 
 
 @dataclass(frozen=True)
@@ -187,17 +188,19 @@ class Figure:
 
 @dataclass(frozen=True)
 class EvalGroup:
-    key: str  # "iou", "scores" or "ablation"
+    key: str  # "iou", "scores", "ablation" or another section a results.json names
     title: str
     tables: tuple[Table, ...]
     figures: tuple[Figure, ...]
+    verdict: str | None = None  # what the numbers show, in a sentence or two (``vebi.report.verdict``)
 
 
 @dataclass(frozen=True)
 class EvaluationView:
     folder: Path
     accuracy: float | None
-    groups: tuple[EvalGroup, ...]  # only non-empty groups, in EVAL_SECTIONS order
+    groups: tuple[EvalGroup, ...]  # only non-empty groups, in EVAL_SECTIONS order, then other sections
+    iou_curves: tuple[IoUCurve, ...] = ()  # per method, for the report's own IoU plot
 
 
 @dataclass(frozen=True)
@@ -461,6 +464,7 @@ def _explanation(main: tuple[Path, dict[str, Any]], others: list[tuple[Path, dic
         target=None if data.get("target") in (None, data.get("predicted")) else target,
         features=tuple(features), combined=_map(maps, "combined"),
         panel=_panel(path, data, warnings), baselines=tuple(baselines),
+        min_share=float(data["min_share"]) if isinstance(data.get("min_share"), (int, float)) else MIN_SHARE,
     )
 
 
@@ -519,16 +523,17 @@ def _read_evaluation(folder: Path, warnings: list[str]) -> EvaluationView | None
             file = str(_key(entry, "file", results_path))
             title, caption = _caption(file)
             section = entry.get("section") or _section(file)
-            if section not in EVAL_SECTIONS:
-                raise VebiError(f"{results_path}: section {section!r} of {file} is not one of "
-                                f"{', '.join(EVAL_SECTIONS)}")
+            if not isinstance(section, str) or not section.isidentifier():
+                raise VebiError(f"{results_path}: section {section!r} of {file} is not a name of letters, "
+                                "digits and underscores")
             entries.append((file, entry.get("title") or title, entry.get("caption") or caption, section))
     else:
         for path in sorted(folder.iterdir()):
             if path.is_file() and path.suffix.lower() in (".csv", ".png") and not path.name.startswith("."):
                 entries.append((path.name, *_caption(path.name), _section(path.name)))
-    tables: dict[str, list[Table]] = {k: [] for k in EVAL_SECTIONS}
-    figures: dict[str, list[Figure]] = {k: [] for k in EVAL_SECTIONS}
+    sections = list(EVAL_SECTIONS) + [s for s in dict.fromkeys(e[3] for e in entries) if s not in EVAL_SECTIONS]
+    tables: dict[str, list[Table]] = {k: [] for k in sections}
+    figures: dict[str, list[Figure]] = {k: [] for k in sections}
     for file, title, caption, section in entries:
         path = folder / file
         if not path.is_file():
@@ -537,12 +542,15 @@ def _read_evaluation(folder: Path, warnings: list[str]) -> EvaluationView | None
             tables[section].append(_read_table(path, title, caption))
         else:
             figures[section].append(Figure(title, caption, path))
-    groups = tuple(EvalGroup(k, t, tuple(tables[k]), tuple(figures[k]))
-                   for k, t in EVAL_SECTIONS.items() if tables[k] or figures[k])
+    said = verdicts(results)
+    groups = tuple(EvalGroup(k, EVAL_SECTIONS.get(k) or k.replace("_", " ").capitalize(), tuple(tables[k]),
+                             tuple(figures[k]), said.get(k))
+                   for k in sections if tables[k] or figures[k])
     accuracy = results.get("accuracy")
     if not groups and accuracy is None:
         return None
-    return EvaluationView(folder.resolve(), None if accuracy is None else float(accuracy), groups)
+    return EvaluationView(folder.resolve(), None if accuracy is None else float(accuracy), groups,
+                          iou_curves(results))
 
 
 def _read_table(path: Path, title: str, caption: str) -> Table:
@@ -553,16 +561,4 @@ def _read_table(path: Path, title: str, caption: str) -> Table:
         raise VebiError(f"{path} is not a readable CSV file ({exc})") from None
     if not rows:
         raise VebiError(f"{path} is empty (a header row is expected)")
-    body = [tuple(_format_cell(c) for c in r) for r in rows[1:]]
-    return Table(title, caption, rows[0], tuple(body[:MAX_TABLE_ROWS]), path, max(0, len(body) - MAX_TABLE_ROWS))
-
-
-def _format_cell(value: str) -> str:
-    """Numbers with many decimals shortened to 4 significant digits; everything else as written."""
-    try:
-        number = float(value)
-    except ValueError:
-        return value
-    if "." not in value and "e" not in value.lower():
-        return value
-    return f"{number:.4g}"
+    return table_format.format_table(title, caption, path, rows[0], rows[1:], MAX_TABLE_ROWS)

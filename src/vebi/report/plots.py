@@ -6,18 +6,27 @@ import io
 from collections.abc import Sequence
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import TwoSlopeNorm
+from matplotlib.colors import TwoSlopeNorm, to_hex
 from matplotlib.figure import Figure
 
 from vebi.core.relevance import Relevance
 from vebi.report.collect_run import ClassView
+from vebi.report.verdict import IoUCurve, plural
 
-__all__ = ["relevant_counts_png", "weights_png"]
+__all__ = ["iou_png", "layer_colors", "relevant_counts_png", "weights_png"]
 
 _DPI = 110
-_LAYER_COLORS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C",
-                 "#CCB974", "#64B5CD")
+MAX_LABELS = 36  # layer labels along the weights plot's axis; more would overlap
+
+
+def layer_colors(n: int) -> list[str]:
+    """``n`` distinct colours: tab10 up to 10 layers, else the perceptual colormap viridis sampled evenly
+    (neighbouring layers get neighbouring colours, all different)."""
+    if n <= 10:
+        return [to_hex(colormaps["tab10"](k)) for k in range(n)]
+    return [to_hex(colormaps["viridis"](x)) for x in np.linspace(0.0, 0.95, n)]
 
 
 def _short(text: str, n: int = 28) -> str:
@@ -40,10 +49,10 @@ def relevant_counts_png(classes: Sequence[ClassView], layers: Sequence[str]) -> 
                       dtype=float).reshape(n, len(layers))
     y = np.arange(n)
     left = np.zeros(n)
+    colors = layer_colors(len(layers))
     for k, layer in enumerate(layers):
         if counts[:, k].any():
-            ax.barh(y, counts[:, k], left=left, color=_LAYER_COLORS[k % len(_LAYER_COLORS)], label=_short(layer, 20),
-                    height=0.7)
+            ax.barh(y, counts[:, k], left=left, color=colors[k], label=_short(layer, 20), height=0.7)
             left += counts[:, k]
     for yi, total in zip(y, left, strict=True):
         ax.text(total, yi, f" {int(total)}", va="center", fontsize=8)
@@ -54,8 +63,9 @@ def relevant_counts_png(classes: Sequence[ClassView], layers: Sequence[str]) -> 
     ax.spines[["top", "right"]].set_visible(False)
     ax.tick_params(axis="x", labelsize=8)
     if counts.any():
+        shown = int((counts.sum(0) > 0).sum())
         ax.legend(title="layer", fontsize=7, title_fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0),
-                  frameon=False)
+                  frameon=False, ncols=1 + (shown - 1) // max(2 * max(n, 2), 12))
     return _png(fig)
 
 
@@ -77,11 +87,62 @@ def weights_png(relevance: Relevance) -> bytes | None:
     for k in starts[1:]:
         ax.axvline(k - 0.5, color="#333333", linewidth=0.8)
     centres = [(a + b - 1) / 2 for a, b in zip(starts, ends, strict=True)]
-    ax.set_xticks(centres, [_short(layers[k].rsplit(".", 1)[-1], 14) for k in starts], fontsize=7, rotation=35,
+    labelled = _spaced(centres, len(union) / MAX_LABELS)
+    ax.set_xticks([centres[k] for k in labelled],
+                  [_short(_unprefixed(relevance.space.layers)[layers[starts[k]]], 16) for k in labelled], fontsize=7,
+                  rotation=35,
                   ha="right", rotation_mode="anchor")
-    for label, k in zip(ax.get_xticklabels(), starts, strict=True):
-        position = relevance.space.layers.index(layers[k])
-        label.set_color(_LAYER_COLORS[position % len(_LAYER_COLORS)])
-    ax.set_xlabel(f"{len(union)} features relevant to some class, by layer", fontsize=8)
+    colors = layer_colors(len(relevance.space.layers))
+    for label, k in zip(ax.get_xticklabels(), labelled, strict=True):
+        label.set_color(colors[relevance.space.layers.index(layers[starts[k]])])
+    hidden = len(starts) - len(labelled)
+    ax.set_xlabel(f"{len(union)} features relevant to some class, by layer"
+                  + (f" ({hidden} narrow layer labels left out)" if hidden else ""), fontsize=8)
     fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02).ax.tick_params(labelsize=7)
+    return _png(fig)
+
+
+def _unprefixed(names: Sequence[str]) -> dict[str, str]:
+    """Each layer name without the dotted prefix all names share ("features.3.conv.1" -> "3.conv.1")."""
+    parts = [n.split(".") for n in names]
+    common = 0
+    while len(names) > 1 and all(len(p) > common + 1 and p[common] == parts[0][common] for p in parts):
+        common += 1
+    return {n: ".".join(p[common:]) for n, p in zip(names, parts, strict=True)}
+
+
+def _spaced(positions: Sequence[float], gap: float) -> list[int]:
+    """Indices of ``positions`` (increasing) kept so that kept neighbours are at least ``gap`` apart."""
+    kept: list[int] = []
+    for k, x in enumerate(positions):
+        if not kept or x - positions[kept[-1]] >= gap:
+            kept.append(k)
+    return kept
+
+
+def iou_png(curves: Sequence[IoUCurve]) -> bytes | None:
+    """IoU vs threshold: vebi and the best baseline drawn strong, every other method faded grey."""
+    vebi = next((c for c in curves if c.method == "vebi"), None)
+    baselines = [c for c in curves if not c.method.startswith("vebi")]
+    best = max(baselines, key=lambda c: c.score, default=None)
+    if vebi is None and best is None:
+        return None
+    fig = Figure(figsize=(6.4, 4.0), layout="constrained")
+    ax = fig.add_subplot()
+    faded = [c for c in curves if c is not vebi and c is not best]
+    for k, c in enumerate(faded):
+        ax.plot(c.thresholds, c.mean, color="#b8bec8", lw=1.0, zorder=1,
+                label=f"{plural(len(faded), 'other method')} (each a grey line)" if k == 0 else None)
+    if best is not None:
+        ax.plot(best.thresholds, best.mean, color="#dd8452", lw=2.2, zorder=2,
+                label=f"best baseline: {_short(best.method)} ({best.score:.3g})")
+    if vebi is not None:
+        ax.plot(vebi.thresholds, vebi.mean, color="#1d2330", lw=2.6, zorder=3, label=f"vebi ({vebi.score:.3g})")
+    ax.set_xlabel("threshold on the [0, 1] heatmap", fontsize=9)
+    ax.set_ylabel("mean IoU with the mask", fontsize=9)
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.tick_params(labelsize=8)
+    ax.legend(fontsize=9, title="method (mean IoU over thresholds)", title_fontsize=8, frameon=False)
     return _png(fig)

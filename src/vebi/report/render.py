@@ -3,7 +3,8 @@
 ``out.html`` refers to its images as ``out_files/...`` (relative links), so the page opens from
 disk without a server and the pair can be moved or zipped together. Images of the run are
 copied (PNG/JPEG/GIF/WebP up to ``MAX_SIDE`` pixels) or re-encoded as PNG thumbnails (other
-formats, larger images); the report's own plots are drawn with matplotlib. The image folder is
+formats, larger images); heatmaps are drawn blended over the image they explain (``add_overlay``),
+and alone for the link behind it; the report's own plots are drawn with matplotlib. The image folder is
 built under a temporary name and swapped in, then the page is written atomically. All text
 from the run (class names, file names, layer names) is escaped by jinja2's autoescaping; image
 file names in the folder are chosen here, never taken from the user's data.
@@ -19,9 +20,11 @@ from importlib import resources
 from pathlib import Path
 from urllib.parse import quote
 
+import numpy as np
 import torch
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from matplotlib import colormaps
+from matplotlib.colors import to_hex
 from markupsafe import Markup
 from PIL import Image, ImageOps
 from safetensors.torch import load_file
@@ -32,11 +35,14 @@ from vebi.io.atomic import replace_folder, write_text
 from vebi.errors import VebiError
 from vebi.report import plots
 from vebi.report.collect_run import MapRef, Picture, ReportData, collect_run
+from vebi.report.verdict import plural
 
 __all__ = ["Report", "build_report", "default_output", "write_report"]
 
 MAX_SIDE = 1024
 MARKER = ".vebi-report"
+HEATMAP_COLORMAP = "turbo"  # jet's hues, perceptually ordered
+OVERLAY_ALPHA = (0.15, 0.7)  # opacity of the colour over the image at heat 0 and at heat 1
 _COPY_FORMATS = {"PNG": ".png", "JPEG": ".jpg", "GIF": ".gif", "WEBP": ".webp"}
 
 
@@ -102,6 +108,7 @@ class _Assets:
     def __init__(self, folder: Path, prefix: str, warnings: list[str]) -> None:
         self.folder, self.prefix, self.warnings = folder, prefix, warnings
         self.urls: dict[Picture, str | None] = {}
+        self.overlays: dict[tuple[MapRef, Path], str | None] = {}
         self.names: set[str] = set()
         self._maps: dict[Path, dict[str, torch.Tensor]] = {}
 
@@ -137,18 +144,50 @@ class _Assets:
             return
         self.urls[source] = f"{self.prefix}/{name}{suffix}"
 
-    def _add_map(self, source: MapRef, name: str) -> None:
-        """Draw heatmap h (H, W) in [0, 1] with the jet colormap (as ``vebi explain`` panels do)."""
+    def _heat(self, source: MapRef) -> np.ndarray | None:
+        """The heatmap h (H, W) in [0, 1] of ``source``, or None (with a warning) when it is not 2-D."""
         if source.path not in self._maps:
             self._maps[source.path] = load_file(str(source.path))
         heat = self._maps[source.path][source.key].detach().float().squeeze()
         if heat.dim() != 2:
             self.warnings.append(f"{source.key} in {source.path} is not a 2-D map; left out")
+            return None
+        return heat.nan_to_num(0.0).clamp(0, 1).numpy()
+
+    def _add_map(self, source: MapRef, name: str) -> None:
+        """Draw heatmap h (H, W) in [0, 1] with ``HEATMAP_COLORMAP``."""
+        heat = self._heat(source)
+        if heat is None:
             self.urls[source] = None
             return
-        rgb = colormaps["jet"](heat.clamp(0, 1).nan_to_num(0.0).numpy(), bytes=True)[..., :3]
-        Image.fromarray(rgb).save(self.folder / f"{name}.png")
+        Image.fromarray(colormaps[HEATMAP_COLORMAP](heat, bytes=True)[..., :3]).save(self.folder / f"{name}.png")
         self.urls[source] = f"{self.prefix}/{name}.png"
+
+    def add_overlay(self, source: MapRef | None, image: Path | None, name: str) -> None:
+        """Blend the heatmap over the image the model saw: out = (1 - a) image + a colour(h), a = a0 + (a1 - a0) h.
+
+        The image is resized (shorter side) and centre-cropped to the map's size, as the model's input
+        transform does; the raw map is drawn too (the overlay links to it).
+        """
+        if source is None or image is None or (source, image) in self.overlays:
+            return
+        self.add(source, f"{name}_raw")
+        heat = self._heat(source) if self.urls.get(source) else None
+        if heat is None or self.urls.get(image, "") is None:
+            self.overlays[(source, image)] = None
+            return
+        try:
+            with Image.open(image) as img:
+                base = ImageOps.fit(ImageOps.exif_transpose(img).convert("RGB"), (heat.shape[1], heat.shape[0]))
+        except (OSError, SyntaxError, ValueError):
+            self.overlays[(source, image)] = None  # the input's own job warns about it
+            return
+        low, high = OVERLAY_ALPHA
+        alpha = (low + (high - low) * heat)[..., None]
+        color = colormaps[HEATMAP_COLORMAP](heat)[..., :3]
+        blend = (1 - alpha) * np.asarray(base, dtype=np.float64) / 255 + alpha * color
+        Image.fromarray(np.round(255 * blend).astype(np.uint8)).save(self.folder / f"{name}.png")
+        self.overlays[(source, image)] = f"{self.prefix}/{name}.png"
 
     def add_png(self, data: bytes, name: str) -> str:
         (self.folder / f"{name}.png").write_bytes(data)
@@ -156,6 +195,9 @@ class _Assets:
 
     def url(self, source: Picture | None) -> str | None:
         return None if source is None else self.urls.get(source)
+
+    def overlay(self, source: Picture | None, image: Path | None) -> str | None:
+        return self.overlays.get((source, image)) if isinstance(source, MapRef) and image is not None else None
 
 
 def _add_images(data: ReportData, assets: _Assets, max_features: int, max_crops: int,
@@ -168,17 +210,26 @@ def _add_images(data: ReportData, assets: _Assets, max_features: int, max_crops:
         for f in c.features[:max_features]:
             jobs.append((f.average, f"features/f{f.index:06d}"))
             jobs += [(p, f"features/f{f.index:06d}_crop{k:03d}") for k, p in enumerate(f.crops[:max_crops])]
+    overlays: list[tuple[MapRef, Path, str]] = []
     for n, e in enumerate(data.explanations):
         stem = f"explanations/{n:03d}"
-        jobs += [(e.image, f"{stem}_input"), (e.combined, f"{stem}_combined"), (e.panel, f"{stem}_panel")]
-        for k, f in enumerate(e.features):
-            jobs += [(f.heatmap, f"{stem}_heatmap{k:02d}"), (f.interpretation, f"features/f{f.index:06d}")]
-        jobs += [(path, f"{stem}_baseline{k:02d}") for k, (_, path) in enumerate(e.baselines)]
+        maps = [(e.combined, f"{stem}_combined")] + [(f.heatmap, f"{stem}_heatmap{k:02d}")
+                                                     for k, f in enumerate(e.features)]
+        maps += [(path, f"{stem}_baseline{k:02d}") for k, (_, path) in enumerate(e.baselines)]
+        jobs += [(e.image, f"{stem}_input"), (e.panel, f"{stem}_panel")]
+        jobs += [(f.interpretation, f"features/f{f.index:06d}") for f in e.features]
+        for source, name in maps:
+            if isinstance(source, MapRef) and e.image is not None:
+                overlays.append((source, e.image, name))
+            else:
+                jobs.append((source, name))
     if data.evaluation is not None:
         jobs += [(fig.path, f"evaluation/{g.key}{k:02d}") for g in data.evaluation.groups
                  for k, fig in enumerate(g.figures)]
     for source, name in tqdm(jobs, desc="report images", unit="image", disable=not progress):
         assets.add(source, name)
+    for source, image, name in tqdm(overlays, desc="report heatmaps", unit="map", disable=not progress or not overlays):
+        assets.add_overlay(source, image, name)
     figures = {}
     if data.classes:
         figures["counts"] = assets.add_png(plots.relevant_counts_png(data.classes, [v.name for v in data.layers]),
@@ -186,6 +237,9 @@ def _add_images(data: ReportData, assets: _Assets, max_features: int, max_crops:
         weights = plots.weights_png(data.relevance) if data.relevance is not None else None
         if weights is not None:
             figures["weights"] = assets.add_png(weights, "plots/weights")
+    iou = plots.iou_png(data.evaluation.iou_curves) if data.evaluation is not None else None
+    if iou is not None:
+        figures["iou"] = assets.add_png(iou, "plots/iou")
     return figures
 
 
@@ -204,13 +258,22 @@ def _environment() -> Environment:
     env.filters["signed"] = lambda x: "" if x is None else f"{x:+.3g}"
     env.filters["num"] = lambda x: "" if x is None else f"{x:.3g}"
     env.filters["pct"] = lambda x: "" if x is None else f"{100 * x:.1f} %"
+    env.filters["plural"] = plural
     return env
+
+
+def colorbar_css(steps: int = 11) -> str:
+    """A CSS gradient of ``HEATMAP_COLORMAP`` from 0 (left) to 1 (right), for the page's colour bar."""
+    colors = [to_hex(colormaps[HEATMAP_COLORMAP](x)) for x in np.linspace(0, 1, steps)]
+    return f"linear-gradient(to right, {', '.join(colors)})"
 
 
 def _render(data: ReportData, assets: _Assets, figures: dict[str, str], max_features: int, max_crops: int,
             warnings: list[str]) -> str:
     css = resources.files("vebi.report").joinpath("templates", "report.css").read_text(encoding="utf-8")
     template = _environment().get_template("report.html.j2")
-    return template.render(data=data, url=assets.url, figures=figures, max_features=max_features,
-                           max_crops=max_crops, warnings=warnings, css=Markup(css), version=__version__,
+    script = resources.files("vebi.report").joinpath("templates", "report.js").read_text(encoding="utf-8")
+    return template.render(data=data, url=assets.url, overlay=assets.overlay, figures=figures,
+                           max_features=max_features, max_crops=max_crops, warnings=warnings, css=Markup(css),
+                           script=Markup(script), colorbar=colorbar_css(), version=__version__,
                            run_name=data.run_dir.name)
