@@ -126,24 +126,27 @@ SUMMARY = ({"method": "vebi", "iou_mean": 0.41234567, "iou_low": 0.35, "iou_high
            {"method": "vebi_nofix", "iou_mean": 0.5, "iou_low": 0.45, "iou_high": 0.55, "best_threshold": 0.3,
             "best_iou": 0.6, "deletion_auc": 0.2, "insertion_auc": 0.6})
 THRESHOLDS = (0.1, 0.3, 0.5, 0.7, 0.9)
-# per class: (accuracy before, after ablating its n relevant features, after n random ones, n); owl has none
-ABLATION = ((1.0, 0.5, 0.9, 3), (0.75, 0.25, 0.7, 2), (0.5, None, None, 0))
+# per class: (accuracy before, after ablating its n positive relevant features, after n layer-matched random
+# ones, other classes' accuracy before and after, n); owl has none
+ABLATION = ((1.0, 0.5, 0.9, 0.6, 0.55, 3), (0.75, 0.25, 0.7, 0.8, 0.8, 2), (0.5, None, None, 0.9, None, 0))
 
 
 def _write_evaluation(run: Path, masks: bool) -> None:
     folder = run / "evaluation"
     folder.mkdir(parents=True)
     summary = [{k: v for k, v in row.items() if masks or not k.startswith(("iou", "best"))} for row in SUMMARY]
-    classes = [{"class_index": j, "class_name": name, "counts": [0, n] if n else [0],
-                "relevant_class_accuracy": [a, b] if n else [a], "random_class_accuracy_mean": [a, r] if n else [a]}
-               for j, ((a, b, r, n), name) in enumerate(zip(ABLATION, ("cat", "dog", "owl"), strict=True))]
+    rows = [{"class_index": j, "class_name": name, "baseline_class_accuracy": a, "baseline_other_accuracy": o0,
+             "positive_features": n, "positive_class_accuracy": b if n else a,
+             "positive_control_class_accuracy": r if n else None, "positive_other_accuracy": o1 if n else o0}
+            for j, ((a, b, r, o0, o1, n), name) in enumerate(zip(ABLATION, ("cat", "dog", "owl"), strict=True))]
     methods = {row["method"]: {"correct": {"iou": {
         "thresholds": list(THRESHOLDS), "curve": [{"mean": row["iou_mean"] * (1.5 - t)} for t in THRESHOLDS],
         "mean_over_thresholds": {"mean": row["iou_mean"]}}} if masks else None} for row in SUMMARY}
     results = {"schema": 1, "accuracy": 0.625, "correct": 5, "summary": summary, "methods": methods,
-               "ablation": {"baseline_class_accuracy": [a for a, *_ in ABLATION], "classes": classes},
+               "ablation": {"baseline_class_accuracy": [a for a, *_ in ABLATION],
+                            "summary": [*rows, {"class_index": "", "class_name": "mean over classes"}]},
                "union_ablation": {"features": [[0, 1], [0, 3], [1, 3], [1, 4]], "baseline_mca": 0.75,
-                                  "ablated_mca": 0.33333, "random_mca_mean": 0.7}}
+                                  "ablated_mca": 0.33333, "random_mca": {"mean": 0.7, "low": 0.6, "high": 0.8}}}
     (folder / "results.json").write_text(json.dumps(results), encoding="utf-8")
     tables = {"ablation.csv": [["features", "class accuracy", "mCA"], ["1", "0.5", "0.6666667"]],
               "scores.csv": [["method", "deletion_auc", "insertion_auc"]]

@@ -292,14 +292,13 @@ def test_verdicts_state_numbers_that_agree_with_the_results(full_run):
            "(guided_backprop, 0.18) by 0.03." in scores
     assert "insertion AUC (higher is better) 0.55 is ahead of the best baseline (grad_cam, 0.5) by 0.05." in scores
     ablation = said["ablation"]
-    explained = [row for row in ABLATION if row[3]]
-    before = sum(r[0] for r in explained) / len(explained)
-    after = sum(r[1] for r in explained) / len(explained)
-    rand = sum(r[2] for r in explained) / len(explained)
-    a, b, k, drop, drop_random, r = _numbers(ablation.split("(2-3 per class)")[1])[:6]
+    explained = [row for row in ABLATION if row[5]]
+    before, after, rand, o0, o1 = (sum(r[i] for r in explained) / len(explained) for i in range(5))
+    a, b, k, drop, drop_random, r, drop_other = _numbers(ablation.split("(2-3 per class)")[1])[:7]
     assert (a, b, k) == (pytest.approx(before, abs=5e-4), pytest.approx(after, abs=5e-4), len(explained))
     assert drop == pytest.approx(100 * (a - b), abs=0.1) and drop_random == pytest.approx(100 * (a - r), abs=0.1)
-    assert r == pytest.approx(rand, abs=5e-4) and "matter more than random" in ablation
+    assert r == pytest.approx(rand, abs=5e-4) and drop_other == pytest.approx(100 * (o0 - o1), abs=0.1)
+    assert "matter more than random" in ablation
     assert "Zeroing all 4 relevant features of every class at once moved the mean class accuracy from 0.75 to " \
            "0.333 (random sets of that size: 0.7)." in ablation
 
@@ -309,16 +308,18 @@ def test_verdicts_say_when_vebi_is_behind_or_ablation_barely_moves():
 
     summary = [{"method": "vebi", "iou_mean": 0.2}, {"method": "grad_cam", "iou_mean": 0.31},
                {"method": "vebi_nofix", "iou_mean": 0.9}, {"method": "random", "iou_mean": 0.1}]
-    ablation = {"baseline_class_accuracy": [0.98, 1.0], "classes": [
-        {"class_index": 0, "counts": [0, 4], "relevant_class_accuracy": [0.98, 0.976],
-         "random_class_accuracy_mean": [0.98, 0.98]},
-        {"class_index": 1, "counts": [0, 4], "relevant_class_accuracy": [1.0, 0.996],
-         "random_class_accuracy_mean": [1.0, 1.0]}]}
+    row = {"baseline_other_accuracy": 0.99, "positive_features": 4, "positive_other_accuracy": 0.99}
+    ablation = {"summary": [
+        {**row, "class_index": 0, "baseline_class_accuracy": 0.98, "positive_class_accuracy": 0.976,
+         "positive_control_class_accuracy": 0.98},
+        {**row, "class_index": 1, "baseline_class_accuracy": 1.0, "positive_class_accuracy": 0.996,
+         "positive_control_class_accuracy": 1.0},
+        {"class_index": "", "class_name": "mean over classes"}]}
     said = verdicts({"summary": summary, "correct": 1, "ablation": ablation})
     assert said["iou"] == ("On the 1 correctly classified image, vebi is not ahead: its mean IoU 0.2 is behind "
                            "the best baseline (grad_cam, 0.31) by 0.11.")
-    assert "4 relevant features lowered its accuracy from 0.99 to 0.986 on average over 2 classes, a drop of " \
-           "0.4 points, against 0.0 points" in said["ablation"] and "barely moved" in said["ablation"]
+    assert "4 positive relevant features lowered its accuracy from 0.99 to 0.986 on average over 2 classes, a drop " \
+           "of 0.4 points, against 0.0 points" in said["ablation"] and "barely moved" in said["ablation"]
     assert "scores" not in said  # no AUCs in these results
     assert verdicts({}) == {} and verdicts({"summary": [{"method": "vebi", "iou_mean": 0.2}]}) == {}
     assert (plural(1, "image"), plural(2, "image"), plural(0, "class", "classes")) == ("1 image", "2 images",

@@ -101,33 +101,30 @@ def _scores(results: dict[str, Any]) -> str | None:
 
 
 def _ablation(results: dict[str, Any]) -> str | None:
-    ab = _get(results, "ablation")
-    base = _get(ab, "baseline_class_accuracy")
-    classes = _get(ab, "classes")
-    if not isinstance(base, list) or not isinstance(classes, list):
+    """From results.json "ablation" "summary" (one row per class, k = n): the positive relevant set
+    against its layer-matched random controls, and the other classes' accuracy."""
+    rows = [r for r in (_get(_get(results, "ablation"), "summary") or []) if isinstance(_get(r, "class_index"), int)]
+    keys = ("baseline_class_accuracy", "positive_class_accuracy", "positive_control_class_accuracy",
+            "baseline_other_accuracy", "positive_other_accuracy")
+    used = []
+    for r in rows:
+        values = [_num(_get(r, k)) for k in keys]
+        n = _num(_get(r, "positive_features"))
+        if None in values or not n:
+            continue  # no positive feature, or no control drawn: nothing to compare
+        used.append((*values, int(n)))
+    if not used:
         return None
-    before, after, randomly, sizes = [], [], [], []
-    for c in classes:
-        j, relevant, rand, counts = (_get(c, "class_index"), _get(c, "relevant_class_accuracy", -1),
-                                     _get(c, "random_class_accuracy_mean", -1), _get(c, "counts", -1))
-        values = [_num(_get(base, j)) if isinstance(j, int) else None, _num(relevant), _num(rand), _num(counts)]
-        if None in values or not values[3]:
-            continue  # a class without relevant features ablates nothing
-        before.append(values[0])
-        after.append(values[1])
-        randomly.append(values[2])
-        sizes.append(int(values[3]))
-    if not before:
-        return None
-    k = len(before)
-    a, b, r = sum(before) / k, sum(after) / k, sum(randomly) / k
-    drop, drop_random = 100 * (a - b), 100 * (a - r)
-    text = (f"Ablating each class's relevant features ({min(sizes)}-{max(sizes)} per class) lowered its accuracy "
-            if min(sizes) != max(sizes) else
-            f"Ablating each class's {plural(sizes[0], 'relevant feature')} lowered its accuracy ")
+    k = len(used)
+    a, b, r, o0, o1 = (sum(u[i] for u in used) / k for i in range(5))
+    sizes = [u[5] for u in used]
+    drop, drop_random, drop_other = 100 * (a - b), 100 * (a - r), 100 * (o0 - o1)
+    text = (f"Ablating each class's positive relevant features ({min(sizes)}-{max(sizes)} per class) lowered its "
+            "accuracy " if min(sizes) != max(sizes) else
+            f"Ablating each class's {plural(sizes[0], 'positive relevant feature')} lowered its accuracy ")
     text += (f"from {significant(a)} to {significant(b)} on average over {plural(k, 'class', 'classes')}, a drop "
              f"of {drop:.1f} points, against {drop_random:.1f} points (to {significant(r)}) for as many random "
-             "features.")
+             f"features of the same layers; the other classes' accuracy moved by {drop_other:.1f} points.")
     if drop < SMALL_DROP:
         text += (" That barely moved it: the model does not depend on these features alone, which undercuts "
                  "calling them the relevant ones.")
@@ -136,12 +133,12 @@ def _ablation(results: dict[str, Any]) -> str | None:
     else:
         text += " That is no more than random features cost, so this does not single them out."
     union = _get(results, "union_ablation")
-    n, u0, u1, ur = (_get(union, "features"), _num(_get(union, "baseline_mca")), _num(_get(union, "ablated_mca")),
-                     _num(_get(union, "random_mca_mean")))
-    if isinstance(n, list) and None not in (u0, u1, ur):
+    n, u0, u1 = _get(union, "features"), _num(_get(union, "baseline_mca")), _num(_get(union, "ablated_mca"))
+    ur = _num(_get(_get(union, "random_mca"), "mean"))
+    if isinstance(n, list) and None not in (u0, u1):
         text += (f" Zeroing all {plural(len(n), 'relevant feature')} of every class at once moved the mean class "
-                 f"accuracy from {significant(u0)} to {significant(u1)} (random sets of that size: "
-                 f"{significant(ur)}).")
+                 f"accuracy from {significant(u0)} to {significant(u1)}")
+        text += f" (random sets of that size: {significant(ur)})." if ur is not None else "."
     return text
 
 
