@@ -51,11 +51,18 @@ def evaluate_command(
     ablation_seeds: int = typer.Option(3, "--ablation-seeds", help="random feature draws per class"),
     max_ablation_features: int | None = typer.Option(None, "--max-ablation-features", help="ablate at most this "
                                                      "many features per class (default: all relevant ones)"),
+    sanity: bool = typer.Option(True, "--sanity/--no-sanity", help="cascading randomisation test of every method's "
+                                "maps (layers re-initialised from the output down; Spearman and SSIM)"),
+    sanity_images: int = typer.Option(16, "--sanity-images", help="images of the sanity checks (class-balanced)"),
+    random_label_weights: Path | None = typer.Option(None, "--random-label-weights", help="weights of the run's "
+                                                     "architecture trained on permuted labels (`vebi train "
+                                                     "--shuffle-labels`): adds the data randomisation test"),
     device: str = DeviceOpt,
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
-    """Score every method's heatmaps against the masks (IoU sweep, pointing, mass), deletion/insertion, and ablation."""
-    from vebi.evaluate.output import format_summary, write_evaluation
+    """Score every method's heatmaps against the masks (IoU sweep, pointing, mass), deletion/insertion, ablation,
+    and sanity checks."""
+    from vebi.evaluate.output import format_sanity, format_summary, write_evaluation
     from vebi.evaluate.runner import evaluate_run
 
     names = _split_list(methods)
@@ -69,9 +76,12 @@ def evaluate_command(
         run, data, masks=masks, methods=chosen, thresholds=_thresholds(thresholds),
         max_images=max_images, seed=seed, num_features=num_features, steps=steps, batch_size=batch_size, cam_layer=cam_layer,
         ablation=ablation, ablation_seeds=ablation_seeds, max_ablation_features=max_ablation_features,
+        sanity=sanity, sanity_images=sanity_images, random_label_weights=random_label_weights,
         device=resolve_device(device), progress=progress,
     )
     folder = out if out is not None else run / "evaluation"
     write_evaluation(result, folder)
     typer.echo(format_summary(result))
+    if result.sanity:
+        typer.echo(format_sanity(result))
     typer.echo(f"results -> {folder / 'results.json'}")

@@ -58,12 +58,12 @@ Evaluation (``vebi evaluate``), ``evaluation/``::
 
     results.json  optional; keys read: "accuracy" (float, on the evaluated images),
                   "tables" and "figures": lists of {"file": name, "title": str,
-                  "caption": str, "section": "iou" | "scores" | "ablation"}
+                  "caption": str, "section": "iou" | "scores" | "ablation" | "sanity"}
     *.csv         tables (header row first)
     *.png         plots
 
 Without "tables"/"figures" lists every ``*.csv`` / ``*.png`` of the folder is shown, in name
-order, in the section its name suggests ("iou" -> IoU, "ablation" -> ablation, else other
+order, in the section its name suggests ("iou" -> IoU, "ablation" -> ablation, "sanity" -> sanity, else other
 scores), with a caption chosen by keywords of its name.
 """
 
@@ -84,7 +84,7 @@ __all__ = ["ClassView", "EvalGroup", "EvaluationView", "ExplainedFeatureView", "
            "Figure", "LayerView", "MapRef", "Picture", "ReportData", "Table", "collect_run"]
 
 EVAL_SECTIONS: dict[str, str] = {"iou": "IoU with the ground-truth masks", "scores": "Other scores",
-                                 "ablation": "Feature ablation"}
+                                 "ablation": "Feature ablation", "sanity": "Sanity checks"}
 MAX_TABLE_ROWS = 200
 
 
@@ -506,6 +506,8 @@ def _caption(name: str) -> tuple[str, str]:
 
 def _section(name: str) -> str:
     lower = name.lower()
+    if "sanity" in lower:
+        return "sanity"
     return "iou" if "iou" in lower else "ablation" if "ablation" in lower else "scores"
 
 
