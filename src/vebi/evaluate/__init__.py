@@ -1,5 +1,6 @@
 """Evaluation of explanations: mask-based localisation scores, deletion/insertion faithfulness
-curves, and feature ablation (see ``metrics``, ``faithfulness``, ``ablation``)."""
+curves, feature ablation and randomisation sanity checks (see ``metrics``, ``faithfulness``,
+``ablation``, ``sanity``)."""
 
 from vebi.evaluate.ablation import (
     AblationResult,
@@ -21,6 +22,7 @@ from vebi.evaluate.metrics import (
     MassInMask,
     PointingGame,
 )
+from vebi.evaluate.sanity import SanityResult, cascading_randomisation, data_randomisation, ssim
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
@@ -35,10 +37,14 @@ __all__ = [
     "LocalizationResult",
     "MassInMask",
     "PointingGame",
+    "SanityResult",
     "UnionAblationResult",
     "ablate",
     "ablation_curves",
+    "cascading_randomisation",
     "class_accuracies",
+    "data_randomisation",
     "perturbation_curves",
+    "ssim",
     "union_ablation",
 ]
