@@ -173,7 +173,7 @@ def test_runner_scores_every_method_and_the_ablation(tiny, test_methods, tmp_pat
 
     view = collect_run(run, evaluation_dir=tmp_path / "out").evaluation
     assert view.accuracy == pytest.approx(correct / n)
-    assert {g.key for g in view.groups} == {"iou", "scores", "ablation", "sanity"}
+    assert {g.key for g in view.groups} == {"iou", "scores", "ablation"}  # sanity checks are off by default
 
 
 def test_runner_without_masks_keeps_the_mask_free_scores(tiny):
@@ -283,7 +283,7 @@ def test_runner_sanity_checks_are_written_and_reported(tiny, test_methods, tmp_p
     weights = tmp_path / "shuffled.pt"
     torch.save(tiny_cnn(num_classes=len(CLASSES), seed=4).state_dict(), weights)
     result = evaluate_run(run, data, methods=["vebi", "grad_cam", "oracle"], steps=2, max_images=6, ablation=False,
-                          sanity_images=6, random_label_weights=weights, progress=False)
+                          sanity=True, sanity_images=6, random_label_weights=weights, progress=False)
     cascade, shuffled = result.sanity
     assert (cascade.kind, shuffled.kind) == ("cascading", "data") and cascade.images == 6
     assert cascade.methods == ("vebi", "grad_cam", "oracle") and cascade.steps == ("7", "3", "0")
@@ -305,6 +305,5 @@ def test_runner_sanity_checks_are_written_and_reported(tiny, test_methods, tmp_p
     assert "sanity" in [g.key for g in collect_run(run, evaluation_dir=out).evaluation.groups]
 
     assert main(["evaluate", str(run), str(data), "--methods", "grad_cam", "--max-images", "3", "--steps", "1",
-                 "--no-ablation", "--no-sanity", "--no-progress", "-o", str(tmp_path / "plain")]) == 0
-    assert "sanity check" not in capsys.readouterr().out
-    assert not list((tmp_path / "plain").glob("sanity_*"))
+                 "--no-ablation", "--sanity", "--sanity-images", "2", "--no-progress", "-o", str(tmp_path / "on")]) == 0
+    assert "sanity check, cascading" in capsys.readouterr().out and (tmp_path / "on" / "sanity_cascading.csv").is_file()

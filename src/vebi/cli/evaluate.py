@@ -51,7 +51,7 @@ def evaluate_command(
     ablation_seeds: int = typer.Option(3, "--ablation-seeds", help="random feature draws per class"),
     max_ablation_features: int | None = typer.Option(None, "--max-ablation-features", help="ablate at most this "
                                                      "many features per class (default: all relevant ones)"),
-    sanity: bool = typer.Option(True, "--sanity/--no-sanity", help="cascading randomisation test of every method's "
+    sanity: bool = typer.Option(False, "--sanity/--no-sanity", help="cascading randomisation test of every method's "
                                 "maps (layers re-initialised from the output down; Spearman and SSIM)"),
     sanity_images: int = typer.Option(16, "--sanity-images", help="images of the sanity checks (class-balanced)"),
     random_label_weights: Path | None = typer.Option(None, "--random-label-weights", help="weights of the run's "

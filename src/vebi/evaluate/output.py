@@ -245,7 +245,7 @@ def _sanity_plot(sanity: SanityResult) -> bytes:
     for ax, what in ((axes[0], "Spearman rank correlation"), (axes[1], "SSIM")):
         ax.set_xticks(x, ["trained", *sanity.steps], rotation=45 if cascading else 0,
                       ha="right" if cascading else "center", fontsize=8)
-        ax.set(ylabel=f"{what} with the trained model's map", ylim=(-0.3, 1.05),
+        ax.set(ylabel=f"{what} to the trained maps", ylim=(-0.3, 1.05),
                xlabel="layers randomised, cumulatively from the output" if cascading else "model",
                title=f"{what} (n = {sanity.images} images)")
         ax.axhline(0, color="0.6", lw=0.8)

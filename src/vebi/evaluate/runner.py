@@ -294,7 +294,7 @@ def evaluate_run(
     ablation_seeds: int = 3,
     max_ablation_features: int | None = None,
     split: str = "test",
-    sanity: bool = True,
+    sanity: bool = False,
     sanity_images: int = 16,
     random_label_weights: str | Path | None = None,
     model: nn.Module | None = None,
@@ -306,8 +306,9 @@ def evaluate_run(
     ``methods``: None for :func:`default_methods`, an empty sequence for none (only the ablation).
     ``model``: the run's network (default: rebuilt from ``run.json``), moved to ``device`` (default:
     where its parameters are, else the CPU). ``data``/``masks`` may be an an8Flower root or a folder
-    with ``<split>/`` sub-folders; the ``split`` folder is used then. ``sanity`` needs at least one
-    method; ``random_label_weights`` adds the data randomisation test to it.
+    with ``<split>/`` sub-folders; the ``split`` folder is used then. ``sanity`` (off by default: on
+    the demo's network and 16 images it costs more than the rest of a 24-image evaluation) needs at
+    least one method; ``random_label_weights`` adds the data randomisation test to it.
     """
     from vebi.methods import build_method, method_names, method_options
     from vebi.methods.cam import default_cam_layer
