@@ -27,6 +27,7 @@ def test_demo_runs_every_stage_and_writes_the_report(demo_run):
     assert report.is_file() and report.name == "index.html"
     html = report.read_text()
     assert "00-red" in html  # the class names of single-6c reach the page
+    assert 'id="eval-sanity"' in html and "sanity_cascading.csv" in html  # the sanity checks are on by default
     assert (out / "run" / "evaluation" / "results.json").is_file()
     assert (out / "run" / "interpretation" / "interpretation.json").is_file()
     assert (out / "contact-sheet.png").is_file()

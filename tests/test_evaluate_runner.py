@@ -183,7 +183,7 @@ def test_runner_scores_every_method_and_the_ablation(tiny, test_methods, tmp_pat
 
     view = collect_run(run, evaluation_dir=tmp_path / "out").evaluation
     assert view.accuracy == pytest.approx(correct / n)
-    assert {g.key for g in view.groups} == {"iou", "scores", "ablation"}
+    assert {g.key for g in view.groups} == {"iou", "scores", "ablation"}  # sanity checks are off by default
 
 
 def test_runner_without_masks_keeps_the_mask_free_scores(tiny):
@@ -296,3 +296,34 @@ def test_cli_errors(tiny, tmp_path, capsys):
     _png(other / "cat" / "a.png", np.zeros((SIZE, SIZE, 3), np.uint8))
     assert "not the run's classes" in _error(capsys, ["evaluate", str(run), str(other), "--no-progress"])
     assert "run.json" in _error(capsys, ["evaluate", str(tmp_path), str(data), "--no-progress"])
+
+
+def test_runner_sanity_checks_are_written_and_reported(tiny, test_methods, tmp_path, capsys):
+    run, data = tiny
+    weights = tmp_path / "shuffled.pt"
+    torch.save(tiny_cnn(num_classes=len(CLASSES), seed=4).state_dict(), weights)
+    result = evaluate_run(run, data, methods=["vebi", "grad_cam", "oracle"], steps=2, max_images=6, ablation=False,
+                          sanity=True, sanity_images=6, random_label_weights=weights, progress=False)
+    cascade, shuffled = result.sanity
+    assert (cascade.kind, shuffled.kind) == ("cascading", "data") and cascade.images == 6
+    assert cascade.methods == ("vebi", "grad_cam", "oracle") and cascade.steps == ("7", "3", "0")
+    assert all(e.mean == pytest.approx(1.0) for e in cascade.spearman["oracle"] + cascade.ssim["oracle"])
+    assert cascade.final("grad_cam")[0].mean < 0.9
+    assert result.settings["sanity_images"] == 6 and result.to_dict()["sanity"][1]["steps"] == ["random labels"]
+
+    out = tmp_path / "evaluation"
+    write_evaluation(result, out)
+    saved = json.loads((out / "results.json").read_text())
+    sanity_files = {e["file"] for e in saved["tables"] + saved["figures"] if e["section"] == "sanity"}
+    assert sanity_files == {"sanity_cascading.csv", "sanity_cascading.png", "sanity_data.csv", "sanity_data.png"}
+    rows = (out / "sanity_cascading.csv").read_text().splitlines()
+    assert len(rows) == 1 + 3 * 3 and rows[0].startswith("method,step,randomised_down_to,spearman_mean")
+    from vebi.evaluate.output import format_sanity
+    from vebi.report.collect_run import collect_run
+
+    assert "oracle" in format_sanity(result) and "cascading" in format_sanity(result)
+    assert "sanity" in [g.key for g in collect_run(run, evaluation_dir=out).evaluation.groups]
+
+    assert main(["evaluate", str(run), str(data), "--methods", "grad_cam", "--max-images", "3", "--steps", "1",
+                 "--no-ablation", "--sanity", "--sanity-images", "2", "--no-progress", "-o", str(tmp_path / "on")]) == 0
+    assert "sanity check, cascading" in capsys.readouterr().out and (tmp_path / "on" / "sanity_cascading.csv").is_file()

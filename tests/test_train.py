@@ -107,3 +107,14 @@ def test_cli_train_and_errors(flowers, tmp_path, capsys):
     assert main(["train", str(flowers), "-o", str(out), "--epochs", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("vebi: error:") for line in err)
+
+
+def test_shuffled_labels_train_another_model_and_are_recorded(flowers, tmp_path):
+    config = TrainConfig(epochs=1, batch_size=64, width=4, first_stride=4, seed=5)
+    plain = train(flowers, tmp_path / "plain", config, threads=1, progress=False)
+    shuffled = train(flowers, tmp_path / "shuffled", TrainConfig(epochs=1, batch_size=64, width=4, first_stride=4,
+                                                                 seed=5, shuffle_labels=True), threads=1, progress=False)
+    a, b = (torch.load(r.model_path, weights_only=True) for r in (plain, shuffled))
+    assert not torch.equal(a["classifier.weight"], b["classifier.weight"])  # same init, other targets
+    assert json.loads(shuffled.info_path.read_text())["train"]["shuffle_labels"] is True
+    assert json.loads(plain.info_path.read_text())["train"]["shuffle_labels"] is False

@@ -30,7 +30,8 @@ BASELINES: tuple[str, ...] = ("grad_cam", "grad_cam_plus_plus", "guided_backprop
 @dataclass(frozen=True)
 class DemoConfig:
     """Sizes of the demo run (defaults: the evaluation's image size, 300 renders per class,
-    ``vebi train``'s 12 epochs; :data:`QUICK` is a first look in well under a minute)."""
+    ``vebi train``'s 12 epochs; :data:`QUICK` is a first look in well under a minute). The evaluate stage
+    also runs the cascading randomisation sanity check on 8 images."""
 
     variant: str = "single-6c"
     per_class: int = 300
@@ -149,7 +150,8 @@ def stages(cfg: DemoConfig, out: Path) -> list[Stage | Callable[[], Stage]]:
         explain("vebi"),
         *[explain(n) for n in BASELINES],
         Stage("evaluate", "evaluate", {"run": str(run), "data": str(test), "masks": str(data / "masks" / "test"),
-                                       "max_images": cfg.eval_images, "seed": cfg.seed}, ("fit",)),
+                                       "max_images": cfg.eval_images, "seed": cfg.seed, "sanity": True,
+                                       "sanity_images": 8}, ("fit",)),
         Stage("report", "report", {"run": str(run)},
               ("fit", "interpret", "explain", *[f"explain-{n}" for n in BASELINES], "evaluate")),
     ]

@@ -8,7 +8,9 @@ class names, input size, accuracies, training settings). The model is rebuilt by
 Training: Adam with cosine-decayed learning rate and cross-entropy; augmentation by horizontal
 flips and shifts of up to ``shift`` pixels (edge-replicated); all randomness from one
 ``torch.Generator`` seeded by ``seed`` (model initialisation included), so a run on the same
-machine and thread count is reproducible.
+machine and thread count is reproducible. ``shuffle_labels`` trains on a seeded permutation of the
+training labels (from its own generator, seed + 1): the model of the data randomisation sanity
+check (:func:`vebi.evaluate.sanity.data_randomisation`); its recorded accuracies are on the true labels.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class TrainConfig:
     first_stride: int = 4
     first_kernel: int = 7
     batch_norm: bool = True
+    shuffle_labels: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.weight_decay < 0 or self.shift < 0:
@@ -177,6 +180,9 @@ def _train(data, out, config: TrainConfig, device, progress: bool) -> TrainResul
         raise VebiError(f"{train_dir} and {test_dir} have different class folders")
     device = torch.device(device) if device is not None else torch.device("cpu")
     generator = torch.Generator().manual_seed(config.seed)
+    y_fit = y_train
+    if config.shuffle_labels:
+        y_fit = y_train[torch.randperm(len(y_train), generator=torch.Generator().manual_seed(config.seed + 1))]
     args = model_args(config, len(classes))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
@@ -193,7 +199,7 @@ def _train(data, out, config: TrainConfig, device, progress: bool) -> TrainResul
         for begin in range(0, len(order), config.batch_size):
             idx = order[begin : begin + config.batch_size]
             x = augment(x_train[idx].float() / 255.0, config.shift, generator).to(device)
-            y = y_train[idx].to(device)
+            y = y_fit[idx].to(device)
             logits = model(x)
             loss = F.cross_entropy(logits, y)
             optimiser.zero_grad(set_to_none=True)

@@ -63,6 +63,8 @@ def train(
     first_stride: int = typer.Option(4, "--first-stride", help="stride of conv1"),
     first_kernel: int = typer.Option(7, "--first-kernel", help="kernel of conv1"),
     batch_norm: bool = typer.Option(True, "--batch-norm/--no-batch-norm", help="batch norm after every conv"),
+    shuffle_labels: bool = typer.Option(False, "--shuffle-labels", help="train on permuted labels (the model of the "
+                                        "data randomisation sanity check, `vebi evaluate --random-label-weights`)"),
     device: str = DeviceOpt,
     threads: int | None = typer.Option(None, help="torch CPU threads (default: torch's); 1 is fastest on a busy machine"),
     progress: bool = ProgressOpt,
@@ -76,7 +78,8 @@ def train(
     from vebi.an8flower.train import TrainConfig, model_args
     from vebi.an8flower.train import train as run_training
 
-    config = TrainConfig(epochs, batch_size, lr, weight_decay, shift, seed, width, first_stride, first_kernel, batch_norm)
+    config = TrainConfig(epochs, batch_size, lr, weight_decay, shift, seed, width, first_stride, first_kernel, batch_norm,
+                         shuffle_labels)
     result = run_training(data, out, config, device=resolve_device(device), threads=threads, progress=progress)
     used = model_args(config, len(result.class_names))
     args = " ".join(f"--model-arg {k}={json.dumps(v)}" for k, v in used.items())

@@ -56,15 +56,21 @@ def evaluate_command(
                                          "k = 0..n features of each set, not only all n"),
     ablation_batch: int | None = typer.Option(None, "--ablation-batch", help="images per forward pass of the "
                                               "ablation, feature sets stacked (default: from free memory, <= 1024)"),
+    sanity: bool = typer.Option(False, "--sanity/--no-sanity", help="cascading randomisation test of every method's "
+                                "maps (layers re-initialised from the output down; Spearman and SSIM)"),
+    sanity_images: int = typer.Option(16, "--sanity-images", help="images of the sanity checks (class-balanced)"),
+    random_label_weights: Path | None = typer.Option(None, "--random-label-weights", help="weights of the run's "
+                                                     "architecture trained on permuted labels (`vebi train "
+                                                     "--shuffle-labels`): adds the data randomisation test"),
     device: str = DeviceOpt,
     progress: bool = ProgressOpt,
 ) -> None:
     """Score the explanations: IoU, deletion/insertion, ablation.
 
     Every method's heatmaps against the ground-truth masks (IoU sweep, pointing game, mass in mask),
-    deletion/insertion curves, and the feature ablation experiments.
+    deletion/insertion curves, the feature ablation experiments and (with --sanity) the sanity checks.
     """
-    from vebi.evaluate.output import format_summary, write_evaluation
+    from vebi.evaluate.output import format_sanity, format_summary, write_evaluation
     from vebi.evaluate.runner import evaluate_run
 
     names = _split_list(methods)
@@ -79,9 +85,12 @@ def evaluate_command(
         max_images=max_images, seed=seed, num_features=num_features, steps=steps, batch_size=batch_size, cam_layer=cam_layer,
         ablation=ablation, ablation_seeds=ablation_seeds, max_ablation_features=max_ablation_features,
         ablation_curves=ablation_curves, ablation_batch=ablation_batch,
+        sanity=sanity, sanity_images=sanity_images, random_label_weights=random_label_weights,
         device=resolve_device(device), progress=progress,
     )
     folder = out if out is not None else run / "evaluation"
     write_evaluation(result, folder)
     typer.echo(format_summary(result))
+    if result.sanity:
+        typer.echo(format_sanity(result))
     typer.echo(f"results -> {folder / 'results.json'}")

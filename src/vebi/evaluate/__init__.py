@@ -1,5 +1,6 @@
 """Evaluation of explanations: mask-based localisation scores, deletion/insertion faithfulness
-curves, and feature ablation (see ``metrics``, ``faithfulness``, ``ablation``)."""
+curves, feature ablation and randomisation sanity checks (see ``metrics``, ``faithfulness``,
+``ablation``, ``sanity``)."""
 
 from vebi.evaluate.ablation import (
     AblationResult,
@@ -24,6 +25,7 @@ from vebi.evaluate.metrics import (
     MassInMask,
     PointingGame,
 )
+from vebi.evaluate.sanity import SanityResult, cascading_randomisation, data_randomisation, ssim
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
@@ -38,13 +40,17 @@ __all__ = [
     "LocalizationResult",
     "MassInMask",
     "PointingGame",
+    "SanityResult",
     "SetAblation",
     "Spread",
     "UnionAblationResult",
     "ablate",
     "ablation_study",
+    "cascading_randomisation",
     "class_accuracies",
     "classifier_evidence",
+    "data_randomisation",
     "perturbation_curves",
+    "ssim",
     "union_ablation",
 ]

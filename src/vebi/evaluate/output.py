@@ -21,6 +21,9 @@ Files (all written atomically)::
     ablation.png                    per class: accuracy before and with each set / its controls ablated
     ablation_curves.png             per class: class accuracy vs k          (with ``ablation_curves``)
     ablation_union.csv              union of all relevant features vs layer-matched random sets
+    sanity_<kind>.csv               per method and randomisation step: Spearman and SSIM to the
+                                    trained model's maps (kind: cascading, data; SanityResult.rows)
+    sanity_<kind>.png               the same, one line per method (cascading: vs layers randomised)
 """
 
 from __future__ import annotations
@@ -36,8 +39,9 @@ from typing import Any
 from vebi.evaluate.ablation import AblationResult, UnionAblationResult
 from vebi.io.atomic import write_bytes, write_text
 from vebi.evaluate.runner import SUBSETS, EvaluationResult
+from vebi.evaluate.sanity import SanityResult
 
-__all__ = ["format_ablation", "format_summary", "write_evaluation"]
+__all__ = ["format_ablation", "format_sanity", "format_summary", "write_evaluation"]
 
 
 def _clean(value: Any) -> Any:
@@ -234,6 +238,34 @@ def _ablation_curve_plot(result: EvaluationResult) -> bytes:
     return _figure_bytes(fig)
 
 
+def _sanity_plot(sanity: SanityResult) -> bytes:
+    """Spearman and SSIM per method against the randomisation steps (step 0: the trained model, 1 by definition)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12.8, 4.6))
+    axes = fig.subplots(1, 2)
+    x = list(range(len(sanity.steps) + 1))
+    for i, method in enumerate(sanity.methods):
+        style = _style(method, i)
+        for ax, values in ((axes[0], sanity.spearman[method]), (axes[1], sanity.ssim[method])):
+            ax.plot(x, [1.0, *[e.mean for e in values]], marker="o", ms=3, label=method, **style)
+            if all(e.low is not None for e in values):
+                ax.fill_between(x[1:], [e.low for e in values], [e.high for e in values], color=style["color"],
+                                alpha=0.1, lw=0)
+    cascading = sanity.kind == "cascading"
+    for ax, what in ((axes[0], "Spearman rank correlation"), (axes[1], "SSIM")):
+        ax.set_xticks(x, ["trained", *sanity.steps], rotation=45 if cascading else 0,
+                      ha="right" if cascading else "center", fontsize=8)
+        ax.set(ylabel=f"{what} to the trained maps", ylim=(-0.3, 1.05),
+               xlabel="layers randomised, cumulatively from the output" if cascading else "model",
+               title=f"{what} (n = {sanity.images} images)")
+        ax.axhline(0, color="0.6", lw=0.8)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return _figure_bytes(fig)
+
+
 # ----------------------------------------------------------------------------- writer
 
 
@@ -305,6 +337,16 @@ def write_evaluation(result: EvaluationResult, out: str | Path) -> list[Path]:
               "Accuracy per class (last row: mCA) with the union of every class's relevant features zeroed, against "
               "random sets with the same number of channels per layer, from channels relevant to no class (mean "
               "and 2.5-97.5 percentile interval over seeds).")
+    for sanity in result.sanity:
+        what = ("layers re-initialised cumulatively from the output down (each row: randomised down to that layer)"
+                if sanity.kind == "cascading" else "a model of the same architecture trained on permuted labels")
+        table(f"sanity_{sanity.kind}.csv", sanity.rows(), "sanity", f"Sanity check: {sanity.kind} randomisation",
+              f"Per method, similarity of its maps with {what} to the trained model's maps, for the trained "
+              f"model's predicted class on {sanity.images} images: Spearman rank correlation and SSIM, mean and "
+              "95 % interval over images; a method that explains the model should fall far below 1.")
+        figure(f"sanity_{sanity.kind}.png", _sanity_plot(sanity), "sanity", f"Sanity check: {sanity.kind} "
+               "randomisation", "Similarity of each method's maps to its trained-model maps as the model is "
+               "randomised (band: 95 % interval over images); lines that stay near 1 do not depend on the weights.")
     results = {**result.to_dict(), "tables": tables, "figures": figures}
     write_text(folder / "results.json", json.dumps(_clean(results), indent=1) + "\n")
     write_text(folder / "timings.json", json.dumps({k: round(v, 2) for k, v in result.timings.items()}, indent=1)
@@ -384,3 +426,22 @@ def format_ablation(ab: AblationResult | None, union: UnionAblationResult | None
         lines.append(f"union of {len(union.features)} relevant features ablated: mCA {union.baseline_mca:.3f} -> "
                      f"{union.ablated_mca:.3f} (layer-matched random sets of that size: {random})")
     return lines
+
+
+def format_sanity(result: EvaluationResult) -> str:
+    """The sanity checks' last step per method as a plain-text table ('' without sanity checks)."""
+    lines: list[str] = []
+    for sanity in result.sanity:
+        last = sanity.steps[-1] if sanity.kind == "data" else f"all {len(sanity.steps)} layer groups"
+        lines += ["", f"sanity check, {sanity.kind} randomisation ({last}; {sanity.images} images): similarity to "
+                  "the trained model's maps",
+                  f"{'method':<22} {'Spearman':>8} {'95% CI':>16} {'SSIM':>6} {'95% CI':>16}"]
+        for method in sanity.methods:
+            rho, sim = sanity.final(method)
+            lines.append(f"{method:<22} {_fmt(rho.mean):>8} {_interval(rho):>16} {_fmt(sim.mean):>6} "
+                         f"{_interval(sim):>16}")
+    return "\n".join(lines)
+
+
+def _interval(e: Any) -> str:
+    return "-" if e.low is None else f"[{e.low:.3f}, {e.high:.3f}]"

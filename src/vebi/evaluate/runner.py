@@ -16,7 +16,11 @@ when its value is > 127; a 0/1 mask file counts its non-zero pixels), and comput
   layer-matched random sets of channels relevant to no class (``ablation_seeds`` seeds from
   ``seed``), and the reference set of the last layer's channels with the most classifier evidence;
   the class's own accuracy and the other classes'; and the union of all relevant features against
-  layer-matched random sets of its size.
+  layer-matched random sets of its size;
+- sanity checks (:mod:`vebi.evaluate.sanity`, ``sanity``): the cascading randomisation test of
+  every method's map on ``sanity_images`` images (a seeded class-balanced choice), and with
+  ``random_label_weights`` (weights of the run's architecture trained on permuted labels) the
+  data randomisation test.
 
 Methods: ``vebi`` (the combined map), ``vebi_feature1`` .. ``vebi_feature<k>`` (the heatmap of
 the image's r-th contributing feature alone, from the same pass; an all-zero map where fewer than
@@ -51,6 +55,7 @@ from vebi.errors import VebiError
 from vebi.evaluate.ablation import AblationResult, UnionAblationResult, ablation_study, union_ablation
 from vebi.evaluate.faithfulness import DeletionInsertion, FaithfulnessResult
 from vebi.evaluate.metrics import DEFAULT_THRESHOLDS, Localization, LocalizationResult
+from vebi.evaluate.sanity import SanityResult
 from vebi.models import model_device
 
 __all__ = ["EvaluationResult", "MethodScores", "default_methods", "evaluate_run", "resolve_split"]
@@ -124,6 +129,7 @@ class EvaluationResult:
     ablation: AblationResult | None
     union_ablation: UnionAblationResult | None
     relevant_counts: tuple[int, ...]
+    sanity: tuple[SanityResult, ...] = ()
     timings: dict[str, float] = field(default_factory=dict, compare=False)
 
     def method(self, name: str) -> MethodScores:
@@ -153,6 +159,7 @@ class EvaluationResult:
             "methods": {m.name: m.to_dict() for m in self.methods},
             "ablation": None if self.ablation is None else self.ablation.to_dict(),
             "union_ablation": None if self.union_ablation is None else self.union_ablation.to_dict(),
+            "sanity": [s.to_dict() for s in self.sanity],
         }
 
 
@@ -291,6 +298,9 @@ def evaluate_run(
     ablation_curves: bool = False,
     ablation_batch: int | None = None,
     split: str = "test",
+    sanity: bool = False,
+    sanity_images: int = 16,
+    random_label_weights: str | Path | None = None,
     model: nn.Module | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
@@ -300,7 +310,9 @@ def evaluate_run(
     ``methods``: None for :func:`default_methods`, an empty sequence for none (only the ablation).
     ``model``: the run's network (default: rebuilt from ``run.json``), moved to ``device`` (default:
     where its parameters are, else the CPU). ``data``/``masks`` may be an an8Flower root or a folder
-    with ``<split>/`` sub-folders; the ``split`` folder is used then.
+    with ``<split>/`` sub-folders; the ``split`` folder is used then. ``sanity`` (off by default: on
+    the demo's network and 16 images it costs more than the rest of a 24-image evaluation) needs at
+    least one method; ``random_label_weights`` adds the data randomisation test to it.
     """
     from vebi.methods import build_method, method_names, method_options
     from vebi.methods.cam import default_cam_layer
@@ -309,6 +321,10 @@ def evaluate_run(
     start = time.perf_counter()
     if num_features < 1 or steps < 1 or batch_size < 1 or ablation_seeds < 1:
         raise VebiError("num_features, steps, batch_size and ablation_seeds must be at least 1")
+    if sanity and sanity_images < 1:
+        raise VebiError(f"sanity_images must be at least 1, got {sanity_images}")
+    if random_label_weights is not None and not Path(random_label_weights).is_file():
+        raise VebiError(f"random-label weights {random_label_weights} not found")
     if max_ablation_features is not None and max_ablation_features < 0:
         raise VebiError(f"max_ablation_features must be >= 0, got {max_ablation_features}")
     if ablation_batch is not None and ablation_batch < 1:
@@ -427,6 +443,10 @@ def evaluate_run(
             union = union_ablation(model, ablation_loader, relevance, seeds=seeds, max_batch=ablation_batch,
                                    progress=progress)
         timings["ablation"] = time.perf_counter() - began
+    checks = _sanity_checks(run, model, dataset, built, sanity_images, seed, random_label_weights, batch_size,
+                            progress) if sanity and built else ()
+    if checks:
+        timings["sanity"] = sum(c.seconds for c in checks)
     timings["total"] = time.perf_counter() - start
 
     settings = {
@@ -439,6 +459,8 @@ def evaluate_run(
                               "sum(A * dz_j/dA) over the class's images", "confidence": 0.95, "explained_class": "predicted",
         "mu": relevance.mu, "response": relevance.response, "layers": list(relevance.space.layers),
         "mask_rule": "8-bit mask: value > 127 is inside (0/1 masks: non-zero)", "empty_iou": 1.0,
+        "sanity": bool(checks), "sanity_images": sanity_images if checks else None,
+        "random_label_weights": None if random_label_weights is None else str(random_label_weights),
     }
     return EvaluationResult(
         run=str(run), data=str(images_root), masks=None if masks_root is None else str(masks_root),
@@ -446,5 +468,33 @@ def evaluate_run(
         images=len(indices), correct=int(correct_mask.sum()), accuracy=float(correct_mask.double().mean()),
         class_accuracy=tuple(per_class), network=_network_info(info["model"]), settings=settings,
         methods=tuple(scores), ablation=study, union_ablation=union,
-        relevant_counts=tuple(len(r) for r in ranked), timings=timings,
+        relevant_counts=tuple(len(r) for r in ranked), sanity=tuple(c.result for c in checks), timings=timings,
     )
+
+
+@dataclass(frozen=True)
+class _Timed:
+    result: SanityResult
+    seconds: float
+
+
+def _sanity_checks(run: Any, model: nn.Module, dataset: Any, methods: Sequence[Any], images: int, seed: int,
+                   random_label_weights: str | Path | None, batch_size: int, progress: bool) -> tuple[_Timed, ...]:
+    """The cascading test (and the data test with ``random_label_weights``) on a seeded class-balanced
+    choice of ``images`` images."""
+    from vebi.evaluate.sanity import cascading_randomisation, data_randomisation
+    from vebi.models import load_model
+
+    chosen = _balanced_subset(dataset.targets, images, seed)
+    x = torch.stack([dataset[i][0] for i in chosen]).to(model_device(model))
+    out = []
+    began = time.perf_counter()
+    cascade = cascading_randomisation(model, x, methods, seed=seed, batch_size=batch_size, progress=progress)
+    out.append(_Timed(cascade, time.perf_counter() - began))
+    if random_label_weights is not None:
+        began = time.perf_counter()
+        spec = run.info["model"]
+        other = load_model(spec["spec"], str(random_label_weights), spec.get("args")).to(model_device(model))
+        out.append(_Timed(data_randomisation(model, other, x, methods, batch_size=batch_size),
+                          time.perf_counter() - began))
+    return tuple(out)

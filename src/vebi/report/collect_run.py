@@ -60,7 +60,7 @@ Evaluation (``vebi evaluate``), ``evaluation/``::
 
     results.json  optional; keys read: "accuracy" (float, on the evaluated images),
                   "tables" and "figures": lists of {"file": name, "title": str,
-                  "caption": str, "section": "iou" | "scores" | "ablation" | any other key},
+                  "caption": str, "section": "iou" | "scores" | "ablation" | "sanity" | any other key},
                   and for the generated verdicts and the report's IoU plot (each left out
                   when its numbers are absent, see ``vebi.report.verdict``): "summary",
                   "methods", "ablation", "union_ablation"
@@ -69,7 +69,7 @@ Evaluation (``vebi evaluate``), ``evaluation/``::
     *.png         plots
 
 Without "tables"/"figures" lists every ``*.csv`` / ``*.png`` of the folder is shown, in name
-order, in the section its name suggests ("iou" -> IoU, "ablation" -> ablation, else other
+order, in the section its name suggests ("iou" -> IoU, "ablation" -> ablation, "sanity" -> sanity, else other
 scores), with a caption chosen by keywords of its name.
 """
 
@@ -93,7 +93,7 @@ __all__ = ["ClassView", "EvalGroup", "EvaluationView", "ExplainedFeatureView", "
            "Figure", "LayerView", "MapRef", "Picture", "ReportData", "Table", "collect_run"]
 
 EVAL_SECTIONS: dict[str, str] = {"iou": "IoU with the ground-truth masks", "scores": "Other scores",
-                                 "ablation": "Feature ablation"}
+                                 "ablation": "Feature ablation", "sanity": "Sanity checks"}
 MAX_TABLE_ROWS = 200
 MIN_SHARE = 0.05  # features below this share of the evidence are greyed (unless the record names its own)
 
@@ -510,6 +510,8 @@ def _caption(name: str) -> tuple[str, str]:
 
 def _section(name: str) -> str:
     lower = name.lower()
+    if "sanity" in lower:
+        return "sanity"
     return "iou" if "iou" in lower else "ablation" if "ablation" in lower else "scores"
 
 
