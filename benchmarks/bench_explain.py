@@ -14,7 +14,9 @@ medians of per-repeat times; every method is warmed up first. The FLOP columns
 (``torch.utils.flop_counter``: convolutions and matrix products, forward and backward) give the
 same ratios independently of the machine's load.
 
-    python benchmarks/bench_explain.py [--size 112] [--repeats 5] [--threads N] [--device cpu]
+    python benchmarks/bench_explain.py [--size 112] [--repeats 5] [--threads N] [--device cpu] [--upsample nearest]
+
+``--upsample``: the stride fix's upsampling (default linear; nearest is the authors' demo).
 """
 
 from __future__ import annotations
@@ -80,7 +82,8 @@ def _time(fn, device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
-def measure(batch: int, size: int, repeats: int, device: torch.device, last_only: bool) -> dict[str, float]:
+def measure(batch: int, size: int, repeats: int, device: torch.device, last_only: bool,
+            upsample: str = "linear") -> dict[str, float]:
     from captum.attr import GuidedBackprop
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -91,7 +94,7 @@ def measure(batch: int, size: int, repeats: int, device: torch.device, last_only
     images = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(1)).to(device)
     with torch.no_grad():
         target = model(images).argmax(dim=1)
-    explainer = Explainer(model, relevance, num_features=3)
+    explainer = Explainer(model, relevance, num_features=3, upsample=upsample)
     guided = GuidedBackprop(model)
     cam_targets = [ClassifierOutputTarget(int(t)) for t in target]
 
@@ -137,12 +140,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--upsample", default="linear", choices=("linear", "nearest"))
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(f"ResNet-18, {args.size}x{args.size}, {device}, {torch.get_num_threads()} threads, "
-          f"median of {args.repeats} interleaved repeats")
+          f"median of {args.repeats} interleaved repeats, stride fix upsampling {args.upsample}")
     header = (f"{'features':<12} {'batch':>5} {'explain s':>10} {'GradCAM s':>10} {'GC frozen s':>11} "
               f"{'Captum GBP s':>12} {'/GradCAM':>9} {'/GC frozen':>10} {'/GBP':>6} {'FLOPs /GC':>10} "
               f"{'/GC frozen':>10} {'/GBP':>6}")
@@ -150,7 +154,7 @@ def main() -> None:
     print("-" * len(header))
     for last_only in (False, True):
         for batch in (1, 16):
-            t = measure(batch, args.size, args.repeats, device, last_only)
+            t = measure(batch, args.size, args.repeats, device, last_only, args.upsample)
             f = {k: t[f"{k}_flops"] for k in ("explain", "gradcam", "gradcam_frozen", "captum_gbp")}
             print(f"{'layer4 only' if last_only else 'all blocks':<12} {batch:>5} {t['explain']:>10.4f} "
                   f"{t['gradcam']:>10.4f} {t['gradcam_frozen']:>11.4f} {t['captum_gbp']:>12.4f} "

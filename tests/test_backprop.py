@@ -171,8 +171,11 @@ def test_stride_fix_on_a_one_dimensional_strided_conv_hand_computed():
     x, g = row(*range(6)), row(1, 2, 3)
     # plain transposed conv writes g_j * [1, 2] at positions 2j, 2j + 1
     assert backward_row(model, x, bp.gradient_rules(), "0", g) == [1, 2, 2, 4, 3, 6]
-    # fix: g upsampled to the stride-1 length 5 -> [1, 1, 2, 2, 3], transposed conv with stride 1
-    assert backward_row(model, x, bp.gradient_rules(stride_fix=True), "0", g) == [1, 3, 4, 6, 7, 6]
+    # nearest fix: g upsampled to the stride-1 length 5 -> [1, 1, 2, 2, 3], transposed conv with stride 1
+    nearest = bp.gradient_rules(stride_fix=True, upsample="nearest")
+    assert backward_row(model, x, nearest, "0", g) == [1, 3, 4, 6, 7, 6]
+    # linear fix (default): cell i at position 2i, in between interpolated -> [1, 1.5, 2, 2.5, 3]
+    assert backward_row(model, x, bp.gradient_rules(stride_fix=True), "0", g) == [1, 3.5, 5, 6.5, 8, 6]
 
 
 def test_stride_fix_when_the_stride_does_not_divide_the_stride_one_length():
@@ -181,20 +184,29 @@ def test_stride_fix_when_the_stride_does_not_divide_the_stride_one_length():
         conv.weight.copy_(torch.tensor([1.0, 2.0, 3.0]).view(1, 1, 1, 3))
     model = nn.Sequential(conv)
     # W = 7 -> 4 outputs; stride-1 length 7; upsampled [1, 1, 2, 2, 3, 3, 4] (the 8th copy is cropped)
-    got = backward_row(model, row(*range(7)), bp.guided_rules(stride_fix=True), "0", row(1, 2, 3, 4))
-    assert got == [3, 7, 9, 13, 15, 19, 17]
+    nearest = bp.guided_rules(stride_fix=True, upsample="nearest")
+    assert backward_row(model, row(*range(7)), nearest, "0", row(1, 2, 3, 4)) == [3, 7, 9, 13, 15, 19, 17]
+    # linear: cells at 0, 2, 4, 6 -> [1, 1.5, 2, 2.5, 3, 3.5, 4]; out[i] = 2 u[i] + 3 u[i - 1] + u[i + 1]
+    linear = bp.guided_rules(stride_fix=True)
+    assert backward_row(model, row(*range(7)), linear, "0", row(1, 2, 3, 4)) == [3.5, 8, 11, 14, 17, 20, 18.5]
 
 
-def _fix_by_definition(g, weight, size, stride, padding, dilation, groups):
+def _fix_by_definition(g, weight, size, stride, padding, dilation, groups, upsample):
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
     kh, kw = weight.shape[-2:]
     h1, w1 = size[0] + 2 * ph - dh * (kh - 1), size[1] + 2 * pw - dw * (kw - 1)
-    up = g[..., torch.arange(h1) // sh, :][..., torch.arange(w1) // sw]
+    if upsample == "nearest":
+        up = g[..., torch.arange(h1) // sh, :][..., torch.arange(w1) // sw]
+    else:  # cell i at stride-1 position s i: corner-aligned interpolation, the last cell held up to H1
+        ho, wo = g.shape[-2:]
+        up = F.interpolate(g, size=(sh * (ho - 1) + 1, sw * (wo - 1) + 1), mode="bilinear", align_corners=True)
+        up = F.pad(up, (0, w1 - up.shape[-1], 0, h1 - up.shape[-2]), mode="replicate")
     return F.conv_transpose2d(up, weight, None, 1, (ph, pw), 0, groups, (dh, dw))
 
 
+@pytest.mark.parametrize("upsample", ["linear", "nearest"])
 @pytest.mark.parametrize("route", ["polyphase", "transposed"])
-def test_stride_fix_equals_its_definition_for_any_stride_padding_dilation_groups(route, monkeypatch):
+def test_stride_fix_equals_its_definition_for_any_stride_padding_dilation_groups(route, upsample, monkeypatch):
     # both ways of computing the fix (chosen by input channels) must equal the definition
     monkeypatch.setattr(stride_fix, "_POLYPHASE_MAX_IN", 10**6 if route == "polyphase" else 0)
     rng = random.Random(0)
@@ -209,11 +221,61 @@ def test_stride_fix_equals_its_definition_for_any_stride_padding_dilation_groups
             continue
         conv = nn.Conv2d(2 * groups, groups, (kh, kw), (sh, sw), (ph, pw), (dh, dw), groups).double()
         x = torch.randn(2, 2 * groups, h, w, dtype=torch.float64)
-        fw = bp.forward_with_rules(nn.Sequential(conv), x, bp.gradient_rules(stride_fix=True), ["0"])
+        rules = bp.gradient_rules(stride_fix=True, upsample=upsample)
+        fw = bp.forward_with_rules(nn.Sequential(conv), x, rules, ["0"])
         g = torch.randn_like(fw.activations["0"])
-        expected = _fix_by_definition(g, conv.weight.detach(), (h, w), (sh, sw), (ph, pw), (dh, dw), groups)
+        expected = _fix_by_definition(g, conv.weight.detach(), (h, w), (sh, sw), (ph, pw), (dh, dw), groups, upsample)
         torch.testing.assert_close(fw.backward({"0": g}), expected, rtol=1e-10, atol=1e-10)
         checked += 1
+
+
+def _averaging(model: nn.Module) -> nn.Module:
+    """Every conv an average over its window (weights 1 / fan-in, no bias): on a positive input every
+    activation is positive, so every rectifier passes the signal and only the geometry of the
+    convolutions and of the stride fix shapes the backward signal."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.fill_(1.0 / m.weight[0].numel())
+                if m.bias is not None:
+                    m.bias.zero_()
+    return model.eval()
+
+
+@pytest.mark.parametrize(("arch", "layers"), [("mobilenet_v2", ("features.7", "features.14")),
+                                              ("resnet18", ("layer2", "layer4"))])
+def test_stride_fix_keeps_a_centred_impulse_centred_and_within_its_receptive_field(arch, layers):
+    # 193 px: every map has odd size and the centre unit's field is centred on the image, so a
+    # border cannot pull the signal; the deeper layer lies after every strided layer of the net
+    from vebi.interpretation.receptive import receptive_field
+
+    model = _averaging(getattr(torchvision.models, arch)(weights=None))
+    size = 193
+    x = 1e-3 * (0.5 + torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)))  # ReLU6 stays < 6
+    offsets = {}
+    for upsample in ("linear", "nearest"):
+        fw = bp.forward_with_rules(model, x, bp.gradient_rules(stride_fix=True, upsample=upsample), layers)
+        for layer in layers:
+            act = fw.activations[layer]
+            c = act.shape[-1] // 2
+            seed = torch.zeros_like(act)
+            seed[0, :, c, c] = 1.0
+            signal = fw.backward({layer: seed})[0].abs().sum(0).double()
+            field = receptive_field(model, layer)
+            top, left, bottom, right = field.box(c, c, (size, size))
+            coords = torch.arange(size, dtype=torch.float64)
+            total = signal.sum()
+            centroid = (float(signal.sum(1) @ coords / total), float(signal.sum(0) @ coords / total))
+            offsets[upsample, layer] = max(abs(a - b) for a, b in zip(centroid, field.center(c, c)))
+            outside = 1 - float(signal[top:bottom, left:right].sum() / total)
+            if upsample == "linear":
+                # interpolated positions lie between two units, so their windows reach (s - 1) pixels
+                # past either unit's: a thin fringe of the signal leaves the theoretical field
+                assert outside < 0.01, (layer, outside)
+    print({k: round(v, 3) for k, v in offsets.items()})
+    for layer in layers:
+        assert offsets["linear", layer] <= 0.5
+        assert offsets["nearest", layer] > 2  # (s - 1) / 2 input pixels of each strided layer, down-right
 
 
 def test_stride_fix_follows_weights_changed_in_place():
@@ -222,10 +284,10 @@ def test_stride_fix_follows_weights_changed_in_place():
     x, g = row(*range(6)), row(1, 2, 3)
     with torch.no_grad():
         conv.weight.copy_(torch.tensor([1.0, 2.0]).view(1, 1, 1, 2))
-    assert backward_row(model, x, bp.gradient_rules(stride_fix=True), "0", g) == [1, 3, 4, 6, 7, 6]
+    assert backward_row(model, x, bp.gradient_rules(stride_fix=True), "0", g) == [1, 3.5, 5, 6.5, 8, 6]
     with torch.no_grad():
         conv.weight.mul_(-1)  # the backward reads the weights as they are now
-    assert backward_row(model, x, bp.gradient_rules(stride_fix=True), "0", g) == [-1, -3, -4, -6, -7, -6]
+    assert backward_row(model, x, bp.gradient_rules(stride_fix=True), "0", g) == [-1, -3.5, -5, -6.5, -8, -6]
 
 
 def test_stride_one_convolutions_keep_the_plain_backward():

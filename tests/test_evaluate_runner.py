@@ -8,6 +8,7 @@ runner's bookkeeping can be checked against known numbers.
 
 from __future__ import annotations
 
+import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,7 +171,20 @@ def test_runner_scores_every_method_and_the_ablation(tiny, test_methods, tmp_pat
     assert saved["methods"]["blank"]["blank_maps"] == n
     assert [row["method"] for row in saved["summary"]] == names
     listed = {e["file"] for e in saved["tables"] + saved["figures"]}
-    assert listed == {p.name for p in files} - {"results.json", "timings.json"}
+    assert listed == {p.name for p in files} - {"results.json", "timings.json", "per_image.csv"}
+    # per-image scores: every image once per method, pairing methods by image; they average to the summary
+    with (tmp_path / "out" / "per_image.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    for name in ("vebi", "oracle", "blank"):
+        mine = [r for r in rows if r["method"] == name]
+        assert len({r["image"] for r in mine}) == len(mine) == n
+        ok = [r for r in mine if r["subset"] == "correct"]
+        assert len(ok) == correct and all(r["label"] == r["predicted"] for r in ok)
+        loc = result.method(name).correct
+        assert sum(float(r["iou_mean"]) for r in ok) / correct == pytest.approx(loc.iou.mean_over_thresholds.mean,
+                                                                               abs=1e-5)
+        assert sum(float(r["iou_best_threshold"]) for r in ok) / correct == pytest.approx(loc.iou.best.mean, abs=1e-5)
+        assert sum(float(r["mass_in_mask"]) for r in ok) / correct == pytest.approx(loc.mass_in_mask.mean, abs=1e-5)
     assert {"scores.csv", "iou_summary.csv", "iou_vs_threshold.png", "ablation.png", "ablation_summary.csv",
             "ablation_sets.csv", "ablation_union.csv", "deletion_insertion.png"} <= listed
     assert all((tmp_path / "out" / f).stat().st_size > 0 for f in listed)

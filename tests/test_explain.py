@@ -56,8 +56,25 @@ def test_contributions_order_shares_and_heatmaps_hand_computed():
     # seed = the channel's own map; guided ReLU passes it; identity conv; min-max
     assert e.features[0].heatmap.flatten().tolist() == pytest.approx([1 / 3, 0, 1])
     assert e.features[1].heatmap.flatten().tolist() == pytest.approx([0, 1, 0.5])
-    assert e.combined.flatten().tolist() == pytest.approx([1 / 3, 1, 1])
+    # share-weighted: 0.8 [1/3, 0, 1] + 0.2 [0, 1, 0.5] = [4/15, 1/5, 9/10], min-max -> [2/21, 0, 1]
+    assert e.combined.flatten().tolist() == pytest.approx([2 / 21, 0, 1])
     assert e.method == "vebi" and e.settings["stride_fix"] and e.versions["torch"] == torch.__version__
+    assert (e.settings["combine"], e.settings["min_share"], e.settings["upsample"]) == ("share", 0.05, "linear")
+
+
+def test_combinations_max_and_share_with_a_share_floor_hand_computed():
+    (paper,) = Explainer(hand_model(), hand_relevance(), combine="max", upsample="nearest")(IMAGE)
+    assert paper.combined.flatten().tolist() == pytest.approx([1 / 3, 1, 1])  # max of the two maps
+    assert (paper.settings["combine"], paper.settings["min_share"], paper.settings["upsample"]) == ("max", None, "nearest")
+    # feature 1 holds 0.2 of the evidence: under a floor of 0.25 it is left out -> minmax(0.8 [1/3, 0, 1])
+    (floored,) = Explainer(hand_model(), hand_relevance(), min_share=0.25)(IMAGE)
+    assert floored.combined.flatten().tolist() == pytest.approx([1 / 3, 0, 1])
+    # the top feature counts even under the floor
+    (top,) = Explainer(hand_model(), hand_relevance(), min_share=0.9)(IMAGE)
+    assert top.combined.flatten().tolist() == pytest.approx([1 / 3, 0, 1])
+    for bad in ({"combine": "mean"}, {"min_share": 1.0}, {"upsample": "cubic"}):
+        with pytest.raises(VebiError):
+            Explainer(hand_model(), hand_relevance(), **bad)
 
 
 def test_target_keeps_only_positive_contributions_and_top_k_limits():

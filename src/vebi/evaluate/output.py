@@ -11,6 +11,8 @@ Files (all written atomically)::
                                     threshold, pointing, mass in mask        (with masks)
     iou_curves.csv                  per method, subset and threshold: mean IoU and 95 % interval
     iou_vs_threshold.png            IoU vs threshold per method, correct (and wrong) images
+    per_image.csv                   per method and image: IoU (mean over thresholds, at the method's
+                                    best threshold), pointing, mass in mask (paired comparisons)
     deletion_insertion_curves.csv   per method and step: mean class probability
     deletion_insertion.png          the two curves per method
     ablation_summary.csv            per class (and their mean): its positive, negative and reference
@@ -301,6 +303,8 @@ def write_evaluation(result: EvaluationResult, out: str | Path) -> list[Path]:
               "so optimistic), pointing game and heatmap mass inside the mask; higher is better.")
         table("iou_curves.csv", curves, "iou", "IoU per threshold",
               "Mean IoU and 95 % interval over images at each threshold of the [0, 1]-normalised heatmap.")
+        write_text(folder / "per_image.csv", _csv_text(list(result.per_image)))
+        written.append(folder / "per_image.csv")
         figure("iou_vs_threshold.png", _iou_plot(result), "iou", "IoU vs threshold",
                "Each line is one method's mean IoU between its thresholded heatmap and the ground-truth mask "
                "(band: 95 % interval over images); a higher curve localises the class-deciding part better.")

@@ -131,6 +131,7 @@ class EvaluationResult:
     relevant_counts: tuple[int, ...]
     sanity: tuple[SanityResult, ...] = ()
     timings: dict[str, float] = field(default_factory=dict, compare=False)
+    per_image: tuple[dict[str, Any], ...] = field(default=(), compare=False)
 
     def method(self, name: str) -> MethodScores:
         for m in self.methods:
@@ -419,6 +420,8 @@ def evaluate_run(
     overall.close()
 
     scores = []
+    per_image: list[dict[str, Any]] = []
+    files = [str(Path(dataset.samples[i][0]).relative_to(images_root)) for i in indices]
     for name in names:
         results: dict[str, LocalizationResult | None] = dict.fromkeys(SUBSETS)
         if mask_files is not None:
@@ -427,6 +430,7 @@ def evaluate_run(
                 if acc[subset_name].count:
                     results[subset_name] = acc[subset_name].compute()
             results["all"] = acc["correct"].merge(acc["wrong"]).compute()
+            per_image += _per_image_rows(name, acc, results["correct"], correct_mask, files, truth, predicted)
         scores.append(MethodScores(name, results["correct"], results["wrong"], results["all"],
                                    faithfulness[name].compute(), blank[name]))
 
@@ -469,6 +473,7 @@ def evaluate_run(
         class_accuracy=tuple(per_class), network=_network_info(info["model"]), settings=settings,
         methods=tuple(scores), ablation=study, union_ablation=union,
         relevant_counts=tuple(len(r) for r in ranked), sanity=tuple(c.result for c in checks), timings=timings,
+        per_image=tuple(per_image),
     )
 
 
@@ -498,3 +503,23 @@ def _sanity_checks(run: Any, model: nn.Module, dataset: Any, methods: Sequence[A
         out.append(_Timed(data_randomisation(model, other, x, methods, batch_size=batch_size),
                           time.perf_counter() - began))
     return tuple(out)
+
+
+def _per_image_rows(name: str, acc: dict[str, Localization], correct: LocalizationResult | None, ok: Tensor,
+                    files: Sequence[str], truth: Tensor, predicted: Tensor) -> list[dict[str, Any]]:
+    """One row per image of method ``name``: IoU averaged over thresholds and at the method's best
+    threshold on the correctly classified images, pointing hit, mass in mask (paired comparisons
+    between methods use these)."""
+    rows = []
+    best = None if correct is None else correct.iou.thresholds.index(correct.iou.best_threshold)
+    for subset, positions in (("correct", torch.nonzero(ok).flatten()), ("wrong", torch.nonzero(~ok).flatten())):
+        loc = acc[subset]
+        if not loc.count:
+            continue
+        iou, hits, mass = loc.iou.per_image(), loc.pointing.per_image(), loc.mass.per_image()
+        for r, i in enumerate(positions.tolist()):
+            rows.append({"method": name, "image": files[i], "subset": subset, "label": int(truth[i]),
+                         "predicted": int(predicted[i]), "iou_mean": float(iou[r].mean()),
+                         "iou_best_threshold": None if best is None else float(iou[r, best]),
+                         "pointing": float(hits[r]), "mass_in_mask": float(mass[r])})
+    return rows

@@ -28,7 +28,7 @@ from torch.overrides import TorchFunctionMode
 
 from vebi.errors import VebiError
 from vebi.explanation.rules import OPERATIONS, ArgmaxPool, DeconvReLU, GuidedReLU, OpCall, Rule, RuleMap
-from vebi.explanation.stride_fix import StrideFixConv
+from vebi.explanation.stride_fix import StrideFixConv, check_upsample
 from vebi.hooks import HookHandles, preserve_model
 from vebi.layers import named_layers
 
@@ -50,35 +50,38 @@ __all__ = [
 
 GUIDED = GuidedReLU()
 DECONV = DeconvReLU()
-STRIDE_FIX = StrideFixConv()
 ARGMAX_POOL = ArgmaxPool()
 
 
-def _preset(rectifier: Rule | None, stride_fix: bool, pool_fix: bool, functional: bool) -> RuleMap:
+def _preset(rectifier: Rule | None, stride_fix: bool, pool_fix: bool, functional: bool, upsample: str) -> RuleMap:
+    check_upsample(upsample)
     types: dict[type[nn.Module], Rule] = {}
     if rectifier is not None:
         types[nn.ReLU] = rectifier
         types[nn.ReLU6] = rectifier
     if stride_fix:
-        types[nn.Conv2d] = STRIDE_FIX
+        types[nn.Conv2d] = StrideFixConv(upsample)
     if pool_fix:
         types[nn.MaxPool2d] = ARGMAX_POOL
     return RuleMap(types=types, functional=functional)
 
 
-def guided_rules(*, stride_fix: bool = False, pool_fix: bool = False, functional: bool = True) -> RuleMap:
-    """Guided ReLU on every ReLU/ReLU6; ``stride_fix=True`` gives the method's backward pass."""
-    return _preset(GUIDED, stride_fix, pool_fix, functional)
+def guided_rules(*, stride_fix: bool = False, pool_fix: bool = False, functional: bool = True,
+                 upsample: str = "linear") -> RuleMap:
+    """Guided ReLU on every ReLU/ReLU6; ``stride_fix=True`` gives the method's backward pass
+    (``upsample``: the stride fix's ``"linear"`` or ``"nearest"`` upsampling)."""
+    return _preset(GUIDED, stride_fix, pool_fix, functional, upsample)
 
 
-def deconvnet_rules(*, stride_fix: bool = False, pool_fix: bool = False, functional: bool = True) -> RuleMap:
+def deconvnet_rules(*, stride_fix: bool = False, pool_fix: bool = False, functional: bool = True,
+                    upsample: str = "linear") -> RuleMap:
     """Deconvnet ReLU (max(g, 0)) on every ReLU/ReLU6."""
-    return _preset(DECONV, stride_fix, pool_fix, functional)
+    return _preset(DECONV, stride_fix, pool_fix, functional, upsample)
 
 
-def gradient_rules(*, stride_fix: bool = False, pool_fix: bool = False) -> RuleMap:
+def gradient_rules(*, stride_fix: bool = False, pool_fix: bool = False, upsample: str = "linear") -> RuleMap:
     """Plain gradient, optionally with the stride fix and/or the pooling variant."""
-    return _preset(None, stride_fix, pool_fix, False)
+    return _preset(None, stride_fix, pool_fix, False, upsample)
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,9 +14,17 @@ Each kept feature (l, f) gets a heatmap: a backward pass from layer l seeded wit
 feature's own activation map A_{l,f} (all other channels zero) through guided-backprop ReLUs
 and, by default, the stride fix for strided convolutions (:mod:`vebi.explanation.backward`); the
 input-space signal is post-processed by :func:`vebi.explanation.postprocess.postprocess_gradient`
-(positive part, L2 over colour channels, min-max to [0, 1]). The combined explanation is
-the pixel-wise maximum of the k maps. A batch costs one forward pass; the k backward passes
-reuse its graph, each one serving the whole batch.
+(positive part, L2 over colour channels, min-max to [0, 1]). The combined explanation of the
+kept maps h_f (``combine``):
+
+* ``"share"`` (default): each map weighted by its feature's share a_f = r_f / sum_{r_f' > 0} r_f',
+  features with a_f < ``min_share`` (default :data:`MIN_SHARE`) left out (the top feature always
+  counts), then min-max to [0, 1]:  c = minmax(sum_f a_f [a_f >= min_share] h_f);
+* ``"max"`` (the authors' demo): c = max_f h_f, which draws a feature with 1 % of the evidence as
+  strongly as the main one.
+
+A batch costs one forward pass; the k backward passes reuse its graph, each one serving the
+whole batch.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from torch import Tensor, nn
 from vebi import __version__
 from vebi.explanation.backward import forward_with_rules, guided_rules
 from vebi.explanation.rules import RuleMap
-from vebi.explanation.postprocess import postprocess_gradient
+from vebi.explanation.postprocess import minmax, postprocess_gradient
 from vebi.explanation.result import ExplainedFeature, Explanation, resolve_targets
 from vebi.errors import VebiError
 from vebi.hooks import preserve_model
@@ -40,7 +48,10 @@ from vebi.models import model_device
 from vebi.core.relevance import Relevance
 from vebi.core.responses import responses
 
-__all__ = ["Explainer", "top_contributions"]
+__all__ = ["COMBINE_MODES", "MIN_SHARE", "Explainer", "combine_maps", "top_contributions"]
+
+COMBINE_MODES = ("share", "max")
+MIN_SHARE = 0.05  # features with less of the positive evidence are left out of the share-weighted map
 
 Target = None | int | str | Sequence[int | str] | Tensor
 
@@ -50,7 +61,8 @@ class Explainer:
 
     ``explainer(images (B, C, H, W), target=None)`` returns one :class:`Explanation` per image.
     ``target``: None (the predicted class), a class index or name for every image, or one per
-    image. ``num_features`` features with r > 0 are kept; ``stride_fix`` / ``pool_fix`` switch the
+    image. ``num_features`` features with r > 0 are kept; ``combine`` / ``min_share`` choose how
+    their maps are combined (module docstring); ``stride_fix`` / ``pool_fix`` / ``upsample`` set the
     backward rules (see :mod:`vebi.explanation.backward`), ``rules`` replaces them altogether.
     ``interpretation_dir``: a run folder (or its ``interpretation`` folder) whose average-crop
     images are linked from the features. The model is used in eval mode and is left exactly
@@ -65,16 +77,27 @@ class Explainer:
         num_features: int = 3,
         stride_fix: bool = True,
         pool_fix: bool = False,
+        upsample: str = "linear",
+        combine: str = "share",
+        min_share: float = MIN_SHARE,
         interpretation_dir: str | os.PathLike[str] | None = None,
         rules: RuleMap | None = None,
     ) -> None:
         if num_features < 1:
             raise VebiError(f"num_features must be at least 1, not {num_features}")
+        if combine not in COMBINE_MODES:
+            raise VebiError(f"combine must be one of {', '.join(COMBINE_MODES)}, not {combine!r}")
+        if not 0 <= min_share < 1:
+            raise VebiError(f"min_share must be in [0, 1), not {min_share}")
         self.model = model
         self.relevance = relevance
         self.num_features = int(num_features)
-        self.rules = rules if rules is not None else guided_rules(stride_fix=stride_fix, pool_fix=pool_fix)
+        self.combine, self.min_share = combine, float(min_share)
+        self.rules = rules if rules is not None else guided_rules(stride_fix=stride_fix, pool_fix=pool_fix,
+                                                                  upsample=upsample)
         self.settings = {"num_features": self.num_features, "stride_fix": bool(stride_fix), "pool_fix": bool(pool_fix),
+                         "upsample": upsample if stride_fix else None, "combine": combine,
+                         "min_share": self.min_share if combine == "share" else None,
                          "rules": "custom" if rules is not None else "guided_backprop",
                          "response": relevance.response, "mu": relevance.mu}
         self.method = "vebi" if stride_fix else "vebi_nofix"
@@ -144,8 +167,9 @@ class Explainer:
                     seeds[f.layer][b, f.channel] = act[b, f.channel].detach()
                 signal = fw.backward(seeds)
                 heat[rows, s] = postprocess_gradient(signal[rows]).cpu()
-        combined = heat.amax(dim=1) if k else torch.zeros(batch, height, width)
         positive = r.clamp(min=0).sum(dim=1).clamp(min=torch.finfo(torch.float64).tiny)
+        shares = (values.clamp(min=0) / positive[:, None]).cpu()
+        combined = combine_maps(heat, shares, self.combine, self.min_share)
         return {"predicted": predicted.cpu(), "probs": probs.cpu(), "targets": targets.cpu(), "x": x.cpu(),
                 "w": w.cpu(), "values": values.cpu(), "indices": indices.cpu(), "kept": kept.cpu(),
                 "positive": positive.cpu(), "heat": heat, "combined": combined}
@@ -169,6 +193,18 @@ def top_contributions(x: Tensor, weights: Tensor, targets: Tensor, k: int) -> tu
         values = torch.cat([values, values.new_zeros(values.shape[0], pad)], dim=1)
         indices = torch.cat([indices, indices.new_zeros(indices.shape[0], pad)], dim=1)
     return w, r, values, indices
+
+
+def combine_maps(heat: Tensor, shares: Tensor, combine: str = "share", min_share: float = MIN_SHARE) -> Tensor:
+    """Combined map (B, H, W) of the feature maps ``heat`` (B, k, H, W) in [0, 1], features in
+    descending order of contribution, ``shares`` (B, k) their shares of the positive evidence (0
+    for a feature not kept): ``"max"`` -> max_f h_f; ``"share"`` -> minmax(sum_f a_f h_f) with
+    a_f = share_f where share_f >= ``min_share`` or f is the first feature, else 0."""
+    if combine == "max":
+        return heat.amax(dim=1) if heat.shape[1] else heat.new_zeros(heat.shape[0], *heat.shape[2:])
+    weights = shares.to(heat.dtype) * (shares >= min_share)
+    weights[:, :1] = shares[:, :1].to(heat.dtype)
+    return minmax((weights[:, :, None, None] * heat).sum(dim=1))
 
 
 def _interpretation_links(folder: str | os.PathLike[str], relevance: Relevance) -> dict[tuple[int | None, int], str]:

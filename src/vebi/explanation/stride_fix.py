@@ -3,6 +3,15 @@
 A stride-s transposed convolution writes only every s-th pixel of its output. The fix instead
 upsamples the signal from the strided output size to the size a stride-1 convolution would
 produce, then applies the stride-1 transposed convolution with the same weights and padding.
+
+Strided output cell i is the stride-1 output at position s i, so that is where its signal
+belongs. Two upsamplings (per axis, stride-1 position j, u the upsampled signal):
+
+* ``"linear"`` (default): linear interpolation between the cells' positions,
+  u[j] = (1 - t) g[q] + t g[q + 1] with q = floor(j / s), t = j / s - q (the last cell held
+  beyond its position); the signal stays where the strided conv computed it;
+* ``"nearest"`` (the authors' demo): u[j] = g[floor(j / s)], which moves every cell's signal
+  (s - 1) / 2 positions down/right and leaves s x s blocks.
 """
 
 from __future__ import annotations
@@ -14,71 +23,97 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from vebi.errors import VebiError
 from vebi.explanation.rules import OpCall, Rule, as_pair
 
-__all__ = ["StrideFixConv", "stride_fix_kernel", "stride_fixed_conv_input_grad"]
+__all__ = ["UPSAMPLE_MODES", "StrideFixConv", "check_upsample", "stride_fix_kernel", "stride_fixed_conv_input_grad",
+           "upsample_kernel"]
+
+UPSAMPLE_MODES = ("linear", "nearest")
+
+
+def check_upsample(mode: str) -> str:
+    """``mode`` if it is one of :data:`UPSAMPLE_MODES`, else a VebiError."""
+    if mode not in UPSAMPLE_MODES:
+        raise VebiError(f"upsample must be one of {', '.join(UPSAMPLE_MODES)}, not {mode!r}")
+    return mode
+
+
+def upsample_kernel(s: int, mode: str) -> tuple[list[float], int]:
+    """The 1-D upsampling as a stride-s transposed conv: taps and the offset of the first one.
+
+    Cell i adds taps[u] g[i] at position s i + first + u: nearest a box of s ones at offset 0,
+    linear the triangle (s - |m|) / s, m = -(s - 1) .. s - 1.
+    """
+    if check_upsample(mode) == "nearest":
+        return [1.0] * s, 0
+    return [(s - abs(m)) / s for m in range(-(s - 1), s)], -(s - 1)
+
 
 def stride_fixed_conv_input_grad(
     g: Tensor, weight: Tensor, input_size: tuple[int, int],
-    stride: Any, padding: Any, dilation: Any, groups: int,
+    stride: Any, padding: Any, dilation: Any, groups: int, upsample: str = "linear",
 ) -> Tensor:
     """Backward of a strided conv with the stride fix.
 
     For input size H, kernel k, padding p, dilation d, stride s: the stride-1 output size is
-    H1 = H + 2p - d(k - 1). The signal g (B, C_out, H_out, W_out) is nearest-upsampled to
-    (H1, W1) -- stride-1 position i takes strided cell floor(i / s) -- and passed through
-    the transposed conv with stride 1 and the same weights, padding, dilation and groups,
-    which gives back (B, C_in, H, W).
+    H1 = H + 2p - d(k - 1). The signal g (B, C_out, H_out, W_out) is upsampled to (H1, W1)
+    (``upsample``, see the module docstring) and passed through the transposed conv with
+    stride 1 and the same weights, padding, dilation and groups, which gives back (B, C_in, H, W).
 
-    Computed without the full-resolution conv: upsampling by s is a stride-s transposed conv
-    with an s x s box, so the two steps are one stride-s transposed conv with the kernel
-    K = box_s * dilate_d(w) (size d(k - 1) + s). Two equal ways to run it, whichever is faster:
+    Computed without the full-resolution conv: either upsampling is a stride-s transposed conv
+    with a small kernel u (:func:`upsample_kernel`; separable), so the two steps are one stride-s
+    transposed conv with the kernel K = u * dilate_d(w). Two equal ways to run it, whichever is
+    faster:
 
     * few input channels (an image-input layer): the polyphase form -- output phase
       (a, b) of a stride-s transposed conv with K is a stride-1 *forward* conv of g with the
       flipped sub-kernel K[a::s, b::s], so one conv2d with C_in s_h s_w outputs and a pixel
       shuffle give it (a backward-data conv that produces 3 channels is slow on CPUs);
     * otherwise: convolutions commute, so it is the plain transposed conv Y = conv_T_s(g, w)
-      followed by an s x s box sum at input resolution, gx[i] = sum_{a < s} Y[i + p - a].
+      followed by the separable filter u at input resolution, gx[i] = sum_m u[m] Y[i + p - m].
 
-    The upsampled rows/columns beyond H1/W1 (present when s does not divide H1) are then
-    subtracted again: two thin bands.
+    That computes the transposed conv of the upsampling on the unbounded grid; where it differs
+    from the upsampled signal on [0, H1) x [0, W1) (rows and columns at the borders: beyond H1,
+    W1, and for linear before 0 and the last cell held) the difference is added through the
+    stride-1 transposed conv: thin bands.
     """
     (sh, sw), (ph, pw), (dh, dw) = as_pair(stride), as_pair(padding), as_pair(dilation)
     (h, w), (kh, kw) = input_size, weight.shape[-2:]
     h1, w1 = h + 2 * ph - dh * (kh - 1), w + 2 * pw - dw * (kw - 1)
     ho, wo = g.shape[-2:]
+    (taps_h, first_h), (taps_w, first_w) = upsample_kernel(sh, upsample), upsample_kernel(sw, upsample)
     if groups == 1 and weight.shape[1] <= _POLYPHASE_MAX_IN:
-        gx = _polyphase_transposed_conv(g, stride_fix_kernel(weight, (sh, sw), (dh, dw)), (sh, sw))
-        gx = gx.narrow(-2, ph, h).narrow(-1, pw, w)
+        kernel = stride_fix_kernel(weight, (sh, sw), (dh, dw), upsample)
+        gx = _polyphase_transposed_conv(g, kernel, (sh, sw))
+        gx = gx.narrow(-2, ph - first_h, h).narrow(-1, pw - first_w, w)
     else:
         y = F.conv_transpose2d(g, weight, None, (sh, sw), 0, 0, groups, (dh, dw))
-        # y_pad[j] = y[j - (s - 1)], long enough for the last window (rows p + s - 1 + h - 1)
-        y = F.pad(y, (sw - 1, max(0, pw + w - y.shape[-1]), sh - 1, max(0, ph + h - y.shape[-2])))
-        gx = _box_sum(_box_sum(y, sh, ph, h, -2), sw, pw, w, -1)
-    extra_h, extra_w = ho * sh - h1, wo * sw - w1
-    if extra_h > 0:  # rows h1 .. ho*sh-1 of the upsampled signal: copies of the last row of cells
-        band = g[..., -1:, :].expand(*g.shape[:-2], extra_h, wo).repeat_interleave(sw, dim=-1)
-        corr = F.conv_transpose2d(band, weight, None, 1, (0, pw), 0, groups, (dh, dw)).narrow(-1, 0, w)
-        _subtract_rows(gx, corr, h1 - ph)
-    if extra_w > 0:  # columns w1 .. wo*sw-1, rows 0 .. h1-1
-        band = g[..., -1:].expand(*g.shape[:-1], extra_w).repeat_interleave(sh, dim=-2).narrow(-2, 0, h1)
-        corr = F.conv_transpose2d(band, weight, None, 1, (ph, 0), 0, groups, (dh, dw)).narrow(-2, 0, h)
-        _subtract_rows(gx.transpose(-1, -2), corr.transpose(-1, -2), w1 - pw)
+        gx = _separable_sum(y, (taps_h, first_h, ph, h), (taps_w, first_w, pw, w))
+    conv = (weight, (ph, pw), (dh, dw), groups)
+    full_rows = (first_h, sh * (ho - 1) + first_h + len(taps_h))
+    for rows in _border_ranges(sh, ho, h1, upsample, first_h):  # (exact rows) - (unbounded rows), exact columns
+        band = _upsampled(g, -2, sh, upsample, rows, h1) - _upsampled(g, -2, sh, upsample, rows)
+        _add_transposed(gx, _upsampled(band, -1, sw, upsample, (0, w1), w1), (rows[0], 0), *conv)
+    for cols in _border_ranges(sw, wo, w1, upsample, first_w):  # unbounded rows, (exact - unbounded) columns
+        band = _upsampled(g, -1, sw, upsample, cols, w1) - _upsampled(g, -1, sw, upsample, cols)
+        _add_transposed(gx, _upsampled(band, -2, sh, upsample, full_rows), (full_rows[0], cols[0]), *conv)
     return gx
 
 
 _POLYPHASE_MAX_IN = 8  # input channels up to which the polyphase route is the faster one (CPU, measured)
 
 
-def stride_fix_kernel(weight: Tensor, stride: tuple[int, int], dilation: tuple[int, int]) -> Tensor:
-    """K = box_s * dilate_d(w): the dilated kernel summed over all s_h x s_w shifts."""
+def stride_fix_kernel(weight: Tensor, stride: tuple[int, int], dilation: tuple[int, int],
+                      upsample: str = "linear") -> Tensor:
+    """K = u * dilate_d(w): the dilated kernel fully convolved with the separable upsampling kernel u."""
     (sh, sw), (dh, dw) = stride, dilation
     kh, kw = weight.shape[-2:]
     dilated = weight.new_zeros(*weight.shape[:2], dh * (kh - 1) + 1, dw * (kw - 1) + 1)
     dilated[..., ::dh, ::dw] = weight
-    # full correlation of every kernel slice with an s_h x s_w box of ones
-    box = F.conv_transpose2d(dilated.reshape(-1, 1, *dilated.shape[-2:]), weight.new_ones(1, 1, sh, sw))
+    u_h = weight.new_tensor(upsample_kernel(sh, upsample)[0])
+    u_w = weight.new_tensor(upsample_kernel(sw, upsample)[0])
+    box = F.conv_transpose2d(dilated.reshape(-1, 1, *dilated.shape[-2:]), torch.outer(u_h, u_w)[None, None])
     return box.reshape(*weight.shape[:2], *box.shape[-2:])
 
 
@@ -98,51 +133,104 @@ def _polyphase_transposed_conv(g: Tensor, kernel: Tensor, stride: tuple[int, int
     return z.view(b, ci, sh, sw, hq, wq).permute(0, 1, 4, 2, 5, 3).reshape(b, ci, hq * sh, wq * sw)
 
 
-def _box_sum(x: Tensor, s: int, start: int, n: int, dim: int) -> Tensor:
-    """out[i] = sum_{b < s} x[start + i + b] along ``dim``, for i < n."""
-    out = x.narrow(dim, start, n).clone()
-    for b in range(1, s):
-        out += x.narrow(dim, start + b, n)
+def _separable_sum(y: Tensor, rows: tuple[list[float], int, int, int], cols: tuple[list[float], int, int, int]) -> Tensor:
+    """out[i, j] = sum_{u, v} a[u] b[v] y[p + i - f - u, q + j - g - v] for i < n, j < m, with
+    ``rows`` = (a, f, p, n), ``cols`` = (b, g, q, m) and y zero outside its extent."""
+    pads = []
+    for (taps, first, start, n), size in ((cols, y.shape[-1]), (rows, y.shape[-2])):
+        low = start - first - (len(taps) - 1)  # the smallest index read
+        pads += [max(0, -low), max(0, start - first + n - size)]
+    y = F.pad(y, pads) if any(pads) else y
+    for (taps, first, start, n), dim, pad in ((rows, -2, pads[2]), (cols, -1, pads[0])):
+        out = None
+        for u, tap in enumerate(taps):
+            part = y.narrow(dim, pad + start - first - u, n)
+            if out is None:
+                out = part.clone() if tap == 1 else part * tap
+            else:
+                out.add_(part, alpha=tap)
+        y = out
+    return y
+
+
+def _border_ranges(s: int, cells: int, length: int, mode: str, first: int) -> list[tuple[int, int]]:
+    """Stride-1 positions [start, stop) where the upsampling on the unbounded grid differs from the
+    fix's on [0, length): before 0, and from the last cell's position (linear) or ``length`` on."""
+    stop = max(s * (cells - 1) + first + len(upsample_kernel(s, mode)[0]), length)
+    start = length if mode == "nearest" else s * (cells - 1) + 1
+    return [(a, b) for a, b in ((first, 0), (start, stop)) if b > a]
+
+
+def _upsampled(x: Tensor, dim: int, s: int, mode: str, positions: tuple[int, int], length: int | None = None) -> Tensor:
+    """x upsampled by s along ``dim`` at stride-1 positions [start, stop).
+
+    ``length`` None: on the unbounded grid (cells outside x are zero); else the fix's
+    upsampling to [0, length) (zero outside it; linear holds the last cell beyond its position).
+    """
+    n = x.shape[dim]
+    j = torch.arange(*positions, device=x.device)
+    q = torch.div(j, s, rounding_mode="floor")
+    t = (j - s * q).to(torch.float64) / s
+    taps = [(q, torch.ones_like(t))] if mode == "nearest" else [(q, 1 - t), (q + 1, t)]
+    shape = [1] * x.dim()
+    shape[dim] = j.numel()
+    out = None
+    for cell, weight in taps:
+        if length is None:
+            weight = weight * ((cell >= 0) & (cell < n))
+        else:
+            weight = weight * ((j >= 0) & (j < length))
+        part = x.index_select(dim, cell.clamp(0, n - 1)) * weight.to(x.dtype).view(shape)
+        out = part if out is None else out + part
     return out
 
 
-def _subtract_rows(target: Tensor, corr: Tensor, offset: int) -> None:
-    """target[..., offset + i, :] -= corr[..., i, :] for the rows that fall inside target."""
-    lo, hi = max(offset, 0), min(offset + corr.shape[-2], target.shape[-2])
-    if hi > lo:
-        target[..., lo:hi, :] -= corr[..., lo - offset:hi - offset, :]
+def _add_transposed(gx: Tensor, patch: Tensor, origin: tuple[int, int], weight: Tensor, padding: tuple[int, int],
+                    dilation: tuple[int, int], groups: int) -> None:
+    """gx += the stride-1 transposed conv of ``patch`` lying at stride-1 position ``origin``, where it
+    falls inside gx (stride-1 output position (a, b) reaches input rows a - p_h + d_h u)."""
+    corr = F.conv_transpose2d(patch, weight, None, 1, 0, 0, groups, dilation)
+    top, left = origin[0] - padding[0], origin[1] - padding[1]
+    r0, r1 = max(top, 0), min(top + corr.shape[-2], gx.shape[-2])
+    c0, c1 = max(left, 0), min(left + corr.shape[-1], gx.shape[-1])
+    if r1 > r0 and c1 > c0:
+        gx[..., r0:r1, c0:c1] += corr[..., r0 - top:r1 - top, c0 - left:c1 - left]
 
 
 @dataclass(frozen=True)
 class StrideFixConv(Rule):
     """Stride fix for convolutions with stride > 1 (any padding, dilation, groups).
 
-    Input gradient: see :func:`stride_fixed_conv_input_grad`. Stride-1 convolutions keep the
-    plain backward (the transposed conv). Weight and bias receive no gradient through a fixed
-    conv: the rule defines an input-space signal, not a training gradient.
+    Input gradient: see :func:`stride_fixed_conv_input_grad`; ``upsample`` is ``"linear"``
+    (default) or ``"nearest"`` (the authors' demo). Stride-1 convolutions keep the plain backward
+    (the transposed conv). Weight and bias receive no gradient through a fixed conv: the rule
+    defines an input-space signal, not a training gradient.
     """
 
     ops = frozenset({"conv2d"})
+    upsample: str = "linear"
+
+    def __post_init__(self) -> None:
+        check_upsample(self.upsample)
 
     def applies(self, call: OpCall) -> bool:
         return as_pair(call.params["stride"]) != (1, 1)  # padding="same" needs stride 1 anyway
 
     def apply(self, call: OpCall) -> Any:
-        return _StrideFixFunction.apply(call.x, call.params["weight"], call.params["bias"], call)
+        return _StrideFixFunction.apply(call.x, call.params["weight"], call.params["bias"], call, self.upsample)
 
 
 class _StrideFixFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, call: OpCall) -> Tensor:
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, call: OpCall, upsample: str) -> Tensor:
         p = call.params
         padding = 0 if p["padding"] == "valid" else p["padding"]
         ctx.save_for_backward(weight)
-        ctx.meta = (tuple(x.shape[-2:]), p["stride"], padding, p["dilation"], int(p["groups"]))
+        ctx.meta = (tuple(x.shape[-2:]), p["stride"], padding, p["dilation"], int(p["groups"]), upsample)
         return call.original()
 
     @staticmethod
-    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, None, None, None]:
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, None, None, None, None]:
         (weight,) = ctx.saved_tensors
-        size, stride, padding, dilation, groups = ctx.meta
-        gx = stride_fixed_conv_input_grad(g, weight, size, stride, padding, dilation, groups)
-        return gx, None, None, None
+        gx = stride_fixed_conv_input_grad(g, weight, *ctx.meta)
+        return gx, None, None, None, None

@@ -1,5 +1,6 @@
-"""Methods built on a fitted relevance: vebi's own explanation (with and without the stride fix)
-and the upsampled activation maps of the same top features (the paper's baseline)."""
+"""Methods built on a fitted relevance: vebi's own explanation (default; as in the authors' demo;
+without the stride fix) and the upsampled activation maps of the same top features (the paper's
+baseline)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vebi.errors import VebiError
-from vebi.explanation.explainer import Explainer, top_contributions
+from vebi.explanation.explainer import MIN_SHARE, Explainer, top_contributions
 from vebi.explanation.postprocess import postprocess_map
 from vebi.hooks import preserve_model
 from vebi.layers import capture_outputs
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from vebi.core.relevance import Relevance
     from vebi.explanation.result import Explanation
 
-__all__ = ["ActivationMap", "Vebi", "VebiNoFix"]
+__all__ = ["ActivationMap", "Vebi", "VebiNoFix", "VebiPaper"]
 
 
 @register_method("vebi")
@@ -32,6 +33,9 @@ class Vebi(Method):
     """vebi's explanation (:class:`vebi.explanation.explainer.Explainer`): the image's ``num_features``
     contributing features, each with its backward heatmap, and their combination.
 
+    ``combine``: ``"share"`` (maps weighted by their share of the evidence, those under ``min_share``
+    left out) or ``"max"``; ``upsample``: the stride fix's ``"linear"`` or ``"nearest"`` upsampling
+    (see :mod:`vebi.explanation.explainer`, :mod:`vebi.explanation.stride_fix`).
     ``interpretations``: a run folder whose average-crop images are linked from the features.
     In the evaluation it also contributes ``vebi_feature<r>``, the r-th feature's map alone.
     """
@@ -42,12 +46,15 @@ class Vebi(Method):
     num_features: int = 3
     stride_fix: bool = True
     pool_fix: bool = False
+    upsample: str = "linear"
+    combine: str = "share"
+    min_share: float = MIN_SHARE
     interpretations: str | None = None
 
     def explainer(self, model: nn.Module) -> Explainer:
-    
         return Explainer(model, self.relevance, num_features=self.num_features, stride_fix=self.stride_fix,
-                         pool_fix=self.pool_fix, interpretation_dir=self.interpretations)
+                         pool_fix=self.pool_fix, upsample=self.upsample, combine=self.combine,
+                         min_share=self.min_share, interpretation_dir=self.interpretations)
 
     def maps(self, model: nn.Module, images: Tensor, target: Tensor) -> Tensor:
         return self.explainer(model).maps(images, target)
@@ -75,6 +82,19 @@ class VebiNoFix(Vebi):
     """vebi's explanation without the stride fix (plain guided backprop from each feature)."""
 
     stride_fix: bool = False
+
+    output_names = Method.output_names
+    evaluation_maps = Method.evaluation_maps
+
+
+@register_method("vebi_paper")
+@dataclass(frozen=True)
+class VebiPaper(Vebi):
+    """vebi's explanation as in the authors' demo: the pixel-wise max of the feature maps and the
+    stride fix's nearest upsampling."""
+
+    upsample: str = "nearest"
+    combine: str = "max"
 
     output_names = Method.output_names
     evaluation_maps = Method.evaluation_maps
