@@ -61,7 +61,7 @@ def evaluate_command(
     sanity_images: int = typer.Option(16, "--sanity-images", help="images of the sanity checks (class-balanced)"),
     random_label_weights: Path | None = typer.Option(None, "--random-label-weights", help="weights of the run's "
                                                      "architecture trained on permuted labels (`vebi train "
-                                                     "--shuffle-labels`): adds the data randomisation test"),
+                                                     "--shuffle-labels`): adds the data randomisation test (default: none)"),
     device: str = DeviceOpt,
     progress: bool = ProgressOpt,
 ) -> None:
