@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import signal
 import subprocess
@@ -141,7 +140,7 @@ def main() -> None:
             ("size", a.size), ("images", a.images), ("classes", a.classes), ("mu", a.mu), ("memory", a.memory),
             ("fit_seconds", a.fit_seconds), ("threads", a.threads)))]
         try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout, env=os.environ)
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout, check=False)
             lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
             row = json.loads(lines[-1]) if lines else {
                 "status": f"child failed (exit {done.returncode}): {(done.stderr.strip().splitlines() or [''])[-1]}"}

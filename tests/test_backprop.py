@@ -127,7 +127,7 @@ def test_smooth_activation_rules_hand_computed(activation, slope):
     gradient = [2 * gi * slope(xi) for gi, xi in zip(gs, x_in)]
     guided = [2 * max(gi, 0.0) * slope(xi) for gi, xi in zip(gs, x_in)]
     deconv = [2 * max(gi, 0.0) for gi in gs]
-    tol = dict(rel=1e-5, abs=1e-6)  # float32 evaluation of the slopes
+    tol = {"rel": 1e-5, "abs": 1e-6}  # float32 evaluation of the slopes
     as_gradient = rules.RuleMap(types={type(activation): rules.GradientReLU()})
     assert backward_row(model, x, as_gradient, "1", g) == pytest.approx(gradient, **tol)
     assert backward_row(model, x, bp.gradient_rules(), "1", g) == pytest.approx(gradient, **tol)

@@ -91,14 +91,29 @@ def default_layers(model: nn.Module) -> list[str]:
     chosen explicitly there, at the user's risk.
     """
     from torchvision.models import (
-        MNASNet, ConvNeXt, DenseNet, EfficientNet, GoogLeNet, Inception3, MobileNetV2, MobileNetV3, RegNet,
-        ResNet)
+        ConvNeXt,
+        DenseNet,
+        EfficientNet,
+        GoogLeNet,
+        Inception3,
+        MNASNet,
+        MobileNetV2,
+        MobileNetV3,
+        RegNet,
+        ResNet,
+    )
     from torchvision.models.convnext import CNBlock
     from torchvision.models.densenet import _DenseBlock, _Transition
     from torchvision.models.efficientnet import FusedMBConv, MBConv
     from torchvision.models.googlenet import Inception
+    from torchvision.models.inception import (
+        InceptionA,
+        InceptionB,
+        InceptionC,
+        InceptionD,
+        InceptionE,
+    )
     from torchvision.models.mnasnet import _InvertedResidual
-    from torchvision.models.inception import InceptionA, InceptionB, InceptionC, InceptionD, InceptionE
     from torchvision.models.regnet import ResBottleneckBlock
 
     refusal = _transformer_refusal(model)
