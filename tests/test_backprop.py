@@ -2,6 +2,7 @@
 scoping (nothing left behind, also after an exception), torchvision models, Captum agreement,
 and the grid-artifact reduction of the stride fix on a CNN trained here."""
 
+import math
 import random
 import warnings
 
@@ -77,6 +78,110 @@ def test_rules_by_module_name_override_rules_by_type():
     fw = bp.forward_with_rules(model, x, fix_kept, ["4"])
     assert fw.trace.applied[("4", "conv2d", "StrideFixConv")] == 1
     assert fw.trace.applied[("1", "relu", "GuidedReLU")] == 1
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def _silu_slope(x: float) -> float:
+    return _sigmoid(x) * (1.0 + x * (1.0 - _sigmoid(x)))
+
+
+def _gelu_slope(x: float) -> float:  # Phi(x) + x * phi(x)
+    return 0.5 * (1.0 + math.erf(x / math.sqrt(2.0))) + x * math.exp(-x * x / 2.0) / math.sqrt(2.0 * math.pi)
+
+
+def _gelu_tanh_slope(x: float) -> float:
+    c = math.sqrt(2.0 / math.pi)
+    t = math.tanh(c * (x + 0.044715 * x**3))
+    return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * c * (1.0 + 3 * 0.044715 * x * x)
+
+
+def _mish_slope(x: float) -> float:
+    t = math.tanh(math.log1p(math.exp(x)))
+    return t + x * (1.0 - t * t) * _sigmoid(x)
+
+
+def _hardswish_slope(x: float) -> float:
+    return 0.0 if x < -3 else 1.0 if x > 3 else (2 * x + 3) / 6
+
+
+SMOOTH = [
+    ("silu", nn.SiLU(), _silu_slope),
+    ("silu_inplace", nn.SiLU(inplace=True), _silu_slope),
+    ("gelu", nn.GELU(), _gelu_slope),
+    ("gelu_tanh", nn.GELU(approximate="tanh"), _gelu_tanh_slope),
+    ("hardswish_inplace", nn.Hardswish(inplace=True), _hardswish_slope),
+    ("mish", nn.Mish(), _mish_slope),
+]
+
+
+@pytest.mark.parametrize(("activation", "slope"), [s[1:] for s in SMOOTH], ids=[s[0] for s in SMOOTH])
+def test_smooth_activation_rules_hand_computed(activation, slope):
+    # the conv doubles: x_in = 2 x; input grad = 2 * rule(g) at x_in
+    model = nn.Sequential(scaled_conv(2.0), activation)
+    xs, gs = (-2.5, -1.0, -0.25, 0.0, 0.75, 2.0), (1.0, -1.0, 2.0, 1.0, -1.0, 3.0)
+    x_in = [2 * v for v in xs]
+    x, g = row(*xs), row(*gs)
+    gradient = [2 * gi * slope(xi) for gi, xi in zip(gs, x_in)]
+    guided = [2 * max(gi, 0.0) * slope(xi) for gi, xi in zip(gs, x_in)]
+    deconv = [2 * max(gi, 0.0) for gi in gs]
+    tol = {"rel": 1e-5, "abs": 1e-6}  # float32 evaluation of the slopes
+    as_gradient = rules.RuleMap(types={type(activation): rules.GradientReLU()})
+    assert backward_row(model, x, as_gradient, "1", g) == pytest.approx(gradient, **tol)
+    assert backward_row(model, x, bp.gradient_rules(), "1", g) == pytest.approx(gradient, **tol)
+    assert backward_row(model, x, bp.guided_rules(), "1", g) == pytest.approx(guided, **tol)
+    assert backward_row(model, x, bp.deconvnet_rules(), "1", g) == pytest.approx(deconv, **tol)
+    # some slopes are negative (x_in < 0): the guided rule keeps the local derivative's sign
+    assert min(guided) < 0 or isinstance(activation, nn.Hardswish) and guided[0] == 0
+
+
+class FunctionalSmooth(nn.Module):
+    """conv -> F.silu(inplace) -> F.gelu -> F.hardswish -> F.mish, each a functional call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = scaled_conv(1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.mish(F.hardswish(F.gelu(F.silu(self.conv(x), inplace=True))))
+
+
+def test_functional_smooth_activations_get_the_rule_of_their_module_type():
+    model = nn.Sequential(FunctionalSmooth())
+    x = row(-1.5, -0.5, 0.5, 1.5)
+    fw = bp.forward_with_rules(model, x, bp.guided_rules(), ["0"])
+    assert {op for (_, op) in fw.trace.functional} == {"silu", "gelu", "hardswish", "mish"}
+    assert sum(fw.trace.applied.values()) == 4
+    # with g = 1 > 0 everywhere and no negative seed, guided = plain gradient = chain of slopes
+    guided = fw.backward({"0": row(1, 1, 1, 1)}).flatten().tolist()
+    expected = []
+    for v in (-1.5, -0.5, 0.5, 1.5):
+        a = v * _sigmoid(v)
+        b = 0.5 * a * (1.0 + math.erf(a / math.sqrt(2.0)))
+        c = b * min(max(b + 3, 0), 6) / 6
+        expected.append(_silu_slope(v) * _gelu_slope(a) * _hardswish_slope(b) * _mish_slope(c))
+    assert guided == pytest.approx(expected, rel=1e-5, abs=1e-7)
+    # deconvnet: max(g, 0) through all four, whatever the inputs
+    deconv = bp.forward_with_rules(model, x, bp.deconvnet_rules(), ["0"])
+    assert deconv.backward({"0": row(1, -1, 2, 1)}).flatten().tolist() == [1, 0, 2, 1]
+
+
+def test_nonlinearities_without_a_rule_are_named_once_per_forward():
+    from torchvision.ops import SqueezeExcitation
+
+    model = nn.Sequential(scaled_conv(1.0), nn.Tanh(), SqueezeExcitation(1, 1), nn.ELU(), nn.LeakyReLU(), nn.ReLU6())
+    x = row(-1, 2)
+    for preset in (bp.guided_rules(), bp.deconvnet_rules()):
+        with pytest.warns(UserWarning, match=r"nonlinearities 1 \(Tanh\), 3 \(ELU\), 4 \(LeakyReLU\): ") as record:
+            bp.forward_with_rules(model, x, preset, ["5"])
+        assert len([w for w in record if "no backward rule" in str(w.message)]) == 1  # the SE gate is not named
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bp.forward_with_rules(model, x, bp.gradient_rules(), ["5"])  # plain gradient asked: nothing to say
+        bp.forward_with_rules(nn.Sequential(scaled_conv(1.0), nn.SiLU(), nn.Hardtanh(0.0, 6.0)), x,
+                              bp.guided_rules(), ["1"])
 
 
 class FunctionalBlock(nn.Module):

@@ -1,14 +1,23 @@
 """Layers by name: finding them (names or patterns), the default set per architecture, listing
 them, and capturing their outputs.
 
-Default layers (one feature per filter, post-activation where the architecture exposes it):
-- torchvision ResNet: the output of every residual block (``layerK.i``), which is post-ReLU
-  (the block's ReLU module is called twice, so it cannot be hooked on its own);
-- torchvision MobileNetV2: the output of every entry of ``features`` (stem, inverted residual
-  blocks, final 1x1 conv + ReLU6); the block outputs are the linear bottlenecks;
-- anything else (plain ``nn.Sequential`` CNNs, torchvision VGG, ...): every activation module
-  that directly follows a convolution or a normalisation layer in its parent container;
-  if there is none, every ``nn.Conv2d``.
+Default layers: one feature per filter of each block's output, not every internal activation:
+- ResNet / ResNeXt / Wide-ResNet: every residual block (``layerK.i``), post-ReLU (the block's
+  ReLU module is called twice, so it cannot be hooked on its own);
+- MobileNetV2 / MobileNetV3: every entry of ``features`` (stem, inverted residual blocks, final
+  1x1 conv); the block outputs are the linear bottlenecks;
+- EfficientNet (v1 and v2): the stem, every MBConv / FusedMBConv block, the final 1x1 conv;
+- MNASNet: the stem's two outputs, every inverted residual block, the final 1x1 conv;
+- RegNet: every residual bottleneck block (``trunk_output.blockK.blockK-i``);
+- ConvNeXt: the four stage outputs (``features.1/3/5/7``);
+- DenseNet: every dense block (the concatenated features) and every transition;
+- GoogLeNet / Inception v3: every inception ("mixed") block; never the auxiliary classifiers,
+  which run only in training mode;
+- anything else (plain ``nn.Sequential`` CNNs, VGG, AlexNet, SqueezeNet, ShuffleNet, ...): every
+  activation module that directly follows a convolution or a normalisation layer in its parent
+  container; if there is none, every ``nn.Conv2d``.
+Squeeze-and-excitation gates (1 x 1 maps) are never defaults: they are inside the blocks.
+Vision transformers (ViT, Swin, MaxViT) have no default: see :func:`default_layers`.
 """
 
 from __future__ import annotations
@@ -54,15 +63,83 @@ def get_module(model: nn.Module, name: str) -> nn.Module:
     raise VebiError(f"no layer named {name!r} in {type(model).__name__}{hint}")
 
 
-def default_layers(model: nn.Module) -> list[str]:
-    """The documented default layer set (see the module docstring)."""
-    from torchvision.models import MobileNetV2, ResNet
+def _instances(model: nn.Module, types: tuple[type[nn.Module], ...]) -> list[str]:
+    """Names of the modules of these types, in ``named_modules()`` order."""
+    return [n for n, m in model.named_modules() if n and isinstance(m, types)]
 
+
+def _transformer_refusal(model: nn.Module) -> str | None:
+    from torchvision.models import MaxVit, SwinTransformer, VisionTransformer
+
+    name = type(model).__name__
+    if isinstance(model, VisionTransformer):
+        return (f"{name} has no convolutional feature maps: after its patch embedding (conv_proj) every "
+                "layer outputs (B, tokens, C) sequences, and attention has no backward rule")
+    if isinstance(model, SwinTransformer):
+        return (f"{name} has no convolutional feature maps: its stages output channels-last (B, H, W, C) "
+                "token grids, which vebi would read as (B, C, H, W), and attention has no backward rule")
+    if isinstance(model, MaxVit):
+        return (f"{name} is a transformer hybrid: its blocks output (B, C, H, W) maps, but their window and "
+                "grid attention has no backward rule, so guided maps through them would be plain gradients")
+    return None
+
+
+def default_layers(model: nn.Module) -> list[str]:
+    """The documented default layer set (see the module docstring).
+
+    VebiError for vision transformers (ViT, Swin, MaxViT), naming why; layers may still be
+    chosen explicitly there, at the user's risk.
+    """
+    from torchvision.models import (
+        ConvNeXt,
+        DenseNet,
+        EfficientNet,
+        GoogLeNet,
+        Inception3,
+        MNASNet,
+        MobileNetV2,
+        MobileNetV3,
+        RegNet,
+        ResNet,
+    )
+    from torchvision.models.convnext import CNBlock
+    from torchvision.models.densenet import _DenseBlock, _Transition
+    from torchvision.models.efficientnet import FusedMBConv, MBConv
+    from torchvision.models.googlenet import Inception
+    from torchvision.models.inception import (
+        InceptionA,
+        InceptionB,
+        InceptionC,
+        InceptionD,
+        InceptionE,
+    )
+    from torchvision.models.mnasnet import _InvertedResidual
+    from torchvision.models.regnet import ResBottleneckBlock
+
+    refusal = _transformer_refusal(model)
+    if refusal is not None:
+        raise VebiError(f"{refusal}; vebi explains CNNs (pass layers= explicitly to try anyway)")
     if isinstance(model, ResNet):
         return [f"{stage}.{i}" for stage in ("layer1", "layer2", "layer3", "layer4")
                 for i in range(len(getattr(model, stage)))]
-    if isinstance(model, MobileNetV2):
+    if isinstance(model, (MobileNetV2, MobileNetV3)):
         return [f"features.{i}" for i in range(len(model.features))]
+    if isinstance(model, MNASNet):  # stem (first conv, depthwise-separable block), blocks, final 1x1 conv
+        return ["layers.2", "layers.7", *_instances(model, (_InvertedResidual,)), f"layers.{len(model.layers) - 1}"]
+    if isinstance(model, EfficientNet):
+        last = len(model.features) - 1
+        return ["features.0", *_instances(model, (MBConv, FusedMBConv)), f"features.{last}"]
+    if isinstance(model, RegNet):
+        return _instances(model, (ResBottleneckBlock,))
+    if isinstance(model, ConvNeXt):
+        return [f"features.{i}" for i, stage in enumerate(model.features)
+                if any(isinstance(block, CNBlock) for block in stage.children())]
+    if isinstance(model, DenseNet):
+        return _instances(model, (_DenseBlock, _Transition))
+    if isinstance(model, GoogLeNet):
+        return _instances(model, (Inception,))
+    if isinstance(model, Inception3):
+        return _instances(model, (InceptionA, InceptionB, InceptionC, InceptionD, InceptionE))
     names: list[str] = []
     for parent_name, parent in model.named_modules():
         previous: nn.Module | None = None
@@ -138,7 +215,10 @@ def capture_outputs(model: nn.Module, layers: Sequence[str], keep_graph: bool = 
 
 def list_layers(model: nn.Module, example_input: torch.Tensor | None = None) -> list[LayerInfo]:
     """Every named module with its type and default flag; output shapes when an example input is given."""
-    defaults = set(default_layers(model))
+    try:
+        defaults = set(default_layers(model))
+    except VebiError:  # a model without defaults (a vision transformer) still lists its layers
+        defaults = set()
     shapes: dict[str, tuple[int, ...]] = {}
     if example_input is not None:
         def record(name: str, out: object) -> None:

@@ -10,7 +10,8 @@ they are removed in a ``finally``.
 :func:`forward_with_rules` runs one forward pass and returns a :class:`RuleForward` whose
 ``backward`` seeds any captured layer with any signal and returns the input-space signal.
 Presets: :func:`guided_rules` (guided ReLU; with ``stride_fix=True`` the method's backward),
-:func:`deconvnet_rules`, :func:`gradient_rules`.
+:func:`deconvnet_rules`, :func:`gradient_rules`; the guided and deconvnet rules cover ReLU, ReLU6
+and the smooth activations SiLU, GELU, Hardswish and Mish (modules and functional calls).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from vebi.errors import VebiError
-from vebi.explanation.rules import OPERATIONS, ArgmaxPool, DeconvReLU, GuidedReLU, OpCall, Rule, RuleMap
+from vebi.explanation.rules import (
+    OPERATIONS, ArgmaxPool, DeconvReLU, GuidedReLU, OpCall, Rule, RuleMap, unruled_nonlinearities)
 from vebi.explanation.stride_fix import StrideFixConv, check_upsample
 from vebi.hooks import HookHandles, preserve_model
 from vebi.layers import named_layers
@@ -57,8 +59,8 @@ def _preset(rectifier: Rule | None, stride_fix: bool, pool_fix: bool, functional
     check_upsample(upsample)
     types: dict[type[nn.Module], Rule] = {}
     if rectifier is not None:
-        types[nn.ReLU] = rectifier
-        types[nn.ReLU6] = rectifier
+        for activation in (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Mish):
+            types[activation] = rectifier
     if stride_fix:
         types[nn.Conv2d] = StrideFixConv(upsample)
     if pool_fix:
@@ -68,14 +70,14 @@ def _preset(rectifier: Rule | None, stride_fix: bool, pool_fix: bool, functional
 
 def guided_rules(*, stride_fix: bool = False, pool_fix: bool = False, functional: bool = True,
                  upsample: str = "linear") -> RuleMap:
-    """Guided ReLU on every ReLU/ReLU6; ``stride_fix=True`` gives the method's backward pass
+    """Guided rule on every ReLU/ReLU6/SiLU/GELU/Hardswish/Mish; ``stride_fix=True`` gives the method's backward pass
     (``upsample``: the stride fix's ``"linear"`` or ``"nearest"`` upsampling)."""
     return _preset(GUIDED, stride_fix, pool_fix, functional, upsample)
 
 
 def deconvnet_rules(*, stride_fix: bool = False, pool_fix: bool = False, functional: bool = True,
                     upsample: str = "linear") -> RuleMap:
-    """Deconvnet ReLU (max(g, 0)) on every ReLU/ReLU6."""
+    """Deconvnet rule (max(g, 0)) on every ReLU/ReLU6/SiLU/GELU/Hardswish/Mish."""
     return _preset(DECONV, stride_fix, pool_fix, functional, upsample)
 
 
@@ -177,6 +179,15 @@ def backward_rules(model: nn.Module, rules: RuleMap, capture: Sequence[str] = ()
             warnings.warn(
                 f"functional rectifiers in {', '.join(missed)} kept the plain gradient "
                 "(pass functional=True to apply the rule there)", stacklevel=3)
+    rules_in_use = [*rules.types.values(), *(rule for _, rule in rules.names)]
+    if any(isinstance(rule, (GuidedReLU, DeconvReLU)) for rule in rules_in_use):
+        applied = {name for (name, _op, _rule) in trace.applied}
+        unruled = unruled_nonlinearities(model, lambda n: trace.calls[n] > 0, lambda n: n in applied)
+        if unruled:
+            kinds = ", ".join(f"{n} ({type(model.get_submodule(n)).__name__})" for n in unruled[:5])
+            more = f" and {len(unruled) - 5} more" if len(unruled) > 5 else ""
+            warnings.warn(f"no backward rule for the nonlinearities {kinds}{more}: the signal passes them "
+                          "with their plain gradient", stacklevel=3)
     reused_captures = [n for n in capture if trace.calls[n] > 1]
     if reused_captures:
         warnings.warn(f"layers {', '.join(reused_captures)} ran more than once; the last output was captured",

@@ -3,7 +3,8 @@
 * :class:`OpCall` -- one intercepted operation ("relu", "conv2d", "max_pool2d") with its
   arguments by name, whatever the call's spelling (module, ``F.relu``, ``Tensor.relu_``, ...);
 * rules, each replacing the backward of one kind of operation: :class:`GuidedReLU`,
-  :class:`DeconvReLU`, :class:`GradientReLU` (rectifiers: ReLU and ReLU6), :class:`ArgmaxPool`
+  :class:`DeconvReLU`, :class:`GradientReLU` (rectifiers: ReLU and ReLU6, and the smooth
+  activations SiLU, GELU, Hardswish, Mish), :class:`ArgmaxPool`
   (``max_pool2d``); the stride fix for strided ``conv2d`` is in :mod:`vebi.explanation.stride_fix`;
 * :class:`RuleMap` -- module types and module names (globs) to rules, plus whether functional
   calls (``F.relu`` inside a block's ``forward``) get the rule of their operation's module type.
@@ -24,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ArgmaxPool", "DeconvReLU", "GradientReLU", "GuidedReLU", "OpCall", "Rule", "RuleMap"]
+__all__ = ["ArgmaxPool", "DeconvReLU", "GradientReLU", "GuidedReLU", "OpCall", "Rule", "RuleMap", "unruled_nonlinearities"]
 
 # --------------------------------------------------------------------------------------------
 # Operations the engine recognises, normalised to one call record
@@ -32,10 +33,11 @@ __all__ = ["ArgmaxPool", "DeconvReLU", "GradientReLU", "GuidedReLU", "OpCall", "
 
 @dataclass(frozen=True)
 class OpCall:
-    """One intercepted call: ``op`` in {"relu", "conv2d", "max_pool2d"} with its arguments.
+    """One intercepted call: ``op`` in {"relu", "conv2d", "max_pool2d"} or a smooth activation
+    ({"silu", "gelu", "hardswish", "mish"}) with its arguments.
 
     ``params`` holds the operation's arguments by name (for "relu": ``lo``/``hi`` clip
-    bounds, ReLU6 being ``hi = 6``); ``original()`` runs the call unchanged.
+    bounds, ReLU6 being ``hi = 6``; for "gelu": ``approximate``); ``original()`` runs the call unchanged.
     """
 
     op: str
@@ -73,6 +75,16 @@ def _hardtanh_call(inplace_default: bool) -> Callable[[tuple, Mapping], dict | N
     return parse
 
 
+def _smooth_call(args: tuple, kwargs: Mapping) -> dict:
+    p = _bind(("input", "inplace"), {"inplace": False}, args, kwargs)
+    return {"x": p["input"], "inplace": bool(p["inplace"])}
+
+
+def _gelu_call(args: tuple, kwargs: Mapping) -> dict:
+    p = _bind(("input", "approximate"), {"approximate": "none"}, args, kwargs)
+    return {"x": p["input"], "approximate": p["approximate"], "inplace": False}
+
+
 def _conv_call(args: tuple, kwargs: Mapping) -> dict:
     p = _bind(("input", "weight", "bias", "stride", "padding", "dilation", "groups"),
               {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1}, args, kwargs)
@@ -101,6 +113,10 @@ OPERATIONS: dict[Any, tuple[str, Callable[[tuple, Mapping], dict | None]]] = {
     F.relu6: ("relu", _relu_call(False, hi=6.0)),
     F.hardtanh: ("relu", _hardtanh_call(False)),
     F.hardtanh_: ("relu", _hardtanh_call(True)),
+    F.silu: ("silu", _smooth_call),
+    F.gelu: ("gelu", _gelu_call),
+    F.hardswish: ("hardswish", _smooth_call),
+    F.mish: ("mish", _smooth_call),
     torch.conv2d: ("conv2d", _conv_call),
     F.max_pool2d: ("max_pool2d", _pool_call(False)),
     F.max_pool2d_with_indices: ("max_pool2d", _pool_call(True)),
@@ -112,7 +128,42 @@ _NATIVE: dict[str, tuple[type[nn.Module], ...]] = {
     "relu": (nn.ReLU, nn.Hardtanh),
     "conv2d": (nn.Conv2d,),
     "max_pool2d": (nn.MaxPool2d,),
+    "silu": (nn.SiLU,),
+    "gelu": (nn.GELU,),
+    "hardswish": (nn.Hardswish,),
+    "mish": (nn.Mish,),
 }
+
+# smooth activation phi -> (s, x_in, params) -> s * phi'(x_in), PyTorch's own backward formula
+_LOCAL_GRADIENT: dict[str, Callable[[Tensor, Tensor, Mapping[str, Any]], Tensor]] = {
+    "silu": lambda s, x, p: torch.ops.aten.silu_backward(s, x),
+    "gelu": lambda s, x, p: torch.ops.aten.gelu_backward(s, x, approximate=p["approximate"]),
+    "hardswish": lambda s, x, p: torch.ops.aten.hardswish_backward(s, x),
+    "mish": lambda s, x, p: torch.ops.aten.mish_backward(s, x),
+}
+SMOOTH_OPS = frozenset(_LOCAL_GRADIENT)
+
+# nonlinearity modules no rule handles (Hardtanh only when it is not a rectifier); sigmoid gates
+# of squeeze-and-excitation blocks are left out of :func:`unruled_nonlinearities` (see there)
+_UNRULED: tuple[type[nn.Module], ...] = (
+    nn.Tanh, nn.Sigmoid, nn.Hardsigmoid, nn.LogSigmoid, nn.ELU, nn.SELU, nn.CELU, nn.LeakyReLU, nn.PReLU,
+    nn.RReLU, nn.Softplus, nn.Softsign, nn.Tanhshrink, nn.Hardshrink, nn.Softshrink, nn.Threshold, nn.Hardtanh,
+)
+_RULED: tuple[type[nn.Module], ...] = tuple(t for op in ("relu", *sorted(SMOOTH_OPS)) for t in _NATIVE[op])
+
+
+def unruled_nonlinearities(model: nn.Module, ran: Callable[[str], bool], handled: Callable[[str], bool]) -> list[str]:
+    """Names of nonlinearity modules that ran (``ran(name)``) with no rule for them (``handled(name)`` false).
+
+    Sigmoid / Hardsigmoid gates inside torchvision's ``SqueezeExcitation`` are not counted: they
+    scale channels (the signal through the product keeps the gate as a positive factor), they do
+    not rectify the signal's path.
+    """
+    from torchvision.ops import SqueezeExcitation
+
+    gates = {f"{n}.scale_activation" for n, m in model.named_modules() if isinstance(m, SqueezeExcitation)}
+    return [n for n, m in model.named_modules()
+            if isinstance(m, _UNRULED) and not isinstance(m, _RULED) and n not in gates and ran(n) and not handled(n)]
 
 
 def as_pair(v: Any) -> tuple[int, int]:
@@ -144,45 +195,70 @@ class Rule(ABC):
 
 
 class _Rectifier(Rule):
-    """Common part of the rectifier rules.
+    """Common part of the rectifier rules, for rectifiers and smooth activations.
 
     ``grad(g, gated)`` gets the incoming signal g and, when ``needs_support``, gated =
     g * [lo < x_in < hi] (g on the forward's support; a fresh tensor the rule may modify).
+    ``smooth(g, local)`` does the same for a smooth activation phi, with ``local(s) = s * phi'(x_in)``.
     """
 
-    ops = frozenset({"relu"})
+    ops = frozenset({"relu"}) | SMOOTH_OPS
     needs_support: ClassVar[bool] = True
 
     @abstractmethod
     def grad(self, g: Tensor, gated: Tensor | None) -> Tensor: ...
 
+    @abstractmethod
+    def smooth(self, g: Tensor, local: Callable[[Tensor], Tensor]) -> Tensor: ...
+
     def apply(self, call: OpCall) -> Any:
+        if call.op in SMOOTH_OPS:
+            return _SmoothFunction.apply(call.x, self, call)
         return _RectifierFunction.apply(call.x, self, call)
 
 
 @dataclass(frozen=True)
 class GradientReLU(_Rectifier):
-    """Plain gradient: grad_in = g * [lo < x_in < hi] (lo = 0; hi = inf for ReLU, 6 for ReLU6)."""
+    """Plain gradient: grad_in = g * [lo < x_in < hi] (lo = 0; hi = inf for ReLU, 6 for ReLU6);
+    for a smooth activation phi, grad_in = g * phi'(x_in)."""
 
     def grad(self, g: Tensor, gated: Tensor | None) -> Tensor:
         return gated
 
+    def smooth(self, g: Tensor, local: Callable[[Tensor], Tensor]) -> Tensor:
+        return local(g)
+
 
 @dataclass(frozen=True)
 class GuidedReLU(_Rectifier):
-    """Guided backprop: grad_in = g * [lo < x_in < hi] * [g > 0]."""
+    """Guided backprop: grad_in = g * [lo < x_in < hi] * [g > 0].
+
+    Smooth activations phi (SiLU, GELU, Hardswish, Mish): grad_in = phi'(x_in) * g * [g > 0], the
+    local gradient times the signal's gate. For a rectifier phi'(x_in) is the gate
+    [lo < x_in < hi], so this is the same rule; gating by [x_in > 0] instead would treat every
+    smooth unit as a ReLU and drop the signal where the forward passes some (SiLU(-1) = -0.27,
+    slope 0.07; slope 1/2 at 0). phi' dips slightly below 0 for negative x_in (SiLU and Mish
+    to about -0.1, GELU -0.13, Hardswish -1/2 just above -3), where the sign is kept as in the
+    forward's own derivative.
+    """
 
     def grad(self, g: Tensor, gated: Tensor | None) -> Tensor:
         return gated.clamp_(min=0)
 
+    def smooth(self, g: Tensor, local: Callable[[Tensor], Tensor]) -> Tensor:
+        return local(g.clamp(min=0))
+
 
 @dataclass(frozen=True)
 class DeconvReLU(_Rectifier):
-    """Deconvnet: grad_in = max(g, 0), whatever the forward input was."""
+    """Deconvnet: grad_in = max(g, 0), whatever the forward input was (also for smooth activations)."""
 
     needs_support: ClassVar[bool] = False
 
     def grad(self, g: Tensor, gated: Tensor | None) -> Tensor:
+        return g.clamp(min=0)
+
+    def smooth(self, g: Tensor, local: Callable[[Tensor], Tensor]) -> Tensor:
         return g.clamp(min=0)
 
 
@@ -220,6 +296,31 @@ class _RectifierFunction(torch.autograd.Function):
             gated = (torch.ops.aten.threshold_backward(g, out, lo) if hi == math.inf
                      else torch.ops.aten.hardtanh_backward(g, out, lo, hi))
         return ctx.rule.grad(g, gated), None, None
+
+
+class _SmoothFunction(torch.autograd.Function):
+    """Forward: the call itself; backward: the rule's ``smooth`` with phi' at the saved input
+    (copied first when the call overwrites it in place)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, rule: _Rectifier, call: OpCall) -> Tensor:
+        ctx.rule, ctx.op, ctx.params = rule, call.op, call.params
+        inplace = call.params["inplace"]
+        x_in = x.detach().clone() if inplace and rule.needs_support else x
+        out = call.original()
+        if inplace:
+            ctx.mark_dirty(x)
+        if rule.needs_support:
+            ctx.save_for_backward(x_in)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, None, None]:
+        if not ctx.rule.needs_support:
+            return ctx.rule.smooth(g, None), None, None
+        (x_in,) = ctx.saved_tensors
+        local = _LOCAL_GRADIENT[ctx.op]
+        return ctx.rule.smooth(g, lambda s: local(s, x_in, ctx.params)), None, None
 
 
 @dataclass(frozen=True)
