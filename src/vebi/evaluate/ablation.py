@@ -119,12 +119,17 @@ def class_accuracies(
     feature_sets: Sequence[Iterable[Any]],
     num_classes: int,
     *,
+    outputs: Sequence[int] | None = None,
     progress: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Correct predictions per feature set and class, (S, C) int64, and images per class, (C,).
 
     One pass over ``data``; each batch is forwarded once per feature set with that set ablated.
+    ``outputs[c]``: the model output of class c (default: output c); a prediction of any other
+    output is wrong.
     """
+    from vebi.core.relevance import positions
+
     sets = [feature_keys(s) for s in feature_sets]
     device, dtype = model_device(model), model_dtype(model)
     correct = torch.zeros(len(sets), num_classes, dtype=torch.int64)
@@ -142,6 +147,8 @@ def class_accuracies(
             for s, keys in enumerate(sets):
                 with ablate(model, keys):
                     predictions = model(x).argmax(dim=1).cpu()
+                if outputs is not None:
+                    predictions = positions(predictions, tuple(outputs))
                 hits = labels[predictions == labels]
                 correct[s] += torch.bincount(hits, minlength=num_classes)
     return correct, totals
@@ -332,6 +339,7 @@ def ablation_curves(
     max_features: int | None = None,
     seeds: Sequence[int] = (0, 1, 2),
     class_names: Sequence[str] | None = None,
+    outputs: Sequence[int] | None = None,
     progress: bool = True,
 ) -> AblationResult:
     """Per-class ablation curves (see the module docstring).
@@ -339,7 +347,8 @@ def ablation_curves(
     ``ranked[j]``: class j's relevant features in ablation order (e.g. ``relevance.relevant(j)``);
     ``pool``: all candidate features (e.g. ``relevance.space``), the population for random draws;
     ``mean_response``: (len(pool),) mean response per pool feature (e.g. ``stats.mean_response()``);
-    ``max_features``: largest k per class (default: all of the class's relevant features).
+    ``max_features``: largest k per class (default: all of the class's relevant features);
+    ``outputs``: the model output of each class (see :func:`class_accuracies`).
     """
     ranked_keys, names, seeds = _check_setup(ranked, class_names, seeds)
     pool_keys = feature_keys(pool)
@@ -367,7 +376,7 @@ def ablation_curves(
         top = None if top_mean_order is None else [plan.add([pool_keys[i] for i in top_mean_order[:k]]) for k in counts]
         layout.append((j, keys[:n], counts, relevant, random, draws, top))
 
-    correct, totals = class_accuracies(model, data, plan.sets, len(names), progress=progress)
+    correct, totals = class_accuracies(model, data, plan.sets, len(names), outputs=outputs, progress=progress)
     accuracy = [_accuracy(correct[s], totals) for s in range(len(plan.sets))]
 
     curves = []
@@ -401,6 +410,7 @@ def union_ablation(
     *,
     seeds: Sequence[int] = (0, 1, 2),
     class_names: Sequence[str] | None = None,
+    outputs: Sequence[int] | None = None,
     progress: bool = True,
 ) -> UnionAblationResult:
     """Ablate the union of all ``ranked`` features at once, against random pool sets of its size."""
@@ -415,7 +425,7 @@ def union_ablation(
     stream = len(ranked_keys)  # a random stream distinct from the per-class ones of ablation_curves
     random = [plan.add([pool_keys[i] for i in _seeded_permutation(len(pool_keys), seed, stream)[: len(union)]])
               for seed in seeds]
-    correct, totals = class_accuracies(model, data, plan.sets, len(names), progress=progress)
+    correct, totals = class_accuracies(model, data, plan.sets, len(names), outputs=outputs, progress=progress)
     accuracy = [_accuracy(correct[s], totals) for s in range(len(plan.sets))]
     random_class = [_spread([accuracy[r][0][j] for r in random]) for j in range(len(names))]
     random_mca = _spread([accuracy[r][1] for r in random])

@@ -5,7 +5,8 @@ relevance) and an image folder with the same class sub-folders (the test split),
 folder of ground-truth masks mirroring it (``MASKS/<class>/<stem>.png``, 8-bit: a pixel is inside
 when its value is > 127; a 0/1 mask file counts its non-zero pixels), and computes
 
-- per method, on every image and for the *predicted* class: the heatmap (B, H, W) in [0, 1];
+- per method, on every image and for the *predicted* class (the true class where the model
+  predicts an output outside the run's classes, see :class:`vebi.classes.ClassMap`): the heatmap (B, H, W) in [0, 1];
   with masks, the IoU sweep, pointing game and mass in mask (:mod:`vebi.evaluate.metrics`) on the
   correctly and the wrongly classified images separately (and on all of them); without masks,
   only the mask-free score below;
@@ -44,6 +45,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from vebi.core.relevance import positions
 from vebi.hooks import preserve_model
 from vebi.errors import VebiError
 from vebi.evaluate.ablation import AblationResult, UnionAblationResult, ablation_curves, union_ablation
@@ -190,7 +192,7 @@ def _mask_file(masks_root: Path, relative: Path) -> Path | None:
     return None
 
 
-def _load_mask(path: Path, size: int | None, shape: tuple[int, int]) -> Tensor:
+def _load_mask(path: Path, size: int | None, shape: tuple[int, int], resize: int | None = None) -> Tensor:
     """Mask file -> bool (H, W), resized (nearest) and centre-cropped like its image when ``size``."""
     from torchvision import transforms
 
@@ -200,7 +202,7 @@ def _load_mask(path: Path, size: int | None, shape: tuple[int, int]) -> Tensor:
     except (UnidentifiedImageError, OSError) as exc:
         raise VebiError(f"cannot read mask {path}: {exc}") from None
     if size is not None:
-        mask = transforms.CenterCrop(size)(transforms.Resize(size, transforms.InterpolationMode.NEAREST)(mask))
+        mask = transforms.CenterCrop(size)(transforms.Resize(resize or size, transforms.InterpolationMode.NEAREST)(mask))
     array = np.asarray(mask)
     if tuple(array.shape) != tuple(shape):
         raise VebiError(f"mask {path} is {array.shape[1]}x{array.shape[0]} but its image is {shape[1]}x{shape[0]}")
@@ -212,8 +214,9 @@ class _Subset(Dataset):
     """(image, label, index[, mask]) of the chosen images of an ImageFolder."""
 
     def __init__(self, dataset: Any, indices: Sequence[int], mask_files: Sequence[Path] | None,
-                 size: int | None) -> None:
+                 size: int | None, resize: int | None = None) -> None:
         self.dataset, self.indices, self.mask_files, self.size = dataset, list(indices), mask_files, size
+        self.resize = resize
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -222,7 +225,7 @@ class _Subset(Dataset):
         image, label = self.dataset[self.indices[i]][:2]
         if self.mask_files is None:
             return image, label, i
-        return image, label, i, _load_mask(self.mask_files[i], self.size, tuple(image.shape[-2:]))
+        return image, label, i, _load_mask(self.mask_files[i], self.size, tuple(image.shape[-2:]), self.resize)
 
 
 def _balanced_subset(labels: Sequence[int], max_images: int | None, seed: int) -> list[int]:
@@ -340,9 +343,10 @@ def evaluate_run(
             raise VebiError(f"{len(missing)} of {len(indices)} images have no mask in {masks_root} "
                             f"(e.g. {missing[0]}); the mask folder must mirror {images_root}")
         mask_files = [f for f in found if f is not None]
-    subset = _Subset(dataset, indices, mask_files, size)
+    subset = _Subset(dataset, indices, mask_files, size, run.data.get("resize"))
     loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=0)
     num_classes = len(relevance.class_names)
+    outputs = tuple(relevance.output(j) for j in range(num_classes))
     timings: dict[str, float] = {}
 
     # predictions once: correctness decides which Localization an image goes to
@@ -354,12 +358,15 @@ def evaluate_run(
             x = batch[0].to(dev)
             first_batch = x if first_batch is None else first_batch
             logits = model(x)
-            if logits.dim() != 2 or logits.shape[1] != num_classes:
-                raise VebiError(f"the model returns {tuple(logits.shape)} scores for {num_classes} classes")
+            if logits.dim() != 2 or logits.shape[1] <= max(outputs):
+                raise VebiError(f"the model returns {tuple(logits.shape)} scores, but the run's classes are "
+                                f"outputs up to {max(outputs)}")
             predictions.append(logits.argmax(dim=1).cpu())
             labels.append(torch.as_tensor(batch[1]))
     predicted, truth = torch.cat(predictions), torch.cat(labels)
-    correct_mask = predicted == truth
+    correct_mask = positions(predicted, outputs) == truth
+    # explained output: the prediction, or the true class's output where the prediction is no run class
+    explained = torch.where(positions(predicted, outputs) >= 0, predicted, torch.tensor(outputs)[truth])
     per_class = [float(correct_mask[truth == c].double().mean()) if bool((truth == c).any()) else float("nan")
                  for c in range(num_classes)]
     uses_cam = any("layer" in method_options(m) for m in chosen)
@@ -378,7 +385,7 @@ def evaluate_run(
         for batch in tqdm(loader, desc=label, unit="batch", disable=not progress):
             images = batch[0].to(dev)
             b = images.shape[0]
-            target = predicted[offset:offset + b]
+            target = explained[offset:offset + b]
             ok = correct_mask[offset:offset + b]
             offset += b
             for name, maps in method.evaluation_maps(model, images, target.to(dev)).items():
@@ -413,10 +420,10 @@ def evaluate_run(
         began = time.perf_counter()
         curves = ablation_curves(model, ablation_loader, ranked, relevance.space, mean_response=stats.mean_response(),
                                  max_features=max_ablation_features, seeds=seeds, class_names=relevance.class_names,
-                                 progress=progress)
+                                 outputs=outputs, progress=progress)
         if any(ranked):
             union = union_ablation(model, ablation_loader, ranked, relevance.space, seeds=seeds,
-                                   class_names=relevance.class_names, progress=progress)
+                                   class_names=relevance.class_names, outputs=outputs, progress=progress)
         timings["ablation"] = time.perf_counter() - began
     timings["total"] = time.perf_counter() - start
 
@@ -424,7 +431,9 @@ def evaluate_run(
         "methods": list(chosen), "thresholds": list(thresholds), "seed": int(seed), "max_images": max_images,
         "num_features": num_features, "steps": steps, "deletion_baseline": "zero", "insertion_baseline": "zero",
         "cam_layer": cam_layer, "batch_size": batch_size, "ablation": ablation, "ablation_seeds": list(seeds),
-        "max_ablation_features": max_ablation_features, "confidence": 0.95, "explained_class": "predicted",
+        "max_ablation_features": max_ablation_features, "confidence": 0.95,
+        "explained_class": "predicted (the true class where the prediction is none of the run's classes)",
+        "outputs": list(outputs),
         "mu": relevance.mu, "response": relevance.response, "layers": list(relevance.space.layers),
         "mask_rule": "8-bit mask: value > 127 is inside (0/1 masks: non-zero)", "empty_iou": 1.0,
     }
