@@ -179,6 +179,9 @@ def test_subset_of_a_1000_output_model_runs_every_command(wide_run, tmp_path, ca
     assert results["accuracy"] == 0.0 and results["settings"]["outputs"] == [5, 3, 999]
     assert main(["report", str(run)]) == 0
     assert (run / "report" / "index.html").is_file()
+    # predicted labels: the highest-scoring of the run's outputs
+    assert main(["collect", str(Run.open(run).info["model"]["spec"]), str(data), "-o", str(tmp_path / "pred"),
+                 "--top-k", "2", "--labels", "predicted", "--classes", str(run.parent / "classes.json")]) == 0
 
 
 def test_target_name_index_and_numeric_name_explain_the_same_output(wide_run, tmp_path):

@@ -230,7 +230,7 @@ def explain_files(
                 write_panel(stem.with_name(stem.name + ".png"), shown, result)
                 result.save(stem)
                 written[i] = ExplainedFile(path, result, stem)
-    if all(done.explanation is None for done in written.values()):
+    if written and all(done.explanation is None for done in written.values()):
         raise VebiError(f"{written[0].path}: {written[0].skipped}")
     return [written[i] for i in range(len(loaded))]
 
