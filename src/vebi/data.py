@@ -28,11 +28,14 @@ def load_image(path: str | Path, channels: int = 3) -> Image.Image:
 
 
 def image_transform(size: int | None = None, channels: int = 3, mean: Sequence[float] | None = None,
-                    std: Sequence[float] | None = None) -> transforms.Compose:
-    """Resize (shorter side) + centre crop to ``size`` when given, to tensor, optional normalisation."""
+                    std: Sequence[float] | None = None, resize: int | None = None,
+                    interpolation: str = "bilinear") -> transforms.Compose:
+    """Resize the shorter side to ``resize`` (default ``size``) + centre crop to ``size`` when given,
+    to tensor, optional normalisation."""
     steps: list = []
     if size is not None:
-        steps += [transforms.Resize(size), transforms.CenterCrop(size)]
+        steps += [transforms.Resize(resize or size, transforms.InterpolationMode(interpolation)),
+                  transforms.CenterCrop(size)]
     steps.append(transforms.ToTensor())
     if mean is not None and std is not None:
         m = list(mean)[:channels] if channels <= len(mean) else list(mean) * channels
@@ -50,7 +53,8 @@ class ImageFolderWithIndex(datasets.ImageFolder):
 
 
 def image_folder(path: str | Path, size: int | None = None, channels: int = 3, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None, with_index: bool = True) -> datasets.ImageFolder:
+                 std: Sequence[float] | None = None, with_index: bool = True, resize: int | None = None,
+                 interpolation: str = "bilinear") -> datasets.ImageFolder:
     """The images under ``path`` (class per sub-folder), converted to ``channels``; VebiError on problems."""
     root = Path(path)
     if not root.exists():
@@ -59,7 +63,7 @@ def image_folder(path: str | Path, size: int | None = None, channels: int = 3, m
         raise VebiError(f"{root} is not a folder (expected one sub-folder per class)")
     cls = ImageFolderWithIndex if with_index else datasets.ImageFolder
     try:
-        return cls(str(root), transform=image_transform(size, channels, mean, std),
+        return cls(str(root), transform=image_transform(size, channels, mean, std, resize, interpolation),
                    loader=lambda p: load_image(p, channels))
     except FileNotFoundError as exc:
         raise VebiError(f"{root}: {exc}") from None

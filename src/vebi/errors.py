@@ -6,3 +6,8 @@ class VebiError(ValueError):
 
     A ``ValueError``, so callers that already catch bad values catch it too.
     """
+
+
+class VebiWarning(UserWarning):
+    """Something that works but is probably not what the user wants (tiny classes, a class order
+    that looks wrong); the CLI prints it as one line."""

@@ -3,7 +3,12 @@
 Specs: ``torchvision:NAME`` (``weights=None`` unless ``--weights``), ``package.module:factory`` or
 ``path/to/file.py:factory``. ``weights`` is a local state-dict file (loaded with
 ``weights_only=True``) or, for torchvision models, a weights name such as ``IMAGENET1K_V1`` that
-must already be in torch's cache (nothing is downloaded by tests or CI).
+must already be in torch's cache (nothing is ever downloaded). A ``file.py`` is imported with its
+folder first on ``sys.path`` (removed again afterwards), so it can import modules beside it.
+
+:func:`torchvision_weights` finds the torchvision weights enum of a run's model (named, or the one
+whose file or output count a state dict matches); its categories name the outputs and its
+transforms give the preprocessing (:func:`weights_preprocessing`).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import importlib.util
 import inspect
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,10 +71,15 @@ def _factory(spec: str):
             raise VebiError(f"cannot import {path}")
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[mod_name] = module
+        folder = str(path.resolve().parent)
+        sys.path.insert(0, folder)
         try:
             module_spec.loader.exec_module(module)
         except Exception as exc:
             raise VebiError(f"importing {path} failed: {type(exc).__name__}: {exc}") from None
+        finally:
+            if folder in sys.path:
+                sys.path.remove(folder)
     else:
         try:
             module = importlib.import_module(target)
@@ -89,15 +100,73 @@ def _torchvision_model(name: str, weights: str | None, kwargs: dict[str, Any]) -
         close = difflib.get_close_matches(name, models.list_models(), n=4)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise VebiError(f"torchvision has no model {name!r}{hint}")
+    cached = None
     if weights is not None and not Path(weights).exists() and not weights.endswith((".pt", ".pth", ".bin")):
-        try:
-            return models.get_model(name, weights=weights, **kwargs), True
-        except Exception as exc:
-            raise VebiError(f"cannot load torchvision weights {weights!r} for {name}: {exc}") from None
+        enum = _weights_enum(name, weights)
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(enum.url).name
+        if not cached.is_file():
+            raise VebiError(f"torchvision weights {weights} of {name} are not in torch's cache and vebi never "
+                            f"downloads; put {Path(enum.url).name} (from {enum.url}) into {cached.parent}, or pass "
+                            "--weights path/to/file.pth")
+        kwargs.setdefault("num_classes", len(enum.meta["categories"]))
     try:
-        return models.get_model(name, weights=None, **kwargs), False
+        model = models.get_model(name, weights=None, **kwargs)
     except TypeError as exc:
         raise VebiError(f"torchvision:{name} does not accept {kwargs}: {exc}") from None
+    if cached is not None:
+        load_weights(model, cached)
+    return model, cached is not None
+
+
+def _weights_enum(name: str, weights: str) -> Any:
+    from torchvision import models
+
+    try:
+        enum = models.get_model_weights(name)
+    except (KeyError, ValueError):
+        raise VebiError(f"torchvision has no weights for {name}") from None
+    choice = weights.split(".")[-1]
+    if choice not in enum.__members__:
+        raise VebiError(f"{name} has no weights {weights!r}; it has {', '.join(enum.__members__)}")
+    return enum[choice]
+
+
+def torchvision_weights(spec: str, weights: str | None, outputs: Callable[[], int]) -> Any | None:
+    """The torchvision weights enum behind a model: the named one, else (a state-dict file) the
+    one whose file name it has or, failing that, the first with ``outputs()`` categories."""
+    from torchvision import models
+
+    if not spec.startswith("torchvision:") or weights is None:
+        return None
+    name = spec.split(":", 1)[1]
+    if not Path(weights).exists() and not weights.endswith((".pt", ".pth", ".bin")):
+        return _weights_enum(name, weights)
+    try:
+        enum = models.get_model_weights(name)
+    except (KeyError, ValueError):
+        return None
+    count = outputs()
+    fitting = [w for w in enum if len(w.meta.get("categories") or ()) == count]
+    same_file = [w for w in fitting if Path(w.url).name == Path(weights).name]
+    return (same_file or fitting or [None])[0]
+
+
+def output_count(model: nn.Module, size: int = 224) -> int:
+    """Number of outputs of an image classifier (one forward pass of a blank image)."""
+    from vebi.layers import first_conv_in_channels
+
+    with torch.no_grad():
+        x = torch.zeros(1, first_conv_in_channels(model), size, size, device=model_device(model),
+                        dtype=model_dtype(model))
+        return int(model(x).shape[-1])
+
+
+def weights_preprocessing(enum: Any) -> dict[str, Any]:
+    """The resize / crop / normalisation of a torchvision weights enum's own transforms."""
+    t = enum.transforms()
+    return {"size": int(t.crop_size[0]), "resize": int(t.resize_size[0]), "mean": [float(v) for v in t.mean],
+            "std": [float(v) for v in t.std], "interpolation": t.interpolation.value,
+            "preprocessing": f"{type(enum).__name__}.{enum.name}.transforms()"}
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:

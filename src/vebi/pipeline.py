@@ -43,6 +43,7 @@ def collect_run(
     model_args: Mapping[str, Any] | None = None,
     size: int | None = None,
     normalize: str = "auto",
+    classes: str | Path | None = None,
     batch_size: int = 32,
     workers: int = 0,
     device: str | torch.device | None = "auto",
@@ -53,11 +54,19 @@ def collect_run(
     """One pass of ``model`` (a spec, see :func:`vebi.models.load_model`) over the image folder
     ``data``; writes ``run.json`` and the statistics into ``out``. ``options`` go to
     :func:`vebi.core.collect.collect` (layers, response, labels, top_k, gram_dtype, memory_budget).
+    The class map (:meth:`vebi.classes.ClassMap.resolve`) comes from ``classes`` (a classes file),
+    the torchvision weights' categories, or the folder names; torchvision weights also set the
+    preprocessing (their own resize + crop). Warns (:class:`vebi.errors.VebiWarning`) about tiny
+    classes, a top-K above the images per class, and an accuracy below 0.5 without a class-map source.
     Under torchrun every process takes its share and process 0 writes the result."""
+    import warnings
+
+    from vebi.classes import ClassMap, data_warnings
     from vebi.core import distributed
     from vebi.core.collect import collect_dataset
+    from vebi.errors import VebiWarning
     from vebi.io.artifacts import model_fingerprint, save_stats
-    from vebi.models import load_model
+    from vebi.models import load_model, output_count, torchvision_weights, weights_preprocessing
 
     if batch_size < 1 or checkpoint_every < 0:
         raise VebiError("batch_size must be at least 1, checkpoint_every at least 0")
@@ -66,19 +75,32 @@ def collect_run(
     with distributed.process_group(dev) as where:
         minfo = model_record(model, weights, model_args)
         net = load_model(minfo["spec"], minfo["weights"], minfo["args"]).to(dev)
-        dinfo = data_record(net, model, data, size, normalize)
+        enum = torchvision_weights(model, weights, lambda: output_count(net))
+        dinfo = data_record(net, model, data, size, normalize, weights_preprocessing(enum) if enum else None)
         probe = Run(out, {"model": minfo, "data": dinfo})
         dataset = probe.dataset()
+        class_map = ClassMap.resolve(dataset.classes, classes=classes,
+                                     categories=enum.meta.get("categories") if enum else None)
 
         def write(stats: FeatureStats) -> None:
             save_stats(stats, out, net)
-            Run.create(out, minfo, dinfo, stats.space.layers)
+            Run.create(out, minfo, dinfo, stats.space.layers, class_map)
 
-        return collect_dataset(
+        stats = collect_dataset(
             net, dataset, batch_size=batch_size, workers=workers, checkpoint=out / "checkpoints",
             checkpoint_every=checkpoint_every, on_result=write, progress=progress and where.is_main,
-            checkpoint_key={"model": minfo, "fingerprint": model_fingerprint(net), "data": dinfo},
-            class_names=dataset.classes, **options)
+            checkpoint_key={"model": minfo, "fingerprint": model_fingerprint(net), "data": dinfo,
+                            "classes": class_map.to_dict()},
+            class_names=dataset.classes, outputs=class_map.outputs, **options)
+        if not where.is_main:
+            return stats
+        for message in data_warnings(stats.class_counts.tolist(), class_map.names, stats.top_k):
+            warnings.warn(message, VebiWarning, stacklevel=2)
+        if class_map.source == "order" and stats.accuracy is not None and stats.accuracy < 0.5:
+            warnings.warn(f"accuracy {stats.accuracy:.3f} (chance {1 / len(dataset.classes):.3f}) with the sorted "
+                          "folders taken as model outputs 0..C-1; if the model orders its outputs otherwise, pass "
+                          "--classes FILE", VebiWarning, stacklevel=2)
+        return stats
 
 
 def fit_run(run_dir: str | Path, mu: float = 10.0, *, solver: str = "auto", device: str | torch.device = "cpu",
@@ -108,8 +130,16 @@ def interpret_run(run_dir: str | Path, data: str | Path, *, ignore_global: bool 
     from vebi.interpretation.store import save_interpretations
     from vebi.interpretation.receptive import receptive_fields
 
+    import warnings
+
+    from vebi.classes import data_warnings
+    from vebi.errors import VebiWarning
+
     run = Run.open(run_dir)
     stats, relevance = run.stats, run.relevance
+    top_k = min(options.get("top_k", 100), stats.top_k)
+    for message in data_warnings(stats.class_counts.tolist(), run.classes.names, top_k, few=False):
+        warnings.warn(message, VebiWarning, stacklevel=2)
     model = run.model(weights=False)  # receptive fields depend on the architecture only
     dataset = run.dataset(data, display=True)
     if tuple(dataset.classes) != tuple(stats.class_names):
@@ -126,11 +156,13 @@ def interpret_run(run_dir: str | Path, data: str | Path, *, ignore_global: bool 
 @dataclass(frozen=True)
 class ExplainedFile:
     """One explained image file: its explanation and where it was written (``stem`` + .json,
-    .safetensors, .png)."""
+    .safetensors, .png); or, where vebi could not explain its prediction (an output that is none of
+    the run's classes), ``explanation`` None and ``skipped`` saying why."""
 
     path: Path
-    explanation: Explanation
-    stem: Path
+    explanation: Explanation | None
+    stem: Path | None
+    skipped: str | None = None
 
 
 def explain_files(
@@ -147,10 +179,12 @@ def explain_files(
     """Explain each image file with ``method`` (vebi or a baseline); per image write
     ``OUT/STEM.json`` + ``.safetensors`` (:meth:`Explanation.save`) and a PNG panel. ``OUT``
     defaults to ``RUN/explanations`` (``RUN/explanations/METHOD`` for other methods), where the
-    report finds them. ``options`` go to the method where it declares them (num_features, pool_fix)."""
-    import torch
+    report finds them. ``target``: a model output (int) or a string read by
+    :meth:`vebi.classes.ClassMap.output` (class name, ``index:N``, ``name:TEXT``); None explains the
+    prediction. ``options`` go to the method where it declares them (num_features, pool_fix)."""
 
     from vebi.data import load_image
+    from vebi.explanation.explainer import NotARunClass
     from vebi.explanation.panel import write_panel
     from vebi.methods import build_method
 
@@ -162,8 +196,7 @@ def explain_files(
     explainer = build_method(method, relevance, strict=False, interpretations=str(run.root), **options)
     model = run.model().to(resolve_device(device))
     to_input, to_display = run.transform(), run.transform(display=True)
-    targets = None if target is None else relevance.class_index(
-        int(target) if isinstance(target, str) and target.isdigit() else target)
+    classes = run.classes
 
     loaded = []
     for path in images:
@@ -178,16 +211,33 @@ def explain_files(
     for members in groups.values():
         for start in range(0, len(members), batch_size):
             chunk = members[start:start + batch_size]
-            batch = torch.stack([loaded[i][1] for i in chunk])
-            results = explainer.explain(model, batch, targets, relevance.class_names)
-            for i, result in zip(chunk, results, strict=True):
+            try:
+                pairs = list(zip(chunk, explainer.explain(model, _stack(loaded, chunk), target, classes), strict=True))
+            except NotARunClass:
+                if target is not None:
+                    raise
+                pairs = []
+                for i in chunk:  # explain the images vebi can, say which it cannot
+                    try:
+                        pairs.append((i, explainer.explain(model, _stack(loaded, [i]), None, classes)[0]))
+                    except NotARunClass as exc:
+                        written[i] = ExplainedFile(loaded[i][0], None, None, str(exc))
+            for i, result in pairs:
                 path, _, shown = loaded[i]
                 result = dataclasses.replace(result, image=str(path.resolve()))
                 stem = folder / stems[i]
                 write_panel(stem.with_name(stem.name + ".png"), shown, result)
                 result.save(stem)
                 written[i] = ExplainedFile(path, result, stem)
+    if written and all(done.explanation is None for done in written.values()):
+        raise VebiError(f"{written[0].path}: {written[0].skipped}")
     return [written[i] for i in range(len(loaded))]
+
+
+def _stack(loaded: Sequence[tuple[Path, torch.Tensor, torch.Tensor]], members: Sequence[int]) -> torch.Tensor:
+    import torch
+
+    return torch.stack([loaded[i][1] for i in members])
 
 
 def _unique_stems(paths: Sequence[Path]) -> list[str]:

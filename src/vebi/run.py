@@ -7,7 +7,8 @@
     run.stats, run.relevance               # loaded on first use
 
 ``run.json`` (written by :meth:`Run.create`) holds ``model`` {spec, weights, args}, ``data``
-{path, size, channels, mean, std} and ``layers``. Every command, the evaluation and the demo
+{path, size, resize, interpolation, channels, mean, std, preprocessing}, ``layers`` and ``classes``
+(the :class:`vebi.classes.ClassMap`: which model output each class folder is, and the outputs' names). Every command, the evaluation and the demo
 open runs through this class.
 """
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from torch import nn
     from torchvision import datasets, transforms
 
+    from vebi.classes import ClassMap
     from vebi.core.relevance import Relevance
     from vebi.core.stats import FeatureStats
 
@@ -42,9 +44,11 @@ def model_record(spec: str, weights: str | None = None, args: Mapping[str, Any] 
 
 
 def data_record(model: nn.Module, spec: str, path: str | Path, size: int | None = None,
-                normalize: str = "auto") -> dict[str, Any]:
+                normalize: str = "auto", preprocessing: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """How to read images for ``model``: folder, size, channels and normalisation (``auto``: ImageNet
-    statistics for torchvision models, none otherwise)."""
+    statistics for torchvision models, none otherwise). ``preprocessing`` (the weights' own, from
+    :func:`vebi.models.weights_preprocessing`) sets resize + crop and the normalisation; an explicit
+    ``size`` then scales the resize with it (resize = size * weights' resize / weights' crop)."""
     from vebi.data import IMAGENET_MEAN, IMAGENET_STD
     from vebi.layers import first_conv_in_channels
 
@@ -53,8 +57,15 @@ def data_record(model: nn.Module, spec: str, path: str | Path, size: int | None 
     if normalize == "auto":
         normalize = "imagenet" if spec.startswith("torchvision:") else "none"
     imagenet = normalize == "imagenet"
-    return {"path": str(Path(path).resolve()), "size": size, "channels": first_conv_in_channels(model),
-            "mean": list(IMAGENET_MEAN) if imagenet else None, "std": list(IMAGENET_STD) if imagenet else None}
+    record = {"path": str(Path(path).resolve()), "size": size, "channels": first_conv_in_channels(model),
+              "mean": list(IMAGENET_MEAN) if imagenet else None, "std": list(IMAGENET_STD) if imagenet else None}
+    if preprocessing:
+        crop = size or preprocessing["size"]
+        record.update(size=crop, resize=round(crop * preprocessing["resize"] / preprocessing["size"]),
+                      interpolation=preprocessing["interpolation"], preprocessing=preprocessing["preprocessing"])
+        if imagenet:
+            record.update(mean=list(preprocessing["mean"]), std=list(preprocessing["std"]))
+    return record
 
 
 @dataclass(frozen=True)
@@ -73,11 +84,13 @@ class Run:
 
     @classmethod
     def create(cls, root: str | Path, model: Mapping[str, Any], data: Mapping[str, Any],
-               layers: tuple[str, ...] | list[str]) -> Run:
-        """Write ``run.json`` in ``root`` (from :func:`model_record` and :func:`data_record`)."""
+               layers: tuple[str, ...] | list[str], classes: ClassMap | None = None) -> Run:
+        """Write ``run.json`` in ``root`` (from :func:`model_record`, :func:`data_record` and the class map)."""
         from vebi.io.artifacts import save_run_info
 
         info = {"model": dict(model), "data": dict(data), "layers": list(layers)}
+        if classes is not None:
+            info["classes"] = classes.to_dict()
         save_run_info(root, info)
         return cls.open(root)
 
@@ -97,7 +110,8 @@ class Run:
         data = self.data
         mean, std = (None, None) if display else (data.get("mean"), data.get("std"))
         dataset = image_folder(path or data["path"], data.get("size"), data.get("channels", 3), mean, std,
-                               with_index=with_index)
+                               with_index=with_index, resize=data.get("resize"),
+                               interpolation=data.get("interpolation", "bilinear"))
         check_uniform_size(dataset, data.get("size"))
         return dataset
 
@@ -106,9 +120,9 @@ class Run:
         from vebi.data import image_transform
 
         data = self.data
-        if display:
-            return image_transform(data.get("size"), self.channels)
-        return image_transform(data.get("size"), self.channels, data.get("mean"), data.get("std"))
+        mean, std = (None, None) if display else (data.get("mean"), data.get("std"))
+        return image_transform(data.get("size"), self.channels, mean, std, data.get("resize"),
+                               data.get("interpolation", "bilinear"))
 
     @property
     def data(self) -> Mapping[str, Any]:
@@ -125,10 +139,22 @@ class Run:
         return load_stats(self.root)
 
     @functools.cached_property
+    def classes(self) -> ClassMap:
+        """The run's class map (runs from before it: sorted folders are outputs 0..C-1)."""
+        from vebi.classes import ClassMap
+
+        if "classes" in self.info:
+            return ClassMap.from_dict(self.info["classes"])
+        return ClassMap.identity(self.stats.class_names)
+
+    @functools.cached_property
     def relevance(self) -> Relevance:
+        """The fitted relevance, its columns tied to the model outputs of the class map."""
+        import dataclasses
+
         from vebi.io.artifacts import load_relevance
 
-        return load_relevance(self.root)
+        return dataclasses.replace(load_relevance(self.root), outputs=self.classes.outputs)
 
     def check_classes(self, dataset: datasets.ImageFolder, path: str | Path) -> None:
         """VebiError unless ``dataset``'s class folders are the run's classes."""

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import sys
+import warnings
 
 import typer
 
-from vebi.errors import VebiError
+from vebi.errors import VebiError, VebiWarning
 
 app = typer.Typer(
     name="vebi",
@@ -32,10 +33,18 @@ def _one_line(message: str) -> str:
     return " ".join(lines)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    typer.echo(f"vebi: warning: {message}", err=True)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point: input errors become one line on stderr and exit code 2, never a traceback."""
+    """Console entry point: input errors become one line on stderr and exit code 2, never a traceback;
+    a :class:`VebiWarning` is one line too."""
     try:
-        app(args=argv, prog_name="vebi")
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", VebiWarning)
+            warnings.showwarning = _show_warning
+            app(args=argv, prog_name="vebi")
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except VebiError as exc:

@@ -17,7 +17,8 @@ def layers(
     model: str = ModelArg,
     weights: str | None = WeightsOpt,
     model_arg: list[str] | None = ModelArgsOpt,
-    size: int = typer.Option(64, "--size", help="image side in pixels; of the example input that finds output shapes"),
+    size: int | None = typer.Option(None, "--size", help="image side in pixels; of the example input that finds "
+                                    "output shapes (default: the torchvision weights' crop size, else 64)"),
     all_layers: bool = typer.Option(False, "--all", help="list every module, not only those with 2-D+ maps"),
 ) -> None:
     """List the model's layers; '*' marks the default set.
@@ -27,9 +28,12 @@ def layers(
     import torch
 
     from vebi.layers import first_conv_in_channels, list_layers
-    from vebi.models import load_model, parse_model_args
+    from vebi.models import load_model, output_count, parse_model_args, torchvision_weights, weights_preprocessing
 
     net = load_model(model, weights, parse_model_args(model_arg))
+    if size is None:
+        enum = torchvision_weights(model, weights, lambda: output_count(net))
+        size = weights_preprocessing(enum)["size"] if enum is not None else 64
     example = torch.zeros(1, first_conv_in_channels(net), size, size)
     try:
         infos = list_layers(net, example)
@@ -56,8 +60,14 @@ def collect(
     labels: str = typer.Option("true", help="true (ground truth) or predicted"),
     top_k: int = typer.Option(100, "--top-k", help="top images per feature; kept for the interpretations"),
     size: int | None = typer.Option(None, "--size", help="image side in pixels; images are resized and centre-cropped "
-                                    "to it (default: their own size, which must then be the same for all)"),
+                                    "to it (default: with torchvision weights their own resize and crop, e.g. "
+                                    "256 -> 224, else the images' own size, which must then be the same for all)"),
     normalize: str = typer.Option("auto", help="auto (imagenet for torchvision models), imagenet or none"),
+    classes: Path | None = typer.Option(None, "--classes", help="which model output each class folder is: a text "
+                                        "file with one class name per model output (line i names output i), or "
+                                        "JSON {folder: output index}; default: the torchvision weights' "
+                                        "categories, folders named by output index, else sorted folders = outputs "
+                                        "0..C-1"),
     batch_size: int = batch_size_option(32),
     workers: int = WorkersOpt,
     device: str = DeviceOpt,
@@ -86,7 +96,7 @@ def collect(
     if gram_dtype not in ("float64", "float32"):
         raise VebiError(f"--gram-dtype must be float64 or float32, not {gram_dtype!r}")
     stats = collect_run(out, model, data, weights=weights, model_args=parse_model_args(model_arg), size=size,
-                        normalize=normalize, batch_size=batch_size, workers=workers, device=device,
+                        normalize=normalize, classes=classes, batch_size=batch_size, workers=workers, device=device,
                         checkpoint_every=checkpoint_every, layers=layer or None, response=response, labels=labels,
                         top_k=top_k, gram_dtype=getattr(torch, gram_dtype), memory_budget=memory_budget,
                         progress=progress)

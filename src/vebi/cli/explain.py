@@ -20,8 +20,9 @@ def explain_command(
     method: str = typer.Option("vebi", "--method", "-m", help="explanation method; vebi, vebi_nofix or a baseline "
                                "(guided_backprop, deconvnet, grad_cam, grad_cam_plus_plus, integrated_gradients, "
                                "activation_map)"),
-    target: str | None = typer.Option(None, "--target", "-t", help="class name or index to explain "
-                                      "(default: the predicted class)"),
+    target: str | None = typer.Option(None, "--target", "-t", help="class name or model output index to "
+                                      "explain (default: the prediction); a number is an output index, write "
+                                      "name:243 for a class named 243 (index:243 is explicit too)"),
     num_features: int = typer.Option(3, "--num-features", "-k", help="features per explanation; for vebi and activation_map"),
     pool_fix: bool = typer.Option(False, "--pool-fix/--no-pool-fix", help="vebi: route pooled signals to the "
                                   "window's argmax, overwriting"),
@@ -37,7 +38,10 @@ def explain_command(
 
     for done in explain_files(run, images, method=method, out=out, target=target, batch_size=batch_size,
                               device=device, num_features=num_features, pool_fix=pool_fix):
-        typer.echo(f"{done.path}: {_summary(done.explanation)} -> {done.stem}.png")
+        if done.explanation is None:
+            typer.echo(f"vebi: warning: {done.path}: {done.skipped}", err=True)
+        else:
+            typer.echo(f"{done.path}: {_summary(done.explanation)} -> {done.stem}.png")
 
 
 def _summary(e) -> str:

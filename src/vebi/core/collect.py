@@ -18,6 +18,7 @@ from vebi.core.features import FeatureSpace
 from vebi.hooks import forward_hooks, preserve_model
 from vebi.layers import LayerSpec, named_layers, resolve_layers
 from vebi.models import model_device
+from vebi.core.relevance import positions
 from vebi.core.responses import argmax_yx, as_maps, check_response, normalise, pool
 from vebi.core.stats import LABEL_MODES, FeatureStats, StatsConfig
 
@@ -65,6 +66,7 @@ def collect(
     labels: str = "true",
     top_k: int = 100,
     class_names: Sequence[str] | None = None,
+    outputs: Sequence[int] | None = None,
     progress: bool = True,
     total: int | None = None,
     gram_dtype: torch.dtype = torch.float64,
@@ -77,7 +79,9 @@ def collect(
     ``data`` yields (images, labels) or (images, labels, image_indices); without indices the
     images are numbered 0, 1, ... in iteration order, so a loader must not shuffle. Statistics
     live on the model's device and nothing is read back from it per batch. ``labels="predicted"``
-    regresses on the model's own predictions. ``class_names`` defaults to the dataset's
+    regresses on the model's own predictions. ``outputs[c]`` is the model output of class c
+    (:class:`vebi.classes.ClassMap`; default: output c): a prediction of another output counts as
+    wrong, and predicted labels are the highest-scoring of the classes' outputs. ``class_names`` defaults to the dataset's
     ``classes`` or to the number of model outputs. Before the statistics are allocated (after the
     first forward pass, which gives m) their memory is checked against ``memory_budget`` (bytes or
     '8GiB'; default $VEBI_MEMORY_BUDGET or the free memory), see ``vebi.core.memory``. ``resume``
@@ -121,16 +125,24 @@ def collect(
                 raise VebiError(f"the statistics to continue have features {stats.space.to_dict()}, "
                                 f"this model gives {space.to_dict()}")
             predictions = logits.argmax(dim=1)
+            if outputs is not None:
+                if max(outputs) >= logits.shape[1]:
+                    bad = [stats.class_names[c] for c, o in enumerate(outputs) if o >= logits.shape[1]]
+                    raise VebiError(f"class(es) {', '.join(bad[:5])} map to model outputs beyond its "
+                                    f"{logits.shape[1]} outputs")
+                predictions = positions(predictions, tuple(outputs))
+            elif logits.shape[1] != stats.num_classes:
+                predictions = None
             if labels == "predicted":
-                if logits.shape[1] != stats.num_classes:
+                if predictions is None:
                     raise VebiError(f"the model has {logits.shape[1]} outputs but there are "
-                                    f"{stats.num_classes} classes; predicted labels need one output per class")
-                target = predictions
+                                    f"{stats.num_classes} classes; predicted labels need a class map (--classes)")
+                target = predictions if outputs is None else logits[:, list(outputs)].argmax(dim=1)
             else:
                 target = targets  # range-checked on the host by update() before it moves
             x = normalise([reader.pooled[n] for n in names])
             yx = torch.cat([reader.yx[n] for n in names], dim=1)
-            stats.update(x, target, indices, yx, predictions if logits.shape[1] == stats.num_classes else None)
+            stats.update(x, target, indices, yx, predictions)
             if on_batch is not None:
                 on_batch(stats)
     if stats is None:

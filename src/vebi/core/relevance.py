@@ -27,7 +27,11 @@ class RelevantFeature:
 
 @dataclass(frozen=True)
 class Relevance:
-    """W = [w_1 .. w_C], w_j = argmin ||X w - l_j||^2 s.t. ||w||_1 <= mu, over the features of ``space``."""
+    """W = [w_1 .. w_C], w_j = argmin ||X w - l_j||^2 s.t. ||w||_1 <= mu, over the features of ``space``.
+
+    ``outputs[j]`` is the model output of column j (None: column j is output j), see
+    :class:`vebi.classes.ClassMap`; targets given to the explanation methods are model outputs.
+    """
 
     weights: torch.Tensor
     space: FeatureSpace
@@ -35,11 +39,24 @@ class Relevance:
     mu: float
     response: str = "energy"
     tolerance: float = 0.0
+    outputs: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if tuple(self.weights.shape) != (self.space.size, len(self.class_names)):
             raise VebiError(f"weights of shape {tuple(self.weights.shape)} do not fit "
                             f"{self.space.size} features x {len(self.class_names)} classes")
+        if self.outputs is not None and len(self.outputs) != len(self.class_names):
+            raise VebiError(f"{len(self.outputs)} model outputs for {len(self.class_names)} classes")
+
+    def columns(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Model outputs -> columns of W (-1 where an output is none of the run's classes)."""
+        if self.outputs is None:
+            return torch.where(outputs.long() < self.num_classes, outputs.long(), -1)
+        return positions(outputs, self.outputs)
+
+    def output(self, column: int) -> int:
+        """The model output of column ``column``."""
+        return column if self.outputs is None else self.outputs[column]
 
     @property
     def num_classes(self) -> int:
@@ -73,6 +90,13 @@ class Relevance:
         """Indices of the features relevant to at least one class."""
         mask = (self.weights.abs() > self.tolerance).any(dim=1)
         return tuple(torch.nonzero(mask).flatten().tolist())
+
+
+def positions(values: torch.Tensor, table: tuple[int, ...]) -> torch.Tensor:
+    """Position of each value in ``table`` (-1 where absent), on the values' device; nothing is read back."""
+    entries = torch.tensor(table, dtype=torch.int64, device=values.device)
+    same = values.long()[None, :] == entries[:, None]
+    return torch.where(same.any(dim=0), same.int().argmax(dim=0), -1)
 
 
 def fit_relevance(stats: FeatureStats, mu: float = 10.0, *, tolerance: float = 1e-10, **solver_options) -> Relevance:

@@ -229,12 +229,15 @@ def class_accuracies(
     *,
     batched: bool = True,
     max_batch: int | None = None,
+    outputs: Sequence[int] | None = None,
     progress: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Correct predictions per feature set and class, (S, C) int64, and images per class, (C,).
 
     One pass over ``data``. ``batched``: many sets per forward pass (module docstring), at most
     ``max_batch`` images per pass; otherwise one forward pass per set and batch (:func:`ablate`).
+    ``outputs[c]``: the model output of class c (default: output c); a prediction of any other
+    output is wrong.
     """
     sets = [feature_keys(s) for s in feature_sets]
     if max_batch is not None and max_batch < 1:
@@ -260,7 +263,7 @@ def class_accuracies(
             if not batched:
                 for s, keys in enumerate(sets):
                     with ablate(model, keys):
-                        hits = model(x).argmax(dim=1).cpu() == labels
+                        hits = _as_classes(model(x).argmax(dim=1).cpu(), outputs) == labels
                     correct[s] += (hits.to(torch.float64) @ one_hot).round().to(torch.int64)
                 continue
             if order is None:
@@ -282,7 +285,7 @@ def class_accuracies(
                         raise
                     not_cuts.add(expand_at)
                     logits = _ablated_logits(model, x, chunk_sets, modules, None)
-                hits = (logits.argmax(dim=2).cpu() == labels).to(torch.float64)
+                hits = (_as_classes(logits.argmax(dim=2).cpu(), outputs) == labels).to(torch.float64)
                 correct[chunk] += (hits @ one_hot).round().to(torch.int64)
     return correct, totals
 
@@ -329,10 +332,20 @@ def layer_matched_draw(features: Sequence[FeatureKey], candidates: Mapping[str, 
     return out
 
 
+def _as_classes(predictions: Tensor, outputs: Sequence[int] | None) -> Tensor:
+    """Model outputs -> run classes (``outputs[c]`` is class c's output; -1 for any other output)."""
+    from vebi.core.relevance import positions
+
+    if outputs is None:
+        return predictions
+    return positions(predictions.flatten(), tuple(outputs)).view(predictions.shape)
+
+
 def classifier_evidence(model: nn.Module, data: Iterable[Any], layer: str, num_classes: int, *,
-                        progress: bool = True) -> Tensor:
+                        outputs: Sequence[int] | None = None, progress: bool = True) -> Tensor:
     """e (C, channels of ``layer``), float64: e_{j,c} = mean over the class-j images of
-    sum_{u,v} A_c(u, v) * dz_j / dA_c(u, v), A = the layer's output (its first call), z_j the class-j logit."""
+    sum_{u,v} A_c(u, v) * dz_j / dA_c(u, v), A = the layer's output (its first call), z_j the class-j logit
+    (the logit of model output ``outputs[j]`` when given)."""
     modules = named_layers(model, [layer])
     device, dtype = model_device(model), model_dtype(model)
     sums: Tensor | None = None
@@ -354,7 +367,8 @@ def classifier_evidence(model: nn.Module, data: Iterable[Any], layer: str, num_c
             labels = labels.to(torch.int64).cpu()
             captured.clear()
             logits = model(images.to(device=device, dtype=dtype))
-            score = logits.gather(1, labels.to(logits.device).view(-1, 1)).sum()
+            columns = labels if outputs is None else torch.tensor(outputs, dtype=torch.int64)[labels]
+            score = logits.gather(1, columns.to(logits.device).view(-1, 1)).sum()
             (grad,) = torch.autograd.grad(score, captured[0])
             evidence = (captured[0].detach() * grad).flatten(2).sum(2).to("cpu", torch.float64)
             if sums is None:
@@ -550,12 +564,14 @@ def ablation_study(
     max_features: int | None = None,
     curves: bool = False,
     max_batch: int | None = None,
+    outputs: Sequence[int] | None = None,
     progress: bool = True,
 ) -> AblationResult:
     """The per-class ablation protocol of the module docstring on ``data``.
 
     ``relevance``: a :class:`~vebi.core.relevance.Relevance` (weights, feature space, class names);
     ``max_features``: keep at most this many features of each set (the first in |w| order);
+    ``outputs``: the model output of each class (see :func:`class_accuracies`);
     ``curves``: every k = 0..n instead of only k = n. ``data`` is iterated twice (classifier
     evidence, then accuracies), so it must be re-iterable (a DataLoader or a list).
     """
@@ -571,7 +587,7 @@ def ablation_study(
     candidates = {layer: [c for c in range(n) if (layer, c) not in excluded]
                   for layer, n in zip(space.layers, space.channels, strict=True)}
     last = space.layers[-1]
-    evidence = classifier_evidence(model, data, last, len(names), progress=progress)
+    evidence = classifier_evidence(model, data, last, len(names), outputs=outputs, progress=progress)
 
     plan = _Plan()
     baseline = plan.add([])
@@ -595,7 +611,8 @@ def ablation_study(
             entries.append((kind, keys, weights, counts, own, controls))
         layout.append(entries)
 
-    correct, totals = class_accuracies(model, data, plan.sets, len(names), max_batch=max_batch, progress=progress)
+    correct, totals = class_accuracies(model, data, plan.sets, len(names), max_batch=max_batch, outputs=outputs,
+                                       progress=progress)
     accuracy = [_accuracy(correct[s], totals) for s in range(len(plan.sets))]
 
     classes = []
@@ -673,6 +690,7 @@ def union_ablation(
     *,
     seeds: Sequence[int] = (0, 1, 2, 3, 4),
     max_batch: int | None = None,
+    outputs: Sequence[int] | None = None,
     progress: bool = True,
 ) -> UnionAblationResult:
     """Ablate the union of every class's relevant features at once, against layer-matched random sets."""
@@ -686,7 +704,8 @@ def union_ablation(
     plan = _Plan()
     baseline, ablated = plan.add([]), plan.add(union)
     draws = _draw_sets(plan, union, [len(union)], candidates, seeds, len(names), len(KINDS))
-    correct, totals = class_accuracies(model, data, plan.sets, len(names), max_batch=max_batch, progress=progress)
+    correct, totals = class_accuracies(model, data, plan.sets, len(names), max_batch=max_batch, outputs=outputs,
+                                       progress=progress)
     accuracy = [_accuracy(correct[s], totals) for s in range(len(plan.sets))]
     random_class = random_mca = None
     if draws is not None:

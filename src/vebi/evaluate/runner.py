@@ -5,7 +5,8 @@ relevance) and an image folder with the same class sub-folders (the test split),
 folder of ground-truth masks mirroring it (``MASKS/<class>/<stem>.png``, 8-bit: a pixel is inside
 when its value is > 127; a 0/1 mask file counts its non-zero pixels), and computes
 
-- per method, on every image and for the *predicted* class: the heatmap (B, H, W) in [0, 1];
+- per method, on every image and for the *predicted* class (the true class where the model
+  predicts an output outside the run's classes, see :class:`vebi.classes.ClassMap`): the heatmap (B, H, W) in [0, 1];
   with masks, the IoU sweep, pointing game and mass in mask (:mod:`vebi.evaluate.metrics`) on the
   correctly and the wrongly classified images separately (and on all of them); without masks,
   only the mask-free score below;
@@ -50,6 +51,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from vebi.core.relevance import positions
 from vebi.hooks import preserve_model
 from vebi.errors import VebiError
 from vebi.evaluate.ablation import AblationResult, UnionAblationResult, ablation_study, union_ablation
@@ -200,7 +202,7 @@ def _mask_file(masks_root: Path, relative: Path) -> Path | None:
     return None
 
 
-def _load_mask(path: Path, size: int | None, shape: tuple[int, int]) -> Tensor:
+def _load_mask(path: Path, size: int | None, shape: tuple[int, int], resize: int | None = None) -> Tensor:
     """Mask file -> bool (H, W), resized (nearest) and centre-cropped like its image when ``size``."""
     from torchvision import transforms
 
@@ -210,7 +212,7 @@ def _load_mask(path: Path, size: int | None, shape: tuple[int, int]) -> Tensor:
     except (UnidentifiedImageError, OSError) as exc:
         raise VebiError(f"cannot read mask {path}: {exc}") from None
     if size is not None:
-        mask = transforms.CenterCrop(size)(transforms.Resize(size, transforms.InterpolationMode.NEAREST)(mask))
+        mask = transforms.CenterCrop(size)(transforms.Resize(resize or size, transforms.InterpolationMode.NEAREST)(mask))
     array = np.asarray(mask)
     if tuple(array.shape) != tuple(shape):
         raise VebiError(f"mask {path} is {array.shape[1]}x{array.shape[0]} but its image is {shape[1]}x{shape[0]}")
@@ -222,8 +224,9 @@ class _Subset(Dataset):
     """(image, label, index[, mask]) of the chosen images of an ImageFolder."""
 
     def __init__(self, dataset: Any, indices: Sequence[int], mask_files: Sequence[Path] | None,
-                 size: int | None) -> None:
+                 size: int | None, resize: int | None = None) -> None:
         self.dataset, self.indices, self.mask_files, self.size = dataset, list(indices), mask_files, size
+        self.resize = resize
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -232,7 +235,7 @@ class _Subset(Dataset):
         image, label = self.dataset[self.indices[i]][:2]
         if self.mask_files is None:
             return image, label, i
-        return image, label, i, _load_mask(self.mask_files[i], self.size, tuple(image.shape[-2:]))
+        return image, label, i, _load_mask(self.mask_files[i], self.size, tuple(image.shape[-2:]), self.resize)
 
 
 def _balanced_subset(labels: Sequence[int], max_images: int | None, seed: int) -> list[int]:
@@ -363,9 +366,10 @@ def evaluate_run(
             raise VebiError(f"{len(missing)} of {len(indices)} images have no mask in {masks_root} "
                             f"(e.g. {missing[0]}); the mask folder must mirror {images_root}")
         mask_files = [f for f in found if f is not None]
-    subset = _Subset(dataset, indices, mask_files, size)
+    subset = _Subset(dataset, indices, mask_files, size, run.data.get("resize"))
     loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=0)
     num_classes = len(relevance.class_names)
+    outputs = tuple(relevance.output(j) for j in range(num_classes))
     timings: dict[str, float] = {}
 
     # predictions once: correctness decides which Localization an image goes to
@@ -377,12 +381,15 @@ def evaluate_run(
             x = batch[0].to(dev)
             first_batch = x if first_batch is None else first_batch
             logits = model(x)
-            if logits.dim() != 2 or logits.shape[1] != num_classes:
-                raise VebiError(f"the model returns {tuple(logits.shape)} scores for {num_classes} classes")
+            if logits.dim() != 2 or logits.shape[1] <= max(outputs):
+                raise VebiError(f"the model returns {tuple(logits.shape)} scores, but the run's classes are "
+                                f"outputs up to {max(outputs)}")
             predictions.append(logits.argmax(dim=1).cpu())
             labels.append(torch.as_tensor(batch[1]))
     predicted, truth = torch.cat(predictions), torch.cat(labels)
-    correct_mask = predicted == truth
+    correct_mask = positions(predicted, outputs) == truth
+    # explained output: the prediction, or the true class's output where the prediction is no run class
+    explained = torch.where(positions(predicted, outputs) >= 0, predicted, torch.tensor(outputs)[truth])
     per_class = [float(correct_mask[truth == c].double().mean()) if bool((truth == c).any()) else float("nan")
                  for c in range(num_classes)]
     uses_cam = any("layer" in method_options(m) for m in chosen)
@@ -404,7 +411,7 @@ def evaluate_run(
             overall.update()
             images = batch[0].to(dev)
             b = images.shape[0]
-            target = predicted[offset:offset + b]
+            target = explained[offset:offset + b]
             ok = correct_mask[offset:offset + b]
             offset += b
             for name, maps in method.evaluation_maps(model, images, target.to(dev)).items():
@@ -442,10 +449,11 @@ def evaluate_run(
                                      shuffle=False, num_workers=0)
         began = time.perf_counter()
         study = ablation_study(model, ablation_loader, relevance, seeds=seeds, max_features=max_ablation_features,
-                               curves=ablation_curves, max_batch=ablation_batch, progress=progress)
+                               curves=ablation_curves, max_batch=ablation_batch, outputs=outputs,
+                               progress=progress)
         if any(ranked):
             union = union_ablation(model, ablation_loader, relevance, seeds=seeds, max_batch=ablation_batch,
-                                   progress=progress)
+                                   outputs=outputs, progress=progress)
         timings["ablation"] = time.perf_counter() - began
     checks = _sanity_checks(run, model, dataset, built, sanity_images, seed, random_label_weights, batch_size,
                             progress) if sanity and built else ()
@@ -460,7 +468,9 @@ def evaluate_run(
         "max_ablation_features": max_ablation_features, "ablation_curves": ablation_curves,
         "ablation_controls": "per seed, the set's per-layer channel counts drawn from channels relevant to no class",
         "ablation_reference": "the positive set's count of last-layer channels with the highest mean "
-                              "sum(A * dz_j/dA) over the class's images", "confidence": 0.95, "explained_class": "predicted",
+                              "sum(A * dz_j/dA) over the class's images", "confidence": 0.95,
+        "explained_class": "predicted (the true class where the prediction is none of the run's classes)",
+        "outputs": list(outputs),
         "mu": relevance.mu, "response": relevance.response, "layers": list(relevance.space.layers),
         "mask_rule": "8-bit mask: value > 127 is inside (0/1 masks: non-zero)", "empty_iou": 1.0,
         "sanity": bool(checks), "sanity_images": sanity_images if checks else None,
@@ -512,12 +522,12 @@ def _per_image_rows(name: str, acc: dict[str, Localization], correct: Localizati
     between methods use these)."""
     rows = []
     best = None if correct is None else correct.iou.thresholds.index(correct.iou.best_threshold)
-    for subset, positions in (("correct", torch.nonzero(ok).flatten()), ("wrong", torch.nonzero(~ok).flatten())):
+    for subset, members in (("correct", torch.nonzero(ok).flatten()), ("wrong", torch.nonzero(~ok).flatten())):
         loc = acc[subset]
         if not loc.count:
             continue
         iou, hits, mass = loc.iou.per_image(), loc.pointing.per_image(), loc.mass.per_image()
-        for r, i in enumerate(positions.tolist()):
+        for r, i in enumerate(members.tolist()):
             rows.append({"method": name, "image": files[i], "subset": subset, "label": int(truth[i]),
                          "predicted": int(predicted[i]), "iou_mean": float(iou[r].mean()),
                          "iou_best_threshold": None if best is None else float(iou[r, best]),

@@ -33,6 +33,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -48,10 +49,18 @@ from vebi.models import model_device
 from vebi.core.relevance import Relevance
 from vebi.core.responses import responses
 
-__all__ = ["COMBINE_MODES", "MIN_SHARE", "Explainer", "combine_maps", "top_contributions"]
+if TYPE_CHECKING:
+    from vebi.classes import ClassMap
+
+__all__ = ["COMBINE_MODES", "MIN_SHARE", "Explainer", "NotARunClass", "combine_maps", "top_contributions"]
 
 COMBINE_MODES = ("share", "max")
 MIN_SHARE = 0.05  # features with less of the positive evidence are left out of the share-weighted map
+
+
+class NotARunClass(VebiError):
+    """The output to explain is none of the run's classes, so there are no relevant features for it."""
+
 
 Target = None | int | str | Sequence[int | str] | Tensor
 
@@ -59,9 +68,11 @@ Target = None | int | str | Sequence[int | str] | Tensor
 class Explainer:
     """Explain a model's predictions with the relevant features of ``relevance``.
 
-    ``explainer(images (B, C, H, W), target=None)`` returns one :class:`Explanation` per image.
-    ``target``: None (the predicted class), a class index or name for every image, or one per
-    image. ``num_features`` features with r > 0 are kept; ``combine`` / ``min_share`` choose how
+    ``explainer(images (B, C, H, W), target=None, classes=None)`` returns one :class:`Explanation`
+    per image. ``target``: None (the prediction), a model output or class name for every image, or
+    one per image; it must be one of the run's classes (``relevance.outputs``), the columns of W.
+    ``classes`` (:class:`vebi.classes.ClassMap`) names the outputs (default: the relevance's classes).
+    ``num_features`` features with r > 0 are kept; ``combine`` / ``min_share`` choose how
     their maps are combined (module docstring); ``stride_fix`` / ``pool_fix`` / ``upsample`` set the
     backward rules (see :mod:`vebi.explanation.backward`), ``rules`` replaces them altogether.
     ``interpretation_dir``: a run folder (or its ``interpretation`` folder) whose average-crop
@@ -103,13 +114,13 @@ class Explainer:
         self.method = "vebi" if stride_fix else "vebi_nofix"
         self.interpretations = _interpretation_links(interpretation_dir, relevance) if interpretation_dir else {}
 
-    def __call__(self, images: Tensor, target: Target = None) -> tuple[Explanation, ...]:
-        run = self._run(images, target)
+    def __call__(self, images: Tensor, target: Target = None, classes: ClassMap | None = None) -> tuple[Explanation, ...]:
+        classes = classes or self.classes()
+        run = self._run(images, target, classes)
         versions = {"vebi": __version__, "torch": torch.__version__}
-        names = self.relevance.class_names
         out = []
         for b in range(images.shape[0]):
-            j = int(run["targets"][b])
+            j = int(run["columns"][b])
             feats = []
             for s in range(self.num_features):
                 if not run["kept"][b, s]:
@@ -121,20 +132,27 @@ class Explainer:
                     s, index, f.layer, f.channel, float(run["x"][b, index]), float(run["w"][b, index]),
                     float(run["values"][b, s]), float(run["values"][b, s] / run["positive"][b]),
                     run["heat"][b, s].clone(), link))
-            predicted = int(run["predicted"][b])
+            predicted, t = int(run["predicted"][b]), int(run["targets"][b])
             out.append(Explanation(
-                predicted, names[predicted] if predicted < len(names) else None, float(run["probs"][b, predicted]),
-                j, names[j], float(run["probs"][b, j]) if j < run["probs"].shape[1] else float("nan"),
+                predicted, classes.name(predicted), float(run["probs"][b, predicted]),
+                t, classes.name(t), float(run["probs"][b, t]),
                 tuple(feats), run["combined"][b].clone(), self.method, dict(self.settings), versions))
         return tuple(out)
 
     def maps(self, images: Tensor, target: Target = None) -> Tensor:
         """Only the combined maps (B, H, W) in [0, 1], on the images' device."""
-        return self._run(images, target)["combined"].to(images.device)
+        return self._run(images, target, self.classes())["combined"].to(images.device)
+
+    def classes(self) -> ClassMap:
+        """The class map of the relevance alone (its classes named by their folders)."""
+        from vebi.classes import ClassMap
+
+        rel = self.relevance
+        return ClassMap(rel.class_names, tuple(rel.output(j) for j in range(rel.num_classes)))
 
     # ------------------------------------------------------------------------------------------
 
-    def _run(self, images: Tensor, target: Target) -> dict[str, Tensor]:
+    def _run(self, images: Tensor, target: Target, classes: ClassMap) -> dict[str, Tensor]:
         if not isinstance(images, Tensor) or images.dim() != 4 or not images.is_floating_point():
             shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
             raise VebiError(f"images must be a float tensor (B, C, H, W), got {shape}")
@@ -148,10 +166,11 @@ class Explainer:
                 raise VebiError("the model must return class scores of shape (B, classes)")
             probs = logits.detach().float().softmax(dim=1)
             predicted = probs.argmax(dim=1)
-            targets = self._targets(target, predicted, logits.shape[1]).to(device)
+            targets = resolve_targets(target, predicted, classes).to(device)
+            columns = self._columns(targets, logits.shape[1], classes, target is None)
             acts = {layer: fw.activations[layer] for layer in space.layers}
             x = responses({n: a.detach() for n, a in acts.items()}, space, self.relevance.response).double()
-            w, r, values, indices = top_contributions(x, self.relevance.weights, targets, k)
+            w, r, values, indices = top_contributions(x, self.relevance.weights, columns, k)
             kept = values > 0
             heat = torch.zeros(batch, k, height, width, dtype=torch.float32)
             for s in range(k):
@@ -170,16 +189,25 @@ class Explainer:
         positive = r.clamp(min=0).sum(dim=1).clamp(min=torch.finfo(torch.float64).tiny)
         shares = (values.clamp(min=0) / positive[:, None]).cpu()
         combined = combine_maps(heat, shares, self.combine, self.min_share)
-        return {"predicted": predicted.cpu(), "probs": probs.cpu(), "targets": targets.cpu(), "x": x.cpu(),
+        return {"predicted": predicted.cpu(), "probs": probs.cpu(), "targets": targets.cpu(),
+                "columns": columns.cpu(), "x": x.cpu(),
                 "w": w.cpu(), "values": values.cpu(), "indices": indices.cpu(), "kept": kept.cpu(),
                 "positive": positive.cpu(), "heat": heat, "combined": combined}
 
-    def _targets(self, target: Target, predicted: Tensor, outputs: int) -> Tensor:
-        classes = self.relevance.num_classes
-        if target is None and outputs != classes:
-            raise VebiError(f"the model has {outputs} outputs but the relevance has {classes} classes; "
-                            "pass target= to say which class to explain")
-        return resolve_targets(target, predicted, index=self.relevance.class_index)
+    def _columns(self, targets: Tensor, outputs: int, classes: ClassMap, predicted: bool) -> Tensor:
+        """The relevance columns of the target outputs; VebiError for an output outside the run's classes."""
+        columns = self.relevance.columns(targets)
+        bad = torch.nonzero((columns < 0) | (targets >= outputs)).flatten().tolist()
+        if bad:
+            o = int(targets[bad[0]])
+            if o >= outputs:
+                raise VebiError(f"target {o} is out of range for a model with {outputs} outputs")
+            what = "the model predicts" if predicted else "the target is"
+            shown = ", ".join(classes.names[:8]) + (" ..." if len(classes.names) > 8 else "")
+            raise NotARunClass(f"{what} output {o} ({classes.name(o)}), which is none of the run's "
+                            f"classes ({shown}), so vebi has no relevant features to explain it with; pass --target "
+                            "one of them, or explain it with a baseline (--method grad_cam)")
+        return columns
 
 
 def top_contributions(x: Tensor, weights: Tensor, targets: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:

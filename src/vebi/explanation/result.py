@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -19,6 +19,9 @@ from torch import Tensor
 
 from vebi.errors import VebiError
 from vebi.io.atomic import atomic_path, write_text
+
+if TYPE_CHECKING:
+    from vebi.classes import ClassMap
 
 __all__ = ["ExplainedFeature", "Explanation", "load_explanation", "resolve_targets"]
 
@@ -55,7 +58,8 @@ class ExplainedFeature:
 class Explanation:
     """The explanation of one image by one method: prediction, explained class, features, map.
 
-    ``score``/``target_score`` are softmax probabilities of the model's output; ``combined``
+    ``predicted`` and ``target`` are model outputs, ``predicted_name`` / ``target_name`` their names
+    (:class:`vebi.classes.ClassMap`); ``score``/``target_score`` are softmax probabilities of those outputs; ``combined``
     (H, W) float32 in [0, 1] is the method's map (for vebi the combination of its features'
     heatmaps, zeros when no feature contributes positively); ``features`` is empty for methods
     without features; ``image`` the explained file, when it came from one.
@@ -119,10 +123,12 @@ def _stem(path: str | os.PathLike[str]) -> Path:
     return p.with_suffix("") if p.suffix in (".json", ".safetensors") else p
 
 
-def resolve_targets(target: Any, predicted: Tensor, class_names: Sequence[str] = (),
-                    index: Callable[[int | str], int] | None = None) -> Tensor:
-    """(B,) class indices: ``predicted`` for None, else one target for all or one per image; names are
-    looked up with ``index`` (default: position in ``class_names``)."""
+def resolve_targets(target: Any, predicted: Tensor, classes: ClassMap | None = None) -> Tensor:
+    """(B,) model outputs: ``predicted`` for None, else one target for all images or one per image.
+    An int is a model output; a string is read by :meth:`vebi.classes.ClassMap.output` (a name,
+    ``index:N``, ``name:TEXT`` or a number)."""
+    from vebi.classes import ClassMap
+
     batch = predicted.shape[0]
     if target is None:
         return predicted
@@ -134,13 +140,5 @@ def resolve_targets(target: Any, predicted: Tensor, class_names: Sequence[str] =
         items = list(target)
     if len(items) != batch:
         raise VebiError(f"need one target per image: got {len(items)} for {batch} images")
-    lookup = index or (lambda t: _class_position(t, class_names))
-    return torch.tensor([lookup(t if isinstance(t, str) else int(t)) for t in items], dtype=torch.long)
-
-
-def _class_position(target: int | str, class_names: Sequence[str]) -> int:
-    if isinstance(target, int):
-        return target
-    if target not in class_names:
-        raise VebiError(f"unknown class {target!r}; classes: {', '.join(class_names)}")
-    return list(class_names).index(target)
+    lookup = classes if classes is not None else ClassMap((), ())
+    return torch.tensor([lookup.output(t if isinstance(t, str) else int(t)) for t in items], dtype=torch.long)

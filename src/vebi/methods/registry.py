@@ -9,10 +9,11 @@ A method is a frozen dataclass whose fields are its options, registered at its d
         def maps(self, model, images, target): ...
 
 - ``maps(model, images (B, C, H, W), target (B,) int) -> (B, H, W)`` float32 in [0, 1], at image
-  resolution, on the images' device, for class ``target[b]`` of image ``b`` (what the benchmark
-  compares);
-- ``explain(model, images, target=None, class_names=()) -> tuple[Explanation, ...]`` (what a user
-  reads): prediction, explained class, scores and the map; methods with features add them;
+  resolution, on the images' device, for model output ``target[b]`` of image ``b`` (what the
+  benchmark compares); every method explains the same output for the same target;
+- ``explain(model, images, target=None, classes=None) -> tuple[Explanation, ...]`` (what a user
+  reads): prediction, explained output, scores and the map; methods with features add them;
+  ``classes`` (:class:`vebi.classes.ClassMap`) names the outputs and reads named targets;
 - ``evaluation_maps`` / ``output_names``: the maps a method contributes to the evaluation (by
   default its own map; vebi adds its single-feature maps).
 
@@ -26,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import torch
@@ -37,6 +38,7 @@ from vebi.hooks import preserve_model
 from vebi.models import model_device, model_dtype
 
 if TYPE_CHECKING:
+    from vebi.classes import ClassMap
     from vebi.core.relevance import Relevance
     from vebi.explanation.result import Explanation
 
@@ -72,10 +74,11 @@ class Method(ABC):
         return {f.name: _plain(getattr(self, f.name)) for f in option_fields(type(self))}
 
     def explain(self, model: nn.Module, images: Tensor, target: Any = None,
-                class_names: Sequence[str] = ()) -> tuple[Explanation, ...]:
-        """One :class:`Explanation` per image, for ``target`` (None: the predicted class; a class
-        index or name for every image, or one per image)."""
+                classes: ClassMap | None = None) -> tuple[Explanation, ...]:
+        """One :class:`Explanation` per image, for ``target`` (None: the prediction; a model output
+        or class name for every image, or one per image)."""
         from vebi import __version__
+        from vebi.classes import ClassMap
         from vebi.explanation.result import Explanation, resolve_targets
 
         check_images(images)
@@ -86,20 +89,17 @@ class Method(ABC):
             raise VebiError("the model must return class scores of shape (B, classes)")
         probs = logits.float().softmax(dim=1).cpu()
         predicted = probs.argmax(dim=1)
-        if target is None and class_names and probs.shape[1] != len(class_names):
-            raise VebiError(f"the model has {probs.shape[1]} outputs but the run has {len(class_names)} classes; "
-                            "pass a target")
-        targets = resolve_targets(target, predicted, class_names)
+        classes = classes if classes is not None else ClassMap((), ())
+        targets = resolve_targets(target, predicted, classes)
+        if targets.numel() and int(targets.max()) >= probs.shape[1]:
+            raise VebiError(f"target {int(targets.max())} is out of range for a model with {probs.shape[1]} outputs")
         maps = self.maps(model, images.to(device), targets.to(device)).cpu()
         versions = {"vebi": __version__, "torch": torch.__version__}
         out = []
         for b in range(images.shape[0]):
             p, t = int(predicted[b]), int(targets[b])
-            out.append(Explanation(
-                p, class_names[p] if p < len(class_names) else None, float(probs[b, p]), t,
-                class_names[t] if t < len(class_names) else str(t),
-                float(probs[b, t]) if t < probs.shape[1] else float("nan"), (), maps[b], self.name,
-                self.options(), versions))
+            out.append(Explanation(p, classes.name(p), float(probs[b, p]), t, classes.name(t), float(probs[b, t]),
+                                   (), maps[b], self.name, self.options(), versions))
         return tuple(out)
 
 

@@ -4,7 +4,6 @@ baseline)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -21,6 +20,7 @@ from vebi.methods.registry import Method, check_inputs, register_method
 from vebi.models import model_device, model_dtype
 
 if TYPE_CHECKING:
+    from vebi.classes import ClassMap
     from vebi.core.relevance import Relevance
     from vebi.explanation.result import Explanation
 
@@ -60,8 +60,8 @@ class Vebi(Method):
         return self.explainer(model).maps(images, target)
 
     def explain(self, model: nn.Module, images: Tensor, target: Any = None,
-                class_names: Sequence[str] = ()) -> tuple[Explanation, ...]:
-        return self.explainer(model)(images, target)
+                classes: ClassMap | None = None) -> tuple[Explanation, ...]:
+        return self.explainer(model)(images, target, classes)
 
     def output_names(self) -> tuple[str, ...]:
         return (self.name, *[f"{self.name}_feature{r + 1}" for r in range(self.num_features)])
@@ -106,7 +106,7 @@ class ActivationMap(Method):
     """Upsampled activation maps of the method's top features (the paper's "upsampled activation
     map" baseline).
 
-    For image b and class j = target[b]: responses x (as in collection, ``relevance.response``),
+    For image b and the class j of model output target[b]: responses x (as in collection, ``relevance.response``),
     contributions r = x o w_j; the k = ``num_features`` features with the largest r > 0 are kept. Each one's
     activation map A_{l,f} is bilinearly resized to (H, W) and post-processed (positive part,
     min-max); the result is their pixel-wise maximum. No feature with r > 0 gives an all-zero map.
@@ -126,11 +126,10 @@ class ActivationMap(Method):
 
         check_inputs(images, target)
         relevance = self.relevance
-        if target.numel() and int(target.max()) >= len(relevance.class_names):
-            raise VebiError(
-                f"target class {int(target.max())} is out of range for a relevance over "
-                f"{len(relevance.class_names)} classes"
-            )
+        columns = relevance.columns(target)
+        if columns.numel() and int(columns.min()) < 0:
+            raise VebiError(f"model output {int(target[columns < 0][0])} is none of the relevance's "
+                            f"{len(relevance.class_names)} classes")
         space = relevance.space
         device = model_device(model, images.device)
         x = images.detach().to(device, model_dtype(model, images.dtype))
@@ -138,7 +137,7 @@ class ActivationMap(Method):
             model(x)
             activations = dict(acts)
         resp = responses(activations, space, kind=relevance.response)
-        _, _, values, indices = top_contributions(resp, relevance.weights, target, self.num_features)
+        _, _, values, indices = top_contributions(resp, relevance.weights, columns, self.num_features)
         height, width = images.shape[-2:]
         out = torch.zeros(images.shape[0], height, width, device=device)
         for b in range(images.shape[0]):
