@@ -6,3 +6,7 @@ class VebiError(ValueError):
 
     A ``ValueError``, so callers that already catch bad values catch it too.
     """
+
+
+class VebiWarning(UserWarning):
+    """Something vebi read differently than asked or left out (skipped files); the CLI prints it as one line."""

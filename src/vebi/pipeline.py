@@ -99,18 +99,19 @@ def fit_run(run_dir: str | Path, mu: float = 10.0, *, solver: str = "auto", devi
 
 
 def interpret_run(run_dir: str | Path, data: str | Path, *, ignore_global: bool = False, workers: int = 0,
-                  **options: Any) -> tuple[tuple[Interpretation, ...], Path]:
+                  trust_model: bool = False, **options: Any) -> tuple[tuple[Interpretation, ...], Path]:
     """Average receptive-field crops of every relevant feature's top images of ``data`` (the folder
     the statistics were collected on); saved to ``RUN/interpretation``. ``options`` go to
     :func:`vebi.interpretation.crops.interpret` (top_k, size, weighted, classes, max_features,
-    keep_crops, progress). Returns the interpretations and their folder."""
+    keep_crops, progress). Returns the interpretations and their folder. ``trust_model``: see
+    :func:`vebi.run.check_trusted`."""
     from vebi.interpretation.crops import interpret
     from vebi.interpretation.store import save_interpretations
     from vebi.interpretation.receptive import receptive_fields
 
     run = Run.open(run_dir)
     stats, relevance = run.stats, run.relevance
-    model = run.model(weights=False)  # receptive fields depend on the architecture only
+    model = run.model(weights=False, trust=trust_model)  # receptive fields depend on the architecture only
     dataset = run.dataset(data, display=True)
     if tuple(dataset.classes) != tuple(stats.class_names):
         raise VebiError(f"{data} has classes {', '.join(dataset.classes)}, the run has {', '.join(stats.class_names)}")
@@ -142,12 +143,14 @@ def explain_files(
     target: int | str | None = None,
     batch_size: int = 16,
     device: str | torch.device | None = "auto",
+    trust_model: bool = False,
     **options: Any,
 ) -> list[ExplainedFile]:
     """Explain each image file with ``method`` (vebi or a baseline); per image write
     ``OUT/STEM.json`` + ``.safetensors`` (:meth:`Explanation.save`) and a PNG panel. ``OUT``
     defaults to ``RUN/explanations`` (``RUN/explanations/METHOD`` for other methods), where the
-    report finds them. ``options`` go to the method where it declares them (num_features, pool_fix)."""
+    report finds them. ``options`` go to the method where it declares them (num_features, pool_fix).
+    ``trust_model``: see :func:`vebi.run.check_trusted`."""
     import torch
 
     from vebi.data import load_image
@@ -160,7 +163,7 @@ def explain_files(
     folder = Path(out) if out is not None else run.root / "explanations" / ("" if method == "vebi" else method)
     relevance = run.relevance
     explainer = build_method(method, relevance, strict=False, interpretations=str(run.root), **options)
-    model = run.model().to(resolve_device(device))
+    model = run.model(trust=trust_model).to(resolve_device(device))
     to_input, to_display = run.transform(), run.transform(display=True)
     targets = None if target is None else relevance.class_index(
         int(target) if isinstance(target, str) and target.isdigit() else target)

@@ -29,9 +29,21 @@ if TYPE_CHECKING:
     from vebi.core.relevance import Relevance
     from vebi.core.stats import FeatureStats
 
-__all__ = ["Run", "data_record", "model_record"]
+__all__ = ["Run", "check_trusted", "data_record", "model_record"]
 
 NORMALIZE = ("auto", "imagenet", "none")
+# vebi's own model factories: rebuilt from a run folder without asking (any other factory is code
+# the run folder names, and runs only when the user trusts it)
+OWN_FACTORIES = frozenset({"vebi.an8flower.net:an8net"})
+
+
+def check_trusted(spec: str, trust: bool = False) -> None:
+    """VebiError unless ``spec`` may be rebuilt from a run folder: ``torchvision:NAME`` and vebi's own
+    factories always, a ``module:factory`` or ``file.py:factory`` only with ``trust``."""
+    if trust or spec.startswith("torchvision:") or spec in OWN_FACTORIES:
+        return
+    raise VebiError(f"run.json names the model {spec!r}, code that vebi would import and run; "
+                    "pass --trust-model (trust=True) if you trust this run folder")
 
 
 def model_record(spec: str, weights: str | None = None, args: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -50,6 +62,8 @@ def data_record(model: nn.Module, spec: str, path: str | Path, size: int | None 
 
     if normalize not in NORMALIZE:
         raise VebiError(f"normalize must be one of {', '.join(NORMALIZE)}, not {normalize!r}")
+    if size is not None and size < 1:
+        raise VebiError(f"size must be at least 1 pixel, not {size}")
     if normalize == "auto":
         normalize = "imagenet" if spec.startswith("torchvision:") else "none"
     imagenet = normalize == "imagenet"
@@ -81,11 +95,13 @@ class Run:
         save_run_info(root, info)
         return cls.open(root)
 
-    def model(self, *, weights: bool = True) -> nn.Module:
-        """The run's model, rebuilt from its spec (``weights=False``: the architecture only)."""
+    def model(self, *, weights: bool = True, trust: bool = False) -> nn.Module:
+        """The run's model, rebuilt from its spec (``weights=False``: the architecture only); a spec
+        other than torchvision's or vebi's own needs ``trust`` (see :func:`check_trusted`)."""
         from vebi.models import load_model
 
         spec = self.info["model"]
+        check_trusted(spec["spec"], trust)
         return load_model(spec["spec"], spec.get("weights") if weights else None, spec.get("args"))
 
     def dataset(self, path: str | Path | None = None, *, with_index: bool = True,

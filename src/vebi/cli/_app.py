@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import warnings
+from collections.abc import Iterator
 
 import typer
 
-from vebi.errors import VebiError
+from vebi.errors import VebiError, VebiWarning
 
 app = typer.Typer(
     name="vebi",
@@ -31,10 +34,28 @@ def _one_line(message: str) -> str:
     return " ".join(lines)
 
 
+@contextlib.contextmanager
+def _warnings_as_lines() -> Iterator[None]:
+    """Print each VebiWarning as one ``vebi: warning:`` line (other warnings as Python shows them)."""
+    with warnings.catch_warnings():
+        show = warnings.showwarning
+
+        def one_line(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+            if issubclass(category, VebiWarning):
+                typer.echo(f"vebi: warning: {_one_line(str(message))}", err=True)
+            else:
+                show(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = one_line
+        warnings.simplefilter("always", VebiWarning)
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: input errors become one line on stderr and exit code 2, never a traceback."""
     try:
-        app(args=argv, prog_name="vebi")
+        with _warnings_as_lines():
+            app(args=argv, prog_name="vebi")
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except VebiError as exc:
@@ -43,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
         name = exc.filename if exc.filename is not None else ""
         typer.echo(f"vebi: error: {exc.strerror or 'cannot open'}: {name}", err=True)
+        return 2
+    except OSError as exc:  # a full disk, a read-only folder, ...: outputs are written atomically, none is half done
+        where = f": {exc.filename}" if exc.filename is not None else ""
+        typer.echo(f"vebi: error: {exc.strerror or exc}{where}; the files being written were left as they were", err=True)
         return 2
     except KeyboardInterrupt:
         typer.echo("vebi: interrupted", err=True)

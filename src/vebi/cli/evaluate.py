@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from vebi.cli._app import app
-from vebi.cli.common import DeviceOpt
+from vebi.cli.common import DeviceOpt, TrustOpt
 from vebi.run import resolve_device
 from vebi.errors import VebiError
 
@@ -53,6 +53,7 @@ def evaluate_command(
                                                      "many features per class (default: all relevant ones)"),
     device: str = DeviceOpt,
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    trust_model: bool = TrustOpt,
 ) -> None:
     """Score every method's heatmaps against the masks (IoU sweep, pointing, mass), deletion/insertion, and ablation."""
     from vebi.evaluate.output import format_summary, write_evaluation
@@ -69,7 +70,7 @@ def evaluate_command(
         run, data, masks=masks, methods=chosen, thresholds=_thresholds(thresholds),
         max_images=max_images, seed=seed, num_features=num_features, steps=steps, batch_size=batch_size, cam_layer=cam_layer,
         ablation=ablation, ablation_seeds=ablation_seeds, max_ablation_features=max_ablation_features,
-        device=resolve_device(device), progress=progress,
+        device=resolve_device(device), progress=progress, trust_model=trust_model,
     )
     folder = out if out is not None else run / "evaluation"
     write_evaluation(result, folder)

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from vebi.cli._app import app
-from vebi.cli.common import DeviceOpt
+from vebi.cli.common import DeviceOpt, TrustOpt
 
 
 @app.command("explain")
@@ -27,12 +27,13 @@ def explain_command(
                                   "window's argmax, overwriting"),
     batch_size: int = typer.Option(16, "--batch-size", "-b"),
     device: str = DeviceOpt,
+    trust_model: bool = TrustOpt,
 ) -> None:
     """Explain the model's prediction for each IMAGE with the run's relevant features (or a baseline)."""
     from vebi.pipeline import explain_files
 
     for done in explain_files(run, images, method=method, out=out, target=target, batch_size=batch_size,
-                              device=device, num_features=num_features, pool_fix=pool_fix):
+                              device=device, trust_model=trust_model, num_features=num_features, pool_fix=pool_fix):
         typer.echo(f"{done.path}: {_summary(done.explanation)} -> {done.stem}.png")
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from vebi.cli._app import app
+from vebi.cli.common import TrustOpt
 from vebi.errors import VebiError
 
 
@@ -25,6 +26,7 @@ def interpret_command(
                                             "(squeeze-and-excitation gates)"),
     workers: int = typer.Option(0, help="DataLoader worker processes reading the images"),
     progress: bool = typer.Option(True, help="show a progress bar"),
+    trust_model: bool = TrustOpt,
 ) -> None:
     """Average the receptive-field crops of each relevant feature's top images; write them under RUN."""
     from vebi.interpretation.store import grid_file
@@ -32,7 +34,7 @@ def interpret_command(
 
     if top_k < 1 or size < 1 or keep_crops < 0 or workers < 0 or (max_features is not None and max_features < 1):
         raise VebiError("--top-k, --size and --max-features must be at least 1, --keep-crops and --workers at least 0")
-    results, folder = interpret_run(run, data, ignore_global=ignore_global, workers=workers, top_k=top_k, size=size,
+    results, folder = interpret_run(run, data, ignore_global=ignore_global, workers=workers, trust_model=trust_model, top_k=top_k, size=size,
                                     weighted=weighted, classes=cls or None, max_features=max_features,
                                     keep_crops=keep_crops, progress=progress)
     for interp in results:

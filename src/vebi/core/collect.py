@@ -92,6 +92,10 @@ def collect(
     dtype = next((p.dtype for p in model.parameters()), torch.float32)
     if class_names is None:
         class_names = getattr(getattr(data, "dataset", data), "classes", None)
+    bad = [name for name, t in (*model.named_parameters(), *model.named_buffers())
+           if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise VebiError(f"the model has NaN or infinite values in {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}")
     reader = _LayerReader(response)
     stats = resume
     running = resume.count if resume is not None else 0
@@ -104,7 +108,7 @@ def collect(
             images, targets, indices = _unpack(batch, running)
             running += images.shape[0]
             reader.clear()
-            logits = model(images.to(device=device, dtype=dtype, non_blocking=True))
+            logits = forward_scores(model, images.to(device=device, dtype=dtype, non_blocking=True))
             missing = [n for n in names if n not in reader.pooled]
             if missing:
                 raise VebiError(f"layer(s) {', '.join(missing)} did not run in the forward pass")
@@ -129,6 +133,7 @@ def collect(
             else:
                 target = targets  # range-checked on the host by update() before it moves
             x = normalise([reader.pooled[n] for n in names])
+            _check_finite(x, logits, running)
             yx = torch.cat([reader.yx[n] for n in names], dim=1)
             stats.update(x, target, indices, yx, predictions if logits.shape[1] == stats.num_classes else None)
             if on_batch is not None:
@@ -136,6 +141,33 @@ def collect(
     if stats is None:
         raise VebiError("the data yielded no images")
     return stats
+
+
+def forward_scores(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """``model(images)``, checked to be class scores (B, C); an error inside the model's forward, or
+    output of another shape, becomes a VebiError naming it."""
+    try:
+        out = model(images)
+    except VebiError:
+        raise
+    except Exception as exc:  # the user's model: any error of its forward is a problem of that model
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise VebiError(f"the model's forward pass failed on a batch of shape {tuple(images.shape)}: "
+                        f"{type(exc).__name__}: {first}") from None
+    if not isinstance(out, torch.Tensor):
+        raise VebiError(f"the model returned {type(out).__name__}, not a tensor of class scores (batch, classes)")
+    if out.dim() != 2 or out.shape[0] != images.shape[0]:
+        raise VebiError(f"the model's output has shape {tuple(out.shape)} for {images.shape[0]} images; vebi "
+                        "needs class scores of shape (batch, classes)")
+    return out
+
+
+def _check_finite(x: torch.Tensor, logits: torch.Tensor, seen: int) -> None:
+    """NaN or infinite responses or scores (NaN weights, an overflow) would poison the statistics."""
+    for what, t in (("responses", x), ("class scores", logits)):
+        if not torch.isfinite(t).all():
+            raise VebiError(f"the model gives NaN or infinite {what} (images up to {seen}); check its weights "
+                            "(no statistics were saved)")
 
 
 def _check_memory(m: int, classes: int, top_k: int, batch_size: int, gram_dtype: torch.dtype,
@@ -187,6 +219,8 @@ def collect_dataset(
     """
     if len(dataset) == 0:
         raise VebiError("the dataset holds no images")
+    if workers < 0:
+        raise VebiError(f"workers must be at least 0, not {workers}")
     where = distributed.current()
     mine = distributed.shard(len(dataset), where)
     saver, resume = None, None

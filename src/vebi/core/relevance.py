@@ -82,7 +82,7 @@ def fit_relevance(stats: FeatureStats, mu: float = 10.0, *, tolerance: float = 1
     """
     from vebi.core.lasso import solve_mu_lasso
 
-    if not (mu > 0):
+    if not (0 < mu < float("inf")):
         raise VebiError(f"mu must be positive, not {mu}")
     if stats.count == 0:
         raise VebiError("the statistics hold no images")

@@ -290,13 +290,15 @@ def evaluate_run(
     model: nn.Module | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
+    trust_model: bool = False,
 ) -> EvaluationResult:
     """Evaluate every method and the ablation experiments on ``data`` (see the module docstring).
 
     ``methods``: None for :func:`default_methods`, an empty sequence for none (only the ablation).
     ``model``: the run's network (default: rebuilt from ``run.json``), moved to ``device`` (default:
     where its parameters are, else the CPU). ``data``/``masks`` may be an an8Flower root or a folder
-    with ``<split>/`` sub-folders; the ``split`` folder is used then.
+    with ``<split>/`` sub-folders; the ``split`` folder is used then. ``trust_model``: rebuild a
+    model spec that is neither torchvision's nor vebi's own (:func:`vebi.run.check_trusted`).
     """
     from vebi.methods import build_method, method_names, method_options
     from vebi.methods.cam import default_cam_layer
@@ -318,7 +320,7 @@ def evaluate_run(
     info = run.info
     relevance, stats = run.relevance, run.stats
     if model is None:
-        model = run.model()
+        model = run.model(trust=trust_model)
     dev = resolve_device(device) if device is not None else model_device(model)
     model = model.to(dev)
 
