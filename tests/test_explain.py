@@ -211,19 +211,21 @@ def test_cli_writes_panel_and_json_matching_the_api(fitted_run, tmp_path, capsys
     out = tmp_path / "out"
     assert main(["explain", "--trust-model", str(run), *map(str, images), "-o", str(out), "--device", "cpu"]) == 0
     assert "-> " in capsys.readouterr().out
-    assert {p.name for p in out.iterdir()} == {f"{stem}.{ext}" for stem in ("img0", "img0-1")
-                                               for ext in ("png", "json", "safetensors")}
+    assert {p.name for p in out.iterdir()} == {"images"} | {f"{stem}.{ext}" for stem in ("img0", "img0-1")
+                                                            for ext in ("png", "json", "safetensors")}
     with Image.open(out / "img0.png") as panel:
         assert panel.width > 300
     record = json.loads((out / "img0-1.json").read_text())
-    assert record["image"] == str(images[1].resolve()) and record["method"] == "vebi"
+    # the explained file is copied into the output folder and named relative to the JSON
+    assert (out / record["image"]).read_bytes() == images[1].read_bytes() and not Path(record["image"]).is_absolute()
+    assert record["source"] == "class2/img0.png" and record["method"] == "vebi"
     expected = Explainer(tiny_cnn(), load_relevance(run))(image_transform()(load_image(images[1]))[None])[0]
     assert record["predicted"] == expected.predicted and record["score"] == pytest.approx(expected.score)
     assert [(f["layer"], f["channel"]) for f in record["features"]] == [(f.layer, f.channel) for f in expected.features]
     assert [f["contribution"] for f in record["features"]] == pytest.approx([f.contribution for f in expected.features])
     assert all(f["interpretation"] and f["interpretation"].endswith(".png") for f in record["features"])
     saved = load_explanation(out / "img0-1.json")  # the CLI writes what Explanation.save writes
-    assert saved.to_dict() == record and saved.combined.shape == images_shape(images[1])
+    assert saved.to_dict() == {k: v for k, v in record.items() if k != "tensors_sha256"} and saved.combined.shape == images_shape(images[1])
 
     assert main(["explain", "--trust-model", str(run), str(images[0]), "-o", str(out), "--method", "grad_cam", "--target", "class1"]) == 0
     baseline = json.loads((out / "img0.json").read_text())
@@ -240,7 +242,10 @@ def test_cli_writes_into_the_run_by_default_where_the_report_finds_it(fitted_run
     assert (run / "explanations" / "img0.json").is_file()
     assert json.loads((run / "explanations" / "grad_cam" / "img0.json").read_text())["method"] == "grad_cam"
     views = collect_run(run).explanations
-    assert [(v.image, v.method) for v in views] == [(Path(image).resolve(), "vebi")]
+    # one group: the copy of the image inside the run, shared by both methods
+    assert [(v.image.read_bytes(), v.name, v.true_class, v.method) for v in views] == [
+        (Path(image).read_bytes(), "class1/img0.png", "class1", "vebi")]
+    assert views[0].image.resolve().is_relative_to(run.resolve())
     assert [name for name, _ in views[0].baselines] == ["grad_cam"]
 
 

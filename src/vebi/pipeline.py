@@ -15,6 +15,7 @@ The evaluation (:func:`vebi.evaluate.runner.evaluate_run`) and the report
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,8 @@ def collect_run(
     if batch_size < 1 or checkpoint_every < 0:
         raise VebiError("batch_size must be at least 1, checkpoint_every at least 0")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise VebiError(f"{out} exists and is not a folder; choose another run folder")
     dev = distributed.device_for(resolve_device(device), distributed.current())
     with distributed.process_group(dev) as where:
         minfo = model_record(model, weights, model_args)
@@ -71,6 +74,7 @@ def collect_run(
         dataset = probe.dataset()
 
         def write(stats: FeatureStats) -> None:
+            _clear_stale(out, "stats")
             save_stats(stats, out, net)
             Run.create(out, minfo, dinfo, stats.space.layers)
 
@@ -94,8 +98,22 @@ def fit_run(run_dir: str | Path, mu: float = 10.0, *, solver: str = "auto", devi
         raise VebiError(f"solver must be one of {', '.join(SOLVERS)}, not {solver!r}")
     run = Run.open(run_dir)
     relevance = fit_relevance(run.stats, mu, solver=solver, device=resolve_device(device), progress=progress)
+    _clear_stale(run.root, "relevance")
     save_relevance(relevance, run.root)
     return relevance
+
+
+def _clear_stale(run_dir: Path, replaced: str) -> None:
+    """Remove what depended on the run's statistics or fit, about to be replaced, and say so (a VebiWarning)."""
+    import warnings
+
+    from vebi.errors import VebiWarning
+    from vebi.io.artifacts import clear_dependents
+
+    removed = clear_dependents(run_dir, replaced)
+    if removed:
+        warnings.warn(f"new {'statistics' if replaced == 'stats' else 'relevance fit'} in {run_dir}: removed what "
+                      f"was made from the old one ({', '.join(removed)})", VebiWarning, stacklevel=3)
 
 
 def interpret_run(run_dir: str | Path, data: str | Path, *, ignore_global: bool = False, workers: int = 0,
@@ -107,6 +125,7 @@ def interpret_run(run_dir: str | Path, data: str | Path, *, ignore_global: bool 
     :func:`vebi.run.check_trusted`."""
     from vebi.interpretation.crops import interpret
     from vebi.interpretation.store import save_interpretations
+    from vebi.io.artifacts import relevance_hash
     from vebi.interpretation.receptive import receptive_fields
 
     run = Run.open(run_dir)
@@ -121,7 +140,7 @@ def interpret_run(run_dir: str | Path, data: str | Path, *, ignore_global: bool 
                 "weighted": options.get("weighted", False), "keep_crops": options.get("keep_crops", 8),
                 "ignore_global": ignore_global, "max_features": options.get("max_features"),
                 "data": str(Path(data).resolve()), "fill": "mean of the images read"}
-    return results, save_interpretations(results, run.root, settings)
+    return results, save_interpretations(results, run.root, settings, relevance_hash(run.root))
 
 
 @dataclass(frozen=True)
@@ -155,16 +174,21 @@ def explain_files(
 
     from vebi.data import load_image
     from vebi.explanation.panel import write_panel
+    from vebi.io.artifacts import relevance_hash
     from vebi.methods import build_method
 
     if batch_size < 1:
         raise VebiError(f"batch_size must be at least 1, not {batch_size}")
     run = Run.open(run_dir)
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise VebiError(f"{out} exists and is not a folder; choose another output folder")
     folder = Path(out) if out is not None else run.root / "explanations" / ("" if method == "vebi" else method)
+    images_dir = (Path(out) if out is not None else run.root / "explanations") / "images"
     relevance = run.relevance
     explainer = build_method(method, relevance, strict=False, interpretations=str(run.root), **options)
     model = run.model(trust=trust_model).to(resolve_device(device))
     to_input, to_display = run.transform(), run.transform(display=True)
+    made_from = relevance_hash(run.root)
     targets = None if target is None else relevance.class_index(
         int(target) if isinstance(target, str) and target.isdigit() else target)
 
@@ -185,12 +209,28 @@ def explain_files(
             results = explainer.explain(model, batch, targets, relevance.class_names)
             for i, result in zip(chunk, results, strict=True):
                 path, _, shown = loaded[i]
-                result = dataclasses.replace(result, image=str(path.resolve()))
                 stem = folder / stems[i]
+                copy = _keep_image(path, images_dir)
+                result = dataclasses.replace(result, image=os.path.relpath(copy, stem.parent),
+                                             source="/".join(path.resolve().parts[-2:]), relevance_sha256=made_from)
                 write_panel(stem.with_name(stem.name + ".png"), shown, result)
                 result.save(stem)
                 written[i] = ExplainedFile(path, result, stem)
     return [written[i] for i in range(len(loaded))]
+
+
+def _keep_image(path: Path, folder: Path) -> Path:
+    """A copy of the explained file in ``folder``, named by its content hash (its explanations by every
+    method share it), so that the run's report reads nothing outside the run."""
+    import hashlib
+
+    from vebi.io.atomic import write_bytes
+
+    data = path.read_bytes()
+    copy = folder / f"{hashlib.sha256(data).hexdigest()[:16]}{path.suffix.lower()}"
+    if not copy.is_file():
+        write_bytes(copy, data)
+    return copy
 
 
 def _unique_stems(paths: Sequence[Path]) -> list[str]:

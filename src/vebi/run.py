@@ -102,7 +102,21 @@ class Run:
 
         spec = self.info["model"]
         check_trusted(spec["spec"], trust)
-        return load_model(spec["spec"], spec.get("weights") if weights else None, spec.get("args"))
+        model = load_model(spec["spec"], spec.get("weights") if weights else None, spec.get("args"))
+        if weights:
+            self.check_model(model)
+        return model
+
+    def check_model(self, model: nn.Module) -> None:
+        """VebiError unless ``model`` (architecture and weights) is the one the statistics were collected with."""
+        from vebi.io.artifacts import model_fingerprint, read_json
+
+        path = self.root / "stats.json"
+        recorded = read_json(path, "statistics").get("model_fingerprint") if path.is_file() else None
+        if recorded is not None and model_fingerprint(model, self.stats.space.layers) != recorded:
+            raise VebiError(f"the model rebuilt from {self.root / 'run.json'} ({self.info['model']['spec']}, weights "
+                            f"{self.info['model'].get('weights')}) is not the one the statistics were collected with "
+                            "(other weights or architecture)")
 
     def dataset(self, path: str | Path | None = None, *, with_index: bool = True,
                 display: bool = False) -> datasets.ImageFolder:
@@ -138,7 +152,11 @@ class Run:
     def stats(self) -> FeatureStats:
         from vebi.io.artifacts import load_stats
 
-        return load_stats(self.root)
+        stats = load_stats(self.root)
+        if list(self.info.get("layers", stats.space.layers)) != list(stats.space.layers):
+            raise VebiError(f"{self.root / 'run.json'} names other layers than {self.root / 'stats.json'} holds "
+                            "(a collection that did not finish); re-run `vebi collect`")
+        return stats
 
     @functools.cached_property
     def relevance(self) -> Relevance:
