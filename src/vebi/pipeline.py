@@ -74,9 +74,9 @@ def collect_run(
         dataset = probe.dataset()
 
         def write(stats: FeatureStats) -> None:
-            _clear_stale(out, "stats")
             save_stats(stats, out, net)
             Run.create(out, minfo, dinfo, stats.space.layers)
+            _clear_stale(out, "stats")  # after: a fit of the old statistics is refused by its hash meanwhile
 
         return collect_dataset(
             net, dataset, batch_size=batch_size, workers=workers, checkpoint=out / "checkpoints",
@@ -92,14 +92,14 @@ def fit_run(run_dir: str | Path, mu: float = 10.0, *, solver: str = "auto", devi
     from vebi.core.relevance import fit_relevance
     from vebi.io.artifacts import save_relevance
 
-    if not mu > 0:
-        raise VebiError(f"mu must be positive, not {mu}")
+    if not 0 < mu < float("inf"):
+        raise VebiError(f"mu must be a positive finite number, not {mu}")
     if solver not in SOLVERS:
         raise VebiError(f"solver must be one of {', '.join(SOLVERS)}, not {solver!r}")
     run = Run.open(run_dir)
     relevance = fit_relevance(run.stats, mu, solver=solver, device=resolve_device(device), progress=progress)
-    _clear_stale(run.root, "relevance")
     save_relevance(relevance, run.root)
+    _clear_stale(run.root, "relevance")
     return relevance
 
 

@@ -34,7 +34,8 @@ def explain_command(
 
     for done in explain_files(run, images, method=method, out=out, target=target, batch_size=batch_size,
                               device=device, trust_model=trust_model, num_features=num_features, pool_fix=pool_fix):
-        typer.echo(f"{done.path}: {_summary(done.explanation)} -> {done.stem}.png")
+        line = f"{done.path}: {_summary(done.explanation)} -> {done.stem}.png"
+        typer.echo(line.encode("utf-8", "backslashreplace").decode("utf-8"))  # file names that are not UTF-8
 
 
 def _summary(e) -> str:

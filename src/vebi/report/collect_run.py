@@ -239,7 +239,8 @@ def collect_run(run_dir: str | Path, *, explanations_dir: str | Path | None = No
     warnings: list[str] = []
     stats = read_json(run / "stats.json", "statistics")
     info = read_json(run / "run.json", "run information") if (run / "run.json").is_file() else {}
-    class_names = tuple(str(c) for c in _key(stats, "class_names", run / "stats.json"))
+    class_names = tuple(_utf8(str(c), "class name", run / "stats.json")
+                        for c in _key(stats, "class_names", run / "stats.json"))
     relevance = load_relevance(run) if (run / "relevance.json").is_file() else None
     if relevance is not None and relevance.class_names != class_names:
         raise VebiError(f"{run / 'relevance.json'} was fitted on other classes than {run / 'stats.json'} holds")
@@ -295,6 +296,15 @@ def _image(base: Path, value: Any, what: str, path: Path, warnings: list[str], r
         warnings.append(f"{found} (named in {path.name}) is missing; left out")
         return None
     return found
+
+
+def _utf8(text: str, what: str, path: Path) -> str:
+    """``text`` unless it holds bytes that are not UTF-8 (file names read with surrogate escapes)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise VebiError(f"the {what} {text!r} in {path} is not valid UTF-8; rename it") from None
+    return text
 
 
 def _class_counts(run: Path, num_classes: int) -> list[int | None]:
@@ -384,7 +394,12 @@ def _read_explanations(folder: Path, class_names: Sequence[str], interpretations
     for records in list(groups.values())[:limit]:
         main = next((r for r in records if r[1].get("method", "vebi") in ("vebi", "vebi_nofix")), records[0])
         others = [r for r in records if r is not main]
-        out.append(_explanation(main, others, class_names, interpretations, warnings, folder))
+        try:
+            out.append(_explanation(main, others, class_names, interpretations, warnings, folder))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            if isinstance(exc, VebiError):
+                raise
+            raise VebiError(f"{main[0]} has a missing or malformed entry ({exc!r})") from None
     return tuple(out)
 
 
@@ -463,6 +478,8 @@ def _explanation(main: tuple[Path, dict[str, Any]], others: list[tuple[Path, dic
     predicted, target = _class_name(data, "predicted", class_names), _class_name(data, "target", class_names)
     true_class = data.get("true_class")
     source = data.get("source") if isinstance(data.get("source"), str) else None  # the explained file, for people
+    if source is not None:
+        _utf8(source, "file name", path)
     folder_name = Path(source).parent.name if source else image.parent.name if image is not None else None
     if true_class is None and folder_name in class_names:
         true_class = folder_name  # class-per-folder data
