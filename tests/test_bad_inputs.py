@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_cnn
 from PIL import Image
 from torch import nn
 
-from conftest import tiny_cnn
 from vebi.cli import main
 
 FACTORY = "conftest:tiny_cnn"  # importable because pytest puts tests/ on sys.path
@@ -38,7 +38,7 @@ class _Wrapped(nn.Module):
         super().__init__()
         self.net, self.fault = tiny_cnn(num_classes=2), fault
 
-    def forward(self, x: torch.Tensor):  # noqa: ANN201
+    def forward(self, x: torch.Tensor):
         out = self.net(x)
         if self.fault == "maps":
             return out[:, :, None, None].expand(-1, -1, 2, 2)
@@ -132,7 +132,7 @@ def _bad_image(data: Path, name: str = "bad.png") -> None:
 
 def _full_disk(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every atomic write fails as on a full disk (at the rename that would publish it)."""
-    import vebi.io.atomic as atomic
+    from vebi.io import atomic
 
     def no_space(*_args, **_kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -146,7 +146,7 @@ def _bomb(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _no_convergence(monkeypatch: pytest.MonkeyPatch) -> None:
-    import vebi.core.lasso as lasso
+    from vebi.core import lasso
 
     monkeypatch.setattr(lasso, "solve_mu_lasso", functools.partial(lasso.solve_mu_lasso, max_iter=1))
 

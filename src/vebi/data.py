@@ -99,7 +99,7 @@ class ImageFolderChecked(datasets.ImageFolder):
                 for d in sorted(dirs):
                     real = os.path.realpath(os.path.join(root, d))
                     if d.startswith("."):
-                        skipped["in hidden folders"] += 1
+                        skipped["hidden folders"] += 1
                     elif real in seen:
                         skipped["folders reached twice through symbolic links"] += 1
                     else:
@@ -111,7 +111,7 @@ class ImageFolderChecked(datasets.ImageFolder):
             for root, files in sorted(walked):
                 for fname in sorted(files):
                     if fname.startswith("."):
-                        skipped["hidden"] += 1
+                        skipped["hidden files"] += 1
                     elif not fname.lower().endswith(IMAGE_EXTENSIONS):
                         skipped["not images"] += 1
                     else:

@@ -237,7 +237,9 @@ def _unique_stems(paths: Sequence[Path]) -> list[str]:
     stems: list[str] = []
     seen: dict[str, int] = {}
     for path in paths:
-        stem = Path(path).stem or "image"
+        # a file name that is not UTF-8 (bytes read as surrogates) gets "_" there: outputs have UTF-8 names
+        stem = Path(path).stem.encode("utf-8", "surrogateescape").decode("utf-8", "replace").replace("\ufffd", "_")
+        stem = stem or "image"
         count = seen.get(stem, 0)
         seen[stem] = count + 1
         stems.append(stem if count == 0 else f"{stem}-{count}")

@@ -27,7 +27,9 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def _one_line(message: str) -> str:
-    """A VebiError re-raised by a DataLoader worker carries the worker's traceback; keep its last line."""
+    """A VebiError re-raised by a DataLoader worker carries the worker's traceback; keep its last line.
+    Names that are not UTF-8 (file names read with surrogate escapes) are shown escaped."""
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     lines = [ln for ln in message.strip().splitlines() if ln.strip()]
     if len(lines) > 1 and "Traceback" in message:
         return lines[-1].split("VebiError: ", 1)[-1]
@@ -63,11 +65,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
         name = exc.filename if exc.filename is not None else ""
-        typer.echo(f"vebi: error: {exc.strerror or 'cannot open'}: {name}", err=True)
+        reason = exc.strerror or "cannot open"
+        typer.echo(f"vebi: error: {_one_line(f'{reason}: {name}')}", err=True)
         return 2
     except OSError as exc:  # a full disk, a read-only folder, ...: outputs are written atomically, none is half done
         where = f": {exc.filename}" if exc.filename is not None else ""
-        typer.echo(f"vebi: error: {exc.strerror or exc}{where}; the files being written were left as they were", err=True)
+        typer.echo(f"vebi: error: {_one_line(f'{exc.strerror or exc}{where}')}; the files being written were left as "
+                   "they were", err=True)
         return 2
     except KeyboardInterrupt:
         typer.echo("vebi: interrupted", err=True)
