@@ -92,10 +92,6 @@ def collect(
     dtype = next((p.dtype for p in model.parameters()), torch.float32)
     if class_names is None:
         class_names = getattr(getattr(data, "dataset", data), "classes", None)
-    bad = [name for name, t in (*model.named_parameters(), *model.named_buffers())
-           if t.is_floating_point() and not torch.isfinite(t).all()]
-    if bad:
-        raise VebiError(f"the model has NaN or infinite values in {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}")
     reader = _LayerReader(response)
     stats = resume
     running = resume.count if resume is not None else 0
@@ -133,7 +129,6 @@ def collect(
             else:
                 target = targets  # range-checked on the host by update() before it moves
             x = normalise([reader.pooled[n] for n in names])
-            _check_finite(x, logits, running)
             yx = torch.cat([reader.yx[n] for n in names], dim=1)
             stats.update(x, target, indices, yx, predictions if logits.shape[1] == stats.num_classes else None)
             if on_batch is not None:
@@ -162,12 +157,18 @@ def forward_scores(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _check_finite(x: torch.Tensor, logits: torch.Tensor, seen: int) -> None:
-    """NaN or infinite responses or scores (NaN weights, an overflow) would poison the statistics."""
-    for what, t in (("responses", x), ("class scores", logits)):
-        if not torch.isfinite(t).all():
-            raise VebiError(f"the model gives NaN or infinite {what} (images up to {seen}); check its weights "
-                            "(no statistics were saved)")
+def _check_finite_model(model: nn.Module) -> None:
+    bad = [name for name, t in (*model.named_parameters(), *model.named_buffers())
+           if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise VebiError(f"the model has NaN or infinite values in {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}")
+
+
+def _check_finite_stats(stats: FeatureStats) -> None:
+    """NaN or infinite responses (an overflow in the model) reach G = sum x^T x and B = sum x^T L; checked once
+    at the end, so that the loop reads nothing back from the device."""
+    if not (torch.isfinite(stats.gram).all() and torch.isfinite(stats.cross).all()):
+        raise VebiError("the model gives NaN or infinite responses at the collected layers; no statistics were saved")
 
 
 def _check_memory(m: int, classes: int, top_k: int, batch_size: int, gram_dtype: torch.dtype,
@@ -221,6 +222,7 @@ def collect_dataset(
         raise VebiError("the dataset holds no images")
     if workers < 0:
         raise VebiError(f"workers must be at least 0, not {workers}")
+    _check_finite_model(model)
     where = distributed.current()
     mine = distributed.shard(len(dataset), where)
     saver, resume = None, None
@@ -247,6 +249,7 @@ def collect_dataset(
     stats = resume if not len(rest) else collect(model, loader, progress=progress, resume=resume, on_batch=saver,
                                                  **options)
     stats = distributed.reduce_stats(stats)
+    _check_finite_stats(stats)
     if on_result is not None and where.is_main:
         on_result(stats)
     if saver is not None:

@@ -194,7 +194,6 @@ def load_stats(run_dir: str | Path, model: nn.Module | None = None,
     """Read statistics; with ``model``, fail clearly if its layers do not match those collected."""
     run = Path(run_dir)
     meta = read_json(run / "stats.json", "statistics (run `vebi collect` first)")
-    check_pair(meta, run / "stats.json", run / "stats.safetensors")
     space = _entry(run / "stats.json", lambda: FeatureSpace.from_dict(meta["space"]))
     if model is not None and meta.get("model_fingerprint"):
         try:
@@ -208,6 +207,7 @@ def load_stats(run_dir: str | Path, model: nn.Module | None = None,
         stats, _ = load_stats_file(run / "stats.safetensors", device)
     except VebiError as exc:
         raise VebiError(f"{exc}; re-run `vebi collect`") from None
+    check_pair(meta, run / "stats.json", run / "stats.safetensors")
     if _entry(run / "stats.json", lambda: StatsConfig.from_dict(meta)) != stats.config:
         raise VebiError(f"{run / 'stats.safetensors'} does not match {run / 'stats.json'} (another collection)")
     return stats
