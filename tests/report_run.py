@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -103,10 +104,14 @@ def _write_explanations(run: Path, data: Path, relevance: Relevance, model: torc
     for n, (path, e) in enumerate(zip(paths, explanations, strict=True)):
         stem = f"{n:03d}"
         numbers, _ = e.save(folder / stem)
-        record = {**json.loads(numbers.read_text()), "image": str(path.resolve())}
+        copy = folder / "images" / path.parent.name / path.name  # as `vebi explain` keeps the file in the run
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, copy)
+        image = f"images/{path.parent.name}/{path.name}"
+        record = {**json.loads(numbers.read_text()), "image": image}
         numbers.write_text(json.dumps(record), encoding="utf-8")
-        base = {k: record[k] for k in ("schema", "image", "predicted", "predicted_name", "score", "target",
-                                       "target_name", "target_score")}
+        base = {**{k: record[k] for k in ("schema", "predicted", "predicted_name", "score", "target",
+                                          "target_name", "target_score")}, "image": f"../{image}"}
         (folder / "grad_cam").mkdir(parents=True, exist_ok=True)
         (folder / "grad_cam" / f"{stem}.json").write_text(json.dumps({**base, "method": "grad_cam", "features": []}))
         save_file({"combined": grad_cam[n].contiguous()}, str(folder / "grad_cam" / f"{stem}.safetensors"))

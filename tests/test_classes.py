@@ -116,12 +116,13 @@ def test_permuted_outputs_with_classes_file_and_sibling_module(tmp_path, capsys)
     run = Run.open(tmp_path / "run")
     assert run.info["classes"]["outputs"] == [1, 2, 0]
     assert main(["fit", str(tmp_path / "run"), "--mu", "1", "--no-progress"]) == 0
-    done = explain_files(tmp_path / "run", [data / "red" / "red0.png", data / "blue" / "blue0.png"], device="cpu")
+    done = explain_files(tmp_path / "run", [data / "red" / "red0.png", data / "blue" / "blue0.png"], device="cpu",
+                         trust_model=True)
     for file, output in zip(done, (0, 1), strict=True):
         e = file.explanation
         assert e.predicted == output and e.predicted_name == file.path.parent.name
         assert e.target == e.predicted and e.target_name == e.predicted_name
-    assert main(["evaluate", str(tmp_path / "run"), str(data), "-m", "grad_cam", "--steps", "2",
+    assert main(["evaluate", "--trust-model", str(tmp_path / "run"), str(data), "-m", "grad_cam", "--steps", "2",
                  "--no-ablation", "--no-progress"]) == 0
     results = json.loads((tmp_path / "run" / "evaluation" / "results.json").read_text())
     assert results["accuracy"] == 1.0 and results["class_accuracy"] == [1.0, 1.0, 1.0]
@@ -160,20 +161,20 @@ def test_subset_of_a_1000_output_model_runs_every_command(wide_run, tmp_path, ca
     run, data = wide_run
     assert Run.open(run).relevance.weights.shape[1] == 3
     assert Run.open(run).relevance.outputs == (5, 3, 999)
-    assert main(["interpret", str(run), str(data), "--top-k", "2", "--tile-size", "8"]) == 0
+    assert main(["interpret", "--trust-model", str(run), str(data), "--top-k", "2", "--tile-size", "8"]) == 0
     image = data / "blue" / "blue0.png"
     capsys.readouterr()
     # the prediction (output 500) is none of the run's classes: one line, and a baseline still explains it
-    assert main(["explain", str(run), str(image)]) == 2
+    assert main(["explain", "--trust-model", str(run), str(image)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "output 500" in err and "none of the run's classes" in err
-    assert main(["explain", str(run), str(image), "-m", "grad_cam", "-o", str(tmp_path / "gc")]) == 0
+    assert main(["explain", "--trust-model", str(run), str(image), "-m", "grad_cam", "-o", str(tmp_path / "gc")]) == 0
     e = load_explanation(tmp_path / "gc" / "blue0")
     assert e.predicted == 500 and e.target == 500 and e.predicted_name == "500"
-    assert main(["explain", str(run), str(image), "--target", "blue"]) == 0
+    assert main(["explain", "--trust-model", str(run), str(image), "--target", "blue"]) == 0
     e = load_explanation(run / "explanations" / "blue0")
     assert (e.target, e.target_name, e.predicted) == (3, "blue", 500) and e.features
-    assert main(["evaluate", str(run), str(data), "-m", "vebi", "-m", "grad_cam", "--steps", "2",
+    assert main(["evaluate", "--trust-model", str(run), str(data), "-m", "vebi", "-m", "grad_cam", "--steps", "2",
                  "--ablation-seeds", "1", "--max-ablation-features", "1", "--no-progress"]) == 0
     results = json.loads((run / "evaluation" / "results.json").read_text())
     assert results["accuracy"] == 0.0 and results["settings"]["outputs"] == [5, 3, 999]
@@ -188,7 +189,7 @@ def test_target_name_index_and_numeric_name_explain_the_same_output(wide_run, tm
     run, data = wide_run
     image = data / "2" / "red0.png"
     r = Run.open(run)
-    model, classes = r.model(), r.classes
+    model, classes = r.model(trust=True), r.classes
     x = r.transform()(load_image(image))[None]
     with torch.no_grad():
         probs = model(x).softmax(dim=1)[0]
@@ -202,7 +203,7 @@ def test_target_name_index_and_numeric_name_explain_the_same_output(wide_run, tm
             assert (e.predicted, e.predicted_name) == (500, "500")
             assert e.score == pytest.approx(float(probs[500]), rel=1e-5)
         torch.testing.assert_close(explained[0].combined, explained[3].combined)
-    (done,) = explain_files(run, [image], target="name:2", out=tmp_path / "cli", device="cpu")
+    (done,) = explain_files(run, [image], target="name:2", out=tmp_path / "cli", device="cpu", trust_model=True)
     assert (done.explanation.target, done.explanation.target_name) == (5, "2")
     with pytest.raises(VebiError, match="index:2 or name:2"):
-        explain_files(run, [image], target="2", out=tmp_path / "x", device="cpu")
+        explain_files(run, [image], target="2", out=tmp_path / "x", device="cpu", trust_model=True)

@@ -66,7 +66,7 @@ def test_bad_input_gives_one_clear_line(case, make_folder, tmp_path, capsys):
     elif case == "mu":
         assert main(args) == 0
         capsys.readouterr()
-        args, expect = ["fit", str(run), "--mu", "0"], "mu must be positive"
+        args, expect = ["fit", str(run), "--mu", "0"], "mu must be a positive"
     elif case == "solver":
         assert main(args) == 0
         capsys.readouterr()

@@ -113,7 +113,7 @@ def _model_predictions(data: Path) -> tuple[torch.Tensor, torch.Tensor]:
 def test_runner_scores_every_method_and_the_ablation(tiny, test_methods, tmp_path):
     run, data = tiny
     methods = (*default_methods(), "oracle", "blank")
-    result = evaluate_run(run, data, masks=data, methods=methods, thresholds=(0.25, 0.5, 0.75), steps=4,
+    result = evaluate_run(run, trust_model=True, data=data, masks=data, methods=methods, thresholds=(0.25, 0.5, 0.75), steps=4,
                           batch_size=5, progress=False)
     predicted, truth = _model_predictions(data)
     n = len(truth)
@@ -202,7 +202,7 @@ def test_runner_scores_every_method_and_the_ablation(tiny, test_methods, tmp_pat
 
 def test_runner_without_masks_keeps_the_mask_free_scores(tiny):
     run, data = tiny
-    result = evaluate_run(run, data / "images" / "test", methods=["grad_cam"], steps=2, max_images=6,
+    result = evaluate_run(run, trust_model=True, data=data / "images" / "test", methods=["grad_cam"], steps=2, max_images=6,
                           ablation=False, progress=False)
     (m,) = result.methods
     assert (m.correct, m.wrong, m.all) == (None, None, None)
@@ -222,7 +222,7 @@ def test_balanced_subset_takes_classes_in_turn():
 
 def test_cli_writes_the_folder_and_is_reproducible(tiny, tmp_path, capsys):
     run, data = tiny
-    args = ["evaluate", str(run), str(data), "--masks", str(data), "--methods", "vebi,grad_cam", "--max-images", "6",
+    args = ["evaluate", "--trust-model", str(run), str(data), "--masks", str(data), "--methods", "vebi,grad_cam", "--max-images", "6",
             "--steps", "2", "--thresholds", "0.3,0.6", "--ablation-seeds", "2", "--no-progress", "--seed", "1"]
     assert main([*args, "-o", str(tmp_path / "a")]) == 0
     printed = capsys.readouterr().out
@@ -242,7 +242,7 @@ def test_cli_default_output_is_the_run_evaluation_folder(tiny, tmp_path):
 
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
-    assert main(["evaluate", str(copy), str(data), "--methods", "grad_cam", "--max-images", "3", "--steps", "1",
+    assert main(["evaluate", "--trust-model", str(copy), str(data), "--methods", "grad_cam", "--max-images", "3", "--steps", "1",
                  "--no-ablation", "--no-progress"]) == 0
     assert json.loads((copy / "evaluation" / "results.json").read_text())["images"] == 3
 
@@ -250,7 +250,7 @@ def test_cli_default_output_is_the_run_evaluation_folder(tiny, tmp_path):
 def test_cli_ablation_only(tiny, tmp_path, capsys):
     run, data = tiny
     out = tmp_path / "ablation"
-    assert main(["evaluate", str(run), str(data), "--methods", "none", "--no-progress", "-o", str(out)]) == 0
+    assert main(["evaluate", "--trust-model", str(run), str(data), "--methods", "none", "--no-progress", "-o", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "mean over classes" in printed and "explanations" not in printed
     saved = json.loads((out / "results.json").read_text())
@@ -266,7 +266,8 @@ def test_cli_ablation_only(tiny, tmp_path, capsys):
     assert len(saved["ablation"]["summary"]) == 4 and saved["settings"]["ablation_curves"] is False
 
     curves = tmp_path / "curves"
-    assert main(["evaluate", str(run), str(data), "--methods", "none", "--no-progress", "--ablation-curves",
+    assert main(["evaluate", "--trust-model", str(run), str(data), "--methods", "none", "--no-progress",
+                 "--ablation-curves",
                  "--ablation-seeds", "2", "--ablation-batch", "7", "-o", str(curves)]) == 0
     saved = json.loads((curves / "results.json").read_text())
     green = saved["ablation"]["classes"][1]["positive"]
@@ -287,7 +288,7 @@ def _error(capsys, argv: list[str]) -> str:
 
 def test_cli_errors(tiny, tmp_path, capsys):
     run, data = tiny
-    base = ["evaluate", str(run), str(data / "images" / "test"), "--no-progress", "--methods", "grad_cam"]
+    base = ["evaluate", "--trust-model", str(run), str(data / "images" / "test"), "--no-progress", "--methods", "grad_cam"]
     assert "mask folder" in _error(capsys, [*base, "--masks", str(tmp_path / "nowhere")])
 
     partial = tmp_path / "partial"
@@ -301,15 +302,15 @@ def test_cli_errors(tiny, tmp_path, capsys):
     _png(partial / "red" / "000002.png", np.zeros((10, 12), np.uint8))
     assert "is 12x10 but its image is 24x24" in _error(capsys, [*base, "--masks", str(partial)])
 
-    assert "unknown method" in _error(capsys, ["evaluate", str(run), str(data), "--methods", "nope"])
+    assert "unknown method" in _error(capsys, ["evaluate", "--trust-model", str(run), str(data), "--methods", "nope"])
     assert "nothing to evaluate" in _error(capsys, [*base[:-2], "--methods", "none", "--no-ablation"])
     assert "thresholds" in _error(capsys, [*base, "--thresholds", "0.5,0.2"])
     assert "thresholds" in _error(capsys, [*base, "--thresholds", "half"])
     other = tmp_path / "other"
     (other / "cat").mkdir(parents=True)
     _png(other / "cat" / "a.png", np.zeros((SIZE, SIZE, 3), np.uint8))
-    assert "not the run's classes" in _error(capsys, ["evaluate", str(run), str(other), "--no-progress"])
-    assert "run.json" in _error(capsys, ["evaluate", str(tmp_path), str(data), "--no-progress"])
+    assert "not the run's classes" in _error(capsys, ["evaluate", "--trust-model", str(run), str(other), "--no-progress"])
+    assert "run.json" in _error(capsys, ["evaluate", "--trust-model", str(tmp_path), str(data), "--no-progress"])
 
 
 def test_runner_sanity_checks_are_written_and_reported(tiny, test_methods, tmp_path, capsys):
@@ -317,6 +318,7 @@ def test_runner_sanity_checks_are_written_and_reported(tiny, test_methods, tmp_p
     weights = tmp_path / "shuffled.pt"
     torch.save(tiny_cnn(num_classes=len(CLASSES), seed=4).state_dict(), weights)
     result = evaluate_run(run, data, methods=["vebi", "grad_cam", "oracle"], steps=2, max_images=6, ablation=False,
+                          trust_model=True,
                           sanity=True, sanity_images=6, random_label_weights=weights, progress=False)
     cascade, shuffled = result.sanity
     assert (cascade.kind, shuffled.kind) == ("cascading", "data") and cascade.images == 6
@@ -338,6 +340,6 @@ def test_runner_sanity_checks_are_written_and_reported(tiny, test_methods, tmp_p
     assert "oracle" in format_sanity(result) and "cascading" in format_sanity(result)
     assert "sanity" in [g.key for g in collect_run(run, evaluation_dir=out).evaluation.groups]
 
-    assert main(["evaluate", str(run), str(data), "--methods", "grad_cam", "--max-images", "3", "--steps", "1",
-                 "--no-ablation", "--sanity", "--sanity-images", "2", "--no-progress", "-o", str(tmp_path / "on")]) == 0
+    assert main(["evaluate", "--trust-model", str(run), str(data), "--methods", "grad_cam", "--max-images", "3",
+                 "--steps", "1", "--no-ablation", "--sanity", "--sanity-images", "2", "--no-progress", "-o", str(tmp_path / "on")]) == 0
     assert "sanity check, cascading" in capsys.readouterr().out and (tmp_path / "on" / "sanity_cascading.csv").is_file()

@@ -209,7 +209,7 @@ def fitted_run(make_folder, tmp_path):
     run = tmp_path / "run"
     assert main(["collect", FACTORY, str(data), "-o", str(run), "--top-k", "3", "-b", "6"]) == 0
     assert main(["fit", str(run), "--mu", "2"]) == 0
-    assert main(["interpret", str(run), str(data), "--top-k", "3", "--tile-size", "8", "--no-progress"]) == 0
+    assert main(["interpret", "--trust-model", str(run), str(data), "--top-k", "3", "--tile-size", "8", "--no-progress"]) == 0
     return run, data
 
 
@@ -226,23 +226,25 @@ def test_cli_writes_panel_and_json_matching_the_api(fitted_run, tmp_path, capsys
     run, data = fitted_run
     images = [data / "class0" / "img0.png", data / "class2" / "img0.png"]
     out = tmp_path / "out"
-    assert main(["explain", str(run), *map(str, images), "-o", str(out), "--device", "cpu"]) == 0
+    assert main(["explain", "--trust-model", str(run), *map(str, images), "-o", str(out), "--device", "cpu"]) == 0
     assert "-> " in capsys.readouterr().out
-    assert {p.name for p in out.iterdir()} == {f"{stem}.{ext}" for stem in ("img0", "img0-1")
-                                               for ext in ("png", "json", "safetensors")}
+    assert {p.name for p in out.iterdir()} == {"images"} | {f"{stem}.{ext}" for stem in ("img0", "img0-1")
+                                                            for ext in ("png", "json", "safetensors")}
     with Image.open(out / "img0.png") as panel:
         assert panel.width > 300
     record = json.loads((out / "img0-1.json").read_text())
-    assert record["image"] == str(images[1].resolve()) and record["method"] == "vebi"
+    # the explained file is copied into the output folder and named relative to the JSON
+    assert (out / record["image"]).read_bytes() == images[1].read_bytes() and not Path(record["image"]).is_absolute()
+    assert record["source"] == "class2/img0.png" and record["method"] == "vebi"
     expected = Explainer(tiny_cnn(), load_relevance(run))(image_transform()(load_image(images[1]))[None])[0]
     assert record["predicted"] == expected.predicted and record["score"] == pytest.approx(expected.score)
     assert [(f["layer"], f["channel"]) for f in record["features"]] == [(f.layer, f.channel) for f in expected.features]
     assert [f["contribution"] for f in record["features"]] == pytest.approx([f.contribution for f in expected.features])
     assert all(f["interpretation"] and f["interpretation"].endswith(".png") for f in record["features"])
     saved = load_explanation(out / "img0-1.json")  # the CLI writes what Explanation.save writes
-    assert saved.to_dict() == record and saved.combined.shape == images_shape(images[1])
+    assert saved.to_dict() == {k: v for k, v in record.items() if k != "tensors_sha256"} and saved.combined.shape == images_shape(images[1])
 
-    assert main(["explain", str(run), str(images[0]), "-o", str(out), "--method", "grad_cam", "--target", "class1"]) == 0
+    assert main(["explain", "--trust-model", str(run), str(images[0]), "-o", str(out), "--method", "grad_cam", "--target", "class1"]) == 0
     baseline = json.loads((out / "img0.json").read_text())
     assert (baseline["method"], baseline["target_name"], baseline["features"]) == ("grad_cam", "class1", [])
 
@@ -252,19 +254,22 @@ def test_cli_writes_into_the_run_by_default_where_the_report_finds_it(fitted_run
 
     run, data = fitted_run
     image = str(data / "class1" / "img0.png")
-    assert main(["explain", str(run), image]) == 0
-    assert main(["explain", str(run), image, "--method", "grad_cam"]) == 0
+    assert main(["explain", "--trust-model", str(run), image]) == 0
+    assert main(["explain", "--trust-model", str(run), image, "--method", "grad_cam"]) == 0
     assert (run / "explanations" / "img0.json").is_file()
     assert json.loads((run / "explanations" / "grad_cam" / "img0.json").read_text())["method"] == "grad_cam"
     views = collect_run(run).explanations
-    assert [(v.image, v.method) for v in views] == [(Path(image).resolve(), "vebi")]
+    # one group: the copy of the image inside the run, shared by both methods
+    assert [(v.image.read_bytes(), v.name, v.true_class, v.method) for v in views] == [
+        (Path(image).read_bytes(), "class1/img0.png", "class1", "vebi")]
+    assert views[0].image.resolve().is_relative_to(run.resolve())
     assert [name for name, _ in views[0].baselines] == ["grad_cam"]
 
 
 @pytest.mark.parametrize("case", ["method", "image", "target", "run"])
 def test_cli_bad_input_gives_one_line(case, fitted_run, tmp_path, capsys):
     run, data = fitted_run
-    args = ["explain", str(run), str(data / "class0" / "img0.png"), "-o", str(tmp_path / "o")]
+    args = ["explain", "--trust-model", str(run), str(data / "class0" / "img0.png"), "-o", str(tmp_path / "o")]
     expect = {"method": "unknown explanation method 'nope'", "image": "cannot read image", "target": "unknown class 'cow'",
               "run": "not found"}[case]
     if case == "method":
@@ -272,11 +277,11 @@ def test_cli_bad_input_gives_one_line(case, fitted_run, tmp_path, capsys):
     elif case == "image":
         bad = tmp_path / "bad.png"
         bad.write_bytes(b"not a png")
-        args[2] = str(bad)
+        args[3] = str(bad)
     elif case == "target":
         args += ["--target", "cow"]
     else:
-        args[1] = str(tmp_path / "missing")
+        args[2] = str(tmp_path / "missing")
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert expect in err and len(err.splitlines()) == 1 and "Traceback" not in err

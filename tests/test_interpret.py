@@ -300,7 +300,7 @@ def test_cli_interpret_writes_images_and_prints_where(tmp_path, capsys):
     assert main(["collect", spec, str(data), "-o", str(run), "--top-k", "5", "-l", "1", "-l", "4"]) == 0
     assert main(["fit", str(run), "--mu", "2"]) == 0
     capsys.readouterr()
-    assert main(["interpret", str(run), str(data), "--top-k", "4", "--tile-size", "8", "--no-progress"]) == 0
+    assert main(["interpret", "--trust-model", str(run), str(data), "--top-k", "4", "--tile-size", "8", "--no-progress"]) == 0
     out = capsys.readouterr().out
     folder = run / "interpretation"
     assert f"interpretations -> {folder}" in out
@@ -309,8 +309,8 @@ def test_cli_interpret_writes_images_and_prints_where(tmp_path, capsys):
     assert [i.class_name for i in loaded] == ["cat", "dog"]
     assert all(f.average.shape == (3, 8, 8) and f.count == 4 for i in loaded for f in i.features)
 
-    assert main(["interpret", str(tmp_path / "missing"), str(data)]) == 2
+    assert main(["interpret", "--trust-model", str(tmp_path / "missing"), str(data)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("vebi: error:") and len(err.strip().splitlines()) == 1
-    assert main(["interpret", str(run), str(data), "--class", "cow", "--no-progress"]) == 2
+    assert main(["interpret", "--trust-model", str(run), str(data), "--class", "cow", "--no-progress"]) == 2
     assert "unknown class 'cow'" in capsys.readouterr().err

@@ -10,4 +10,5 @@ class VebiError(ValueError):
 
 class VebiWarning(UserWarning):
     """Something that works but is probably not what the user wants (tiny classes, a class order
-    that looks wrong); the CLI prints it as one line."""
+    that looks wrong) or that vebi read differently than asked or left out (skipped files); the CLI
+    prints it as one line."""

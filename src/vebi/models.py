@@ -177,7 +177,8 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise VebiError(f"cannot read weights file {p}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+        first = (str(exc).splitlines() or ["the file is empty or cut short"])[0]
+        raise VebiError(f"cannot read weights file {p}: {type(exc).__name__}: {first}") from None
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

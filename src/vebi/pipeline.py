@@ -15,6 +15,7 @@ The evaluation (:func:`vebi.evaluate.runner.evaluate_run`) and the report
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,8 @@ def collect_run(
     if batch_size < 1 or checkpoint_every < 0:
         raise VebiError("batch_size must be at least 1, checkpoint_every at least 0")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise VebiError(f"{out} exists and is not a folder; choose another run folder")
     dev = distributed.device_for(resolve_device(device), distributed.current())
     with distributed.process_group(dev) as where:
         minfo = model_record(model, weights, model_args)
@@ -85,6 +88,7 @@ def collect_run(
         def write(stats: FeatureStats) -> None:
             save_stats(stats, out, net)
             Run.create(out, minfo, dinfo, stats.space.layers, class_map)
+            _clear_stale(out, "stats")  # after: a fit of the old statistics is refused by its hash meanwhile
 
         stats = collect_dataset(
             net, dataset, batch_size=batch_size, workers=workers, checkpoint=out / "checkpoints",
@@ -110,24 +114,40 @@ def fit_run(run_dir: str | Path, mu: float = 10.0, *, solver: str = "auto", devi
     from vebi.core.relevance import fit_relevance
     from vebi.io.artifacts import save_relevance
 
-    if not mu > 0:
-        raise VebiError(f"mu must be positive, not {mu}")
+    if not 0 < mu < float("inf"):
+        raise VebiError(f"mu must be a positive finite number, not {mu}")
     if solver not in SOLVERS:
         raise VebiError(f"solver must be one of {', '.join(SOLVERS)}, not {solver!r}")
     run = Run.open(run_dir)
     relevance = fit_relevance(run.stats, mu, solver=solver, device=resolve_device(device), progress=progress)
     save_relevance(relevance, run.root)
+    _clear_stale(run.root, "relevance")
     return relevance
 
 
+def _clear_stale(run_dir: Path, replaced: str) -> None:
+    """Remove what depended on the run's statistics or fit, about to be replaced, and say so (a VebiWarning)."""
+    import warnings
+
+    from vebi.errors import VebiWarning
+    from vebi.io.artifacts import clear_dependents
+
+    removed = clear_dependents(run_dir, replaced)
+    if removed:
+        warnings.warn(f"new {'statistics' if replaced == 'stats' else 'relevance fit'} in {run_dir}: removed what "
+                      f"was made from the old one ({', '.join(removed)})", VebiWarning, stacklevel=3)
+
+
 def interpret_run(run_dir: str | Path, data: str | Path, *, ignore_global: bool = False, workers: int = 0,
-                  **options: Any) -> tuple[tuple[Interpretation, ...], Path]:
+                  trust_model: bool = False, **options: Any) -> tuple[tuple[Interpretation, ...], Path]:
     """Average receptive-field crops of every relevant feature's top images of ``data`` (the folder
     the statistics were collected on); saved to ``RUN/interpretation``. ``options`` go to
     :func:`vebi.interpretation.crops.interpret` (top_k, size, weighted, classes, max_features,
-    keep_crops, progress). Returns the interpretations and their folder."""
+    keep_crops, progress). Returns the interpretations and their folder. ``trust_model``: see
+    :func:`vebi.run.check_trusted`."""
     from vebi.interpretation.crops import interpret
     from vebi.interpretation.store import save_interpretations
+    from vebi.io.artifacts import relevance_hash
     from vebi.interpretation.receptive import receptive_fields
 
     import warnings
@@ -140,7 +160,7 @@ def interpret_run(run_dir: str | Path, data: str | Path, *, ignore_global: bool 
     top_k = min(options.get("top_k", 100), stats.top_k)
     for message in data_warnings(stats.class_counts.tolist(), run.classes.names, top_k, few=False):
         warnings.warn(message, VebiWarning, stacklevel=2)
-    model = run.model(weights=False)  # receptive fields depend on the architecture only
+    model = run.model(weights=False, trust=trust_model)  # receptive fields depend on the architecture only
     dataset = run.dataset(data, display=True)
     if tuple(dataset.classes) != tuple(stats.class_names):
         raise VebiError(f"{data} has classes {', '.join(dataset.classes)}, the run has {', '.join(stats.class_names)}")
@@ -150,7 +170,7 @@ def interpret_run(run_dir: str | Path, data: str | Path, *, ignore_global: bool 
                 "weighted": options.get("weighted", False), "keep_crops": options.get("keep_crops", 8),
                 "ignore_global": ignore_global, "max_features": options.get("max_features"),
                 "data": str(Path(data).resolve()), "fill": "mean of the images read"}
-    return results, save_interpretations(results, run.root, settings)
+    return results, save_interpretations(results, run.root, settings, relevance_hash(run.root))
 
 
 @dataclass(frozen=True)
@@ -174,6 +194,7 @@ def explain_files(
     target: int | str | None = None,
     batch_size: int = 16,
     device: str | torch.device | None = "auto",
+    trust_model: bool = False,
     **options: Any,
 ) -> list[ExplainedFile]:
     """Explain each image file with ``method`` (vebi or a baseline); per image write
@@ -181,22 +202,28 @@ def explain_files(
     defaults to ``RUN/explanations`` (``RUN/explanations/METHOD`` for other methods), where the
     report finds them. ``target``: a model output (int) or a string read by
     :meth:`vebi.classes.ClassMap.output` (class name, ``index:N``, ``name:TEXT``); None explains the
-    prediction. ``options`` go to the method where it declares them (num_features, pool_fix)."""
+    prediction. ``options`` go to the method where it declares them (num_features, pool_fix).
+    ``trust_model``: see :func:`vebi.run.check_trusted`."""
 
     from vebi.data import load_image
     from vebi.explanation.explainer import NotARunClass
     from vebi.explanation.panel import write_panel
+    from vebi.io.artifacts import relevance_hash
     from vebi.methods import build_method
 
     if batch_size < 1:
         raise VebiError(f"batch_size must be at least 1, not {batch_size}")
     run = Run.open(run_dir)
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise VebiError(f"{out} exists and is not a folder; choose another output folder")
     folder = Path(out) if out is not None else run.root / "explanations" / ("" if method == "vebi" else method)
+    images_dir = (Path(out) if out is not None else run.root / "explanations") / "images"
     relevance = run.relevance
     explainer = build_method(method, relevance, strict=False, interpretations=str(run.root), **options)
-    model = run.model().to(resolve_device(device))
+    model = run.model(trust=trust_model).to(resolve_device(device))
     to_input, to_display = run.transform(), run.transform(display=True)
     classes = run.classes
+    made_from = relevance_hash(run.root)
 
     loaded = []
     for path in images:
@@ -224,8 +251,10 @@ def explain_files(
                         written[i] = ExplainedFile(loaded[i][0], None, None, str(exc))
             for i, result in pairs:
                 path, _, shown = loaded[i]
-                result = dataclasses.replace(result, image=str(path.resolve()))
                 stem = folder / stems[i]
+                copy = _keep_image(path, images_dir)
+                result = dataclasses.replace(result, image=os.path.relpath(copy, stem.parent),
+                                             source="/".join(path.resolve().parts[-2:]), relevance_sha256=made_from)
                 write_panel(stem.with_name(stem.name + ".png"), shown, result)
                 result.save(stem)
                 written[i] = ExplainedFile(path, result, stem)
@@ -240,11 +269,27 @@ def _stack(loaded: Sequence[tuple[Path, torch.Tensor, torch.Tensor]], members: S
     return torch.stack([loaded[i][1] for i in members])
 
 
+def _keep_image(path: Path, folder: Path) -> Path:
+    """A copy of the explained file in ``folder``, named by its content hash (its explanations by every
+    method share it), so that the run's report reads nothing outside the run."""
+    import hashlib
+
+    from vebi.io.atomic import write_bytes
+
+    data = path.read_bytes()
+    copy = folder / f"{hashlib.sha256(data).hexdigest()[:16]}{path.suffix.lower()}"
+    if not copy.is_file():
+        write_bytes(copy, data)
+    return copy
+
+
 def _unique_stems(paths: Sequence[Path]) -> list[str]:
     stems: list[str] = []
     seen: dict[str, int] = {}
     for path in paths:
-        stem = Path(path).stem or "image"
+        # a file name that is not UTF-8 (bytes read as surrogates) gets "_" there: outputs have UTF-8 names
+        stem = Path(path).stem.encode("utf-8", "surrogateescape").decode("utf-8", "replace").replace("\ufffd", "_")
+        stem = stem or "image"
         count = seen.get(stem, 0)
         seen[stem] = count + 1
         stems.append(stem if count == 0 else f"{stem}-{count}")

@@ -31,9 +31,21 @@ if TYPE_CHECKING:
     from vebi.core.relevance import Relevance
     from vebi.core.stats import FeatureStats
 
-__all__ = ["Run", "data_record", "model_record"]
+__all__ = ["Run", "check_trusted", "data_record", "model_record"]
 
 NORMALIZE = ("auto", "imagenet", "none")
+# vebi's own model factories: rebuilt from a run folder without asking (any other factory is code
+# the run folder names, and runs only when the user trusts it)
+OWN_FACTORIES = frozenset({"vebi.an8flower.net:an8net"})
+
+
+def check_trusted(spec: str, trust: bool = False) -> None:
+    """VebiError unless ``spec`` may be rebuilt from a run folder: ``torchvision:NAME`` and vebi's own
+    factories always, a ``module:factory`` or ``file.py:factory`` only with ``trust``."""
+    if trust or spec.startswith("torchvision:") or spec in OWN_FACTORIES:
+        return
+    raise VebiError(f"run.json names the model {spec!r}, code that vebi would import and run; "
+                    "pass --trust-model (trust=True) if you trust this run folder")
 
 
 def model_record(spec: str, weights: str | None = None, args: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -54,6 +66,8 @@ def data_record(model: nn.Module, spec: str, path: str | Path, size: int | None 
 
     if normalize not in NORMALIZE:
         raise VebiError(f"normalize must be one of {', '.join(NORMALIZE)}, not {normalize!r}")
+    if size is not None and size < 1:
+        raise VebiError(f"size must be at least 1 pixel, not {size}")
     if normalize == "auto":
         normalize = "imagenet" if spec.startswith("torchvision:") else "none"
     imagenet = normalize == "imagenet"
@@ -94,12 +108,28 @@ class Run:
         save_run_info(root, info)
         return cls.open(root)
 
-    def model(self, *, weights: bool = True) -> nn.Module:
-        """The run's model, rebuilt from its spec (``weights=False``: the architecture only)."""
+    def model(self, *, weights: bool = True, trust: bool = False) -> nn.Module:
+        """The run's model, rebuilt from its spec (``weights=False``: the architecture only); a spec
+        other than torchvision's or vebi's own needs ``trust`` (see :func:`check_trusted`)."""
         from vebi.models import load_model
 
         spec = self.info["model"]
-        return load_model(spec["spec"], spec.get("weights") if weights else None, spec.get("args"))
+        check_trusted(spec["spec"], trust)
+        model = load_model(spec["spec"], spec.get("weights") if weights else None, spec.get("args"))
+        if weights:
+            self.check_model(model)
+        return model
+
+    def check_model(self, model: nn.Module) -> None:
+        """VebiError unless ``model`` (architecture and weights) is the one the statistics were collected with."""
+        from vebi.io.artifacts import model_fingerprint, read_json
+
+        path = self.root / "stats.json"
+        recorded = read_json(path, "statistics").get("model_fingerprint") if path.is_file() else None
+        if recorded is not None and model_fingerprint(model, self.stats.space.layers) != recorded:
+            raise VebiError(f"the model rebuilt from {self.root / 'run.json'} ({self.info['model']['spec']}, weights "
+                            f"{self.info['model'].get('weights')}) is not the one the statistics were collected with "
+                            "(other weights or architecture)")
 
     def dataset(self, path: str | Path | None = None, *, with_index: bool = True,
                 display: bool = False) -> datasets.ImageFolder:
@@ -136,7 +166,11 @@ class Run:
     def stats(self) -> FeatureStats:
         from vebi.io.artifacts import load_stats
 
-        return load_stats(self.root)
+        stats = load_stats(self.root)
+        if list(self.info.get("layers", stats.space.layers)) != list(stats.space.layers):
+            raise VebiError(f"{self.root / 'run.json'} names other layers than {self.root / 'stats.json'} holds "
+                            "(a collection that did not finish); re-run `vebi collect`")
+        return stats
 
     @functools.cached_property
     def classes(self) -> ClassMap:

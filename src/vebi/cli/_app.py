@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import warnings
+from collections.abc import Iterator
 
 import typer
 
@@ -26,24 +28,37 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def _one_line(message: str) -> str:
-    """A VebiError re-raised by a DataLoader worker carries the worker's traceback; keep its last line."""
+    """A VebiError re-raised by a DataLoader worker carries the worker's traceback; keep its last line.
+    Names that are not UTF-8 (file names read with surrogate escapes) are shown escaped."""
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     lines = [ln for ln in message.strip().splitlines() if ln.strip()]
     if len(lines) > 1 and "Traceback" in message:
         return lines[-1].split("VebiError: ", 1)[-1]
     return " ".join(lines)
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
-    typer.echo(f"vebi: warning: {message}", err=True)
+@contextlib.contextmanager
+def _warnings_as_lines() -> Iterator[None]:
+    """Print each VebiWarning as one ``vebi: warning:`` line (other warnings as Python shows them)."""
+    with warnings.catch_warnings():
+        show = warnings.showwarning
+
+        def one_line(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+            if issubclass(category, VebiWarning):
+                typer.echo(f"vebi: warning: {_one_line(str(message))}", err=True)
+            else:
+                show(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = one_line
+        warnings.simplefilter("always", VebiWarning)
+        yield
 
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: input errors become one line on stderr and exit code 2, never a traceback;
     a :class:`VebiWarning` is one line too."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("always", VebiWarning)
-            warnings.showwarning = _show_warning
+        with _warnings_as_lines():
             app(args=argv, prog_name="vebi")
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -52,7 +67,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
         name = exc.filename if exc.filename is not None else ""
-        typer.echo(f"vebi: error: {exc.strerror or 'cannot open'}: {name}", err=True)
+        reason = exc.strerror or "cannot open"
+        typer.echo(f"vebi: error: {_one_line(f'{reason}: {name}')}", err=True)
+        return 2
+    except OSError as exc:  # a full disk, a read-only folder, ...: outputs are written atomically, none is half done
+        where = f": {exc.filename}" if exc.filename is not None else ""
+        typer.echo(f"vebi: error: {_one_line(f'{exc.strerror or exc}{where}')}; the files being written were left as "
+                   "they were", err=True)
         return 2
     except KeyboardInterrupt:
         typer.echo("vebi: interrupted", err=True)

@@ -20,3 +20,5 @@ def batch_size_option(default: int) -> typer.models.OptionInfo:
 
 def seed_option(what: str) -> typer.models.OptionInfo:
     return typer.Option(0, "--seed", help=f"random seed; of {what}")
+TrustOpt = typer.Option(False, "--trust-model", help="trust the run's model spec; rebuild the model although run.json names a "
+                        "module:factory or file.py:factory spec (code that runs): only for run folders you trust")

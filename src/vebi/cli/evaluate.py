@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from vebi.cli._app import app
-from vebi.cli.common import DeviceOpt, ProgressOpt, batch_size_option, seed_option
+from vebi.cli.common import DeviceOpt, ProgressOpt, TrustOpt, batch_size_option, seed_option
 from vebi.run import resolve_device
 from vebi.errors import VebiError
 
@@ -64,6 +64,7 @@ def evaluate_command(
                                                      "--shuffle-labels`): adds the data randomisation test (default: none)"),
     device: str = DeviceOpt,
     progress: bool = ProgressOpt,
+    trust_model: bool = TrustOpt,
 ) -> None:
     """Score the explanations: IoU, deletion/insertion, ablation.
 
@@ -86,7 +87,7 @@ def evaluate_command(
         ablation=ablation, ablation_seeds=ablation_seeds, max_ablation_features=max_ablation_features,
         ablation_curves=ablation_curves, ablation_batch=ablation_batch,
         sanity=sanity, sanity_images=sanity_images, random_label_weights=random_label_weights,
-        device=resolve_device(device), progress=progress,
+        device=resolve_device(device), progress=progress, trust_model=trust_model,
     )
     folder = out if out is not None else run / "evaluation"
     write_evaluation(result, folder)

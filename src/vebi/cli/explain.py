@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from vebi.cli._app import app
-from vebi.cli.common import DeviceOpt, batch_size_option
+from vebi.cli.common import DeviceOpt, TrustOpt, batch_size_option
 
 
 @app.command("explain")
@@ -28,6 +28,7 @@ def explain_command(
                                   "window's argmax, overwriting"),
     batch_size: int = batch_size_option(16),
     device: str = DeviceOpt,
+    trust_model: bool = TrustOpt,
 ) -> None:
     """Explain predictions by their top relevant features.
 
@@ -37,11 +38,12 @@ def explain_command(
     from vebi.pipeline import explain_files
 
     for done in explain_files(run, images, method=method, out=out, target=target, batch_size=batch_size,
-                              device=device, num_features=num_features, pool_fix=pool_fix):
+                              device=device, trust_model=trust_model, num_features=num_features, pool_fix=pool_fix):
         if done.explanation is None:
             typer.echo(f"vebi: warning: {done.path}: {done.skipped}", err=True)
         else:
-            typer.echo(f"{done.path}: {_summary(done.explanation)} -> {done.stem}.png")
+            line = f"{done.path}: {_summary(done.explanation)} -> {done.stem}.png"
+            typer.echo(line.encode("utf-8", "backslashreplace").decode("utf-8"))  # file names that are not UTF-8
 
 
 def _summary(e) -> str:

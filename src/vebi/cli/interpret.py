@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from vebi.cli._app import app
-from vebi.cli.common import ProgressOpt, WorkersOpt
+from vebi.cli.common import ProgressOpt, TrustOpt, WorkersOpt
 from vebi.errors import VebiError
 
 
@@ -27,6 +27,7 @@ def interpret_command(
                                             "(squeeze-and-excitation gates)"),
     workers: int = WorkersOpt,
     progress: bool = ProgressOpt,
+    trust_model: bool = TrustOpt,
 ) -> None:
     """Average crops of each relevant feature's top images.
 
@@ -38,7 +39,8 @@ def interpret_command(
 
     if top_k < 1 or tile_size < 1 or keep_crops < 0 or workers < 0 or (max_features is not None and max_features < 1):
         raise VebiError("--top-k, --tile-size and --max-features must be at least 1, --keep-crops and --workers at least 0")
-    results, folder = interpret_run(run, data, ignore_global=ignore_global, workers=workers, top_k=top_k, size=tile_size,
+    results, folder = interpret_run(run, data, ignore_global=ignore_global, workers=workers, trust_model=trust_model,
+                                    top_k=top_k, size=tile_size,
                                     weighted=weighted, classes=cls or None, max_features=max_features,
                                     keep_crops=keep_crops, progress=progress)
     for interp in results:

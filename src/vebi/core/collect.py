@@ -108,7 +108,7 @@ def collect(
             images, targets, indices = _unpack(batch, running)
             running += images.shape[0]
             reader.clear()
-            logits = model(images.to(device=device, dtype=dtype, non_blocking=True))
+            logits = forward_scores(model, images.to(device=device, dtype=dtype, non_blocking=True))
             missing = [n for n in names if n not in reader.pooled]
             if missing:
                 raise VebiError(f"layer(s) {', '.join(missing)} did not run in the forward pass")
@@ -148,6 +148,39 @@ def collect(
     if stats is None:
         raise VebiError("the data yielded no images")
     return stats
+
+
+def forward_scores(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """``model(images)``, checked to be class scores (B, C); an error inside the model's forward, or
+    output of another shape, becomes a VebiError naming it."""
+    try:
+        out = model(images)
+    except VebiError:
+        raise
+    except Exception as exc:  # the user's model: any error of its forward is a problem of that model
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise VebiError(f"the model's forward pass failed on a batch of shape {tuple(images.shape)}: "
+                        f"{type(exc).__name__}: {first}") from None
+    if not isinstance(out, torch.Tensor):
+        raise VebiError(f"the model returned {type(out).__name__}, not a tensor of class scores (batch, classes)")
+    if out.dim() != 2 or out.shape[0] != images.shape[0]:
+        raise VebiError(f"the model's output has shape {tuple(out.shape)} for {images.shape[0]} images; vebi "
+                        "needs class scores of shape (batch, classes)")
+    return out
+
+
+def _check_finite_model(model: nn.Module) -> None:
+    bad = [name for name, t in (*model.named_parameters(), *model.named_buffers())
+           if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise VebiError(f"the model has NaN or infinite values in {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}")
+
+
+def _check_finite_stats(stats: FeatureStats) -> None:
+    """NaN or infinite responses (an overflow in the model) reach G = sum x^T x and B = sum x^T L; checked once
+    at the end, so that the loop reads nothing back from the device."""
+    if not (torch.isfinite(stats.gram).all() and torch.isfinite(stats.cross).all()):
+        raise VebiError("the model gives NaN or infinite responses at the collected layers; no statistics were saved")
 
 
 def _check_memory(m: int, classes: int, top_k: int, batch_size: int, gram_dtype: torch.dtype,
@@ -199,6 +232,9 @@ def collect_dataset(
     """
     if len(dataset) == 0:
         raise VebiError("the dataset holds no images")
+    if workers < 0:
+        raise VebiError(f"workers must be at least 0, not {workers}")
+    _check_finite_model(model)
     where = distributed.current()
     mine = distributed.shard(len(dataset), where)
     saver, resume = None, None
@@ -225,6 +261,7 @@ def collect_dataset(
     stats = resume if not len(rest) else collect(model, loader, progress=progress, resume=resume, on_batch=saver,
                                                  **options)
     stats = distributed.reduce_stats(stats)
+    _check_finite_stats(stats)
     if on_result is not None and where.is_main:
         on_result(stats)
     if saver is not None:

@@ -443,8 +443,8 @@ def _homotopy(
             continue
         if steps >= max_steps:
             raise VebiError(
-                f"mu-LASSO did not converge within max_iter={max_steps} homotopy steps; "
-                "raise max_iter."
+                f"mu-LASSO did not converge within max_iter={max_steps} homotopy steps; choose a smaller mu "
+                "(or, from Python, raise max_iter)"
             )
         _step(G, st, mu)
         steps += 1

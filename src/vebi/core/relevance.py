@@ -106,8 +106,8 @@ def fit_relevance(stats: FeatureStats, mu: float = 10.0, *, tolerance: float = 1
     """
     from vebi.core.lasso import solve_mu_lasso
 
-    if not (mu > 0):
-        raise VebiError(f"mu must be positive, not {mu}")
+    if not (0 < mu < float("inf")):
+        raise VebiError(f"mu must be a positive finite number, not {mu}")
     if stats.count == 0:
         raise VebiError("the statistics hold no images")
     empty = [n for n, c in zip(stats.class_names, stats.class_counts.tolist(), strict=True) if c == 0]

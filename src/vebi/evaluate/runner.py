@@ -308,6 +308,7 @@ def evaluate_run(
     model: nn.Module | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
+    trust_model: bool = False,
 ) -> EvaluationResult:
     """Evaluate every method and the ablation experiments on ``data`` (see the module docstring).
 
@@ -316,7 +317,8 @@ def evaluate_run(
     where its parameters are, else the CPU). ``data``/``masks`` may be an an8Flower root or a folder
     with ``<split>/`` sub-folders; the ``split`` folder is used then. ``sanity`` (off by default: on
     the demo's network and 16 images it costs more than the rest of a 24-image evaluation) needs at
-    least one method; ``random_label_weights`` adds the data randomisation test to it.
+    least one method; ``random_label_weights`` adds the data randomisation test to it. ``trust_model``: rebuild a
+    model spec that is neither torchvision's nor vebi's own (:func:`vebi.run.check_trusted`).
     """
     from vebi.methods import build_method, method_names, method_options
     from vebi.methods.cam import default_cam_layer
@@ -344,7 +346,7 @@ def evaluate_run(
     info = run.info
     relevance = run.relevance
     if model is None:
-        model = run.model()
+        model = run.model(trust=trust_model)
     dev = resolve_device(device) if device is not None else model_device(model)
     model = model.to(dev)
 

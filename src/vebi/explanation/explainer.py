@@ -29,7 +29,6 @@ whole batch.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -245,18 +244,22 @@ def _interpretation_links(folder: str | os.PathLike[str], relevance: Relevance) 
     meta_path = root / "interpretation.json"
     if not meta_path.is_file():
         return {}
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise VebiError(f"{meta_path} is not valid JSON ({exc})") from None
+    from vebi.io.artifacts import read_json
+
+    meta = read_json(meta_path, "interpretations")
     links: dict[tuple[int | None, int], str] = {}
-    for cls in meta.get("classes", []):
-        for f in cls.get("features", []):
-            index = int(f["index"])
-            known = relevance.space.feature(index) if 0 <= index < relevance.space.size else None
-            if known is None or (known.layer, known.channel) != (f["layer"], int(f["channel"])):
-                raise VebiError(f"the interpretations in {root} were made for other features than this relevance")
-            path = str((root / f["average"]).resolve())
-            links[(int(cls["index"]), index)] = path
-            links.setdefault((None, index), path)
+    try:
+        for cls in meta.get("classes", []):
+            for f in cls.get("features", []):
+                index = int(f["index"])
+                known = relevance.space.feature(index) if 0 <= index < relevance.space.size else None
+                if known is None or (known.layer, known.channel) != (f["layer"], int(f["channel"])):
+                    raise VebiError(f"the interpretations in {root} were made for other features than this relevance")
+                path = str((root / f["average"]).resolve())
+                links[(int(cls["index"]), index)] = path
+                links.setdefault((None, index), path)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        if isinstance(exc, VebiError):
+            raise
+        raise VebiError(f"{meta_path} has a missing or malformed entry ({exc!r}); re-run `vebi interpret`") from None
     return links

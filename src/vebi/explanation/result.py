@@ -62,7 +62,9 @@ class Explanation:
     (:class:`vebi.classes.ClassMap`); ``score``/``target_score`` are softmax probabilities of those outputs; ``combined``
     (H, W) float32 in [0, 1] is the method's map (for vebi the combination of its features'
     heatmaps, zeros when no feature contributes positively); ``features`` is empty for methods
-    without features; ``image`` the explained file, when it came from one.
+    without features; ``image`` the explained file, when it came from one (``vebi explain``: its
+    copy, relative to the JSON); ``source`` the file's own folder/name, for people (never read);
+    ``relevance_sha256`` the fit it was made from (see :mod:`vebi.io.artifacts`).
     """
 
     predicted: int
@@ -77,6 +79,8 @@ class Explanation:
     settings: Mapping[str, Any] = field(default_factory=dict)
     versions: Mapping[str, str] = field(default_factory=dict)
     image: str | None = None
+    source: str | None = None
+    relevance_sha256: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The numbers (no maps), as written to JSON."""
@@ -84,10 +88,14 @@ class Explanation:
                 "predicted_name": self.predicted_name, "score": self.score, "target": self.target,
                 "target_name": self.target_name, "target_score": self.target_score,
                 "features": [f.to_dict() for f in self.features], "settings": dict(self.settings),
-                "versions": dict(self.versions), "image": self.image}
+                "versions": dict(self.versions), "image": self.image, "source": self.source,
+                "relevance_sha256": self.relevance_sha256}
 
     def save(self, path: str | os.PathLike[str]) -> tuple[Path, Path]:
-        """Write ``PATH.json`` (numbers) and ``PATH.safetensors`` (maps) atomically; return both paths."""
+        """Write ``PATH.json`` (numbers) and ``PATH.safetensors`` (maps) atomically; return both paths.
+        The JSON records the maps' hash: the two are valid only as a pair."""
+        from vebi.io.artifacts import file_hash
+
         stem = _stem(path)
         tensors = {"combined": self.combined}
         tensors.update({f"feature{f.rank}": f.heatmap for f in self.features})
@@ -95,12 +103,14 @@ class Explanation:
         numbers = stem.with_name(stem.name + ".json")
         with atomic_path(maps) as tmp:
             save_file({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}, str(tmp))
-        write_text(numbers, json.dumps(self.to_dict(), indent=2) + "\n")
+        write_text(numbers, json.dumps({**self.to_dict(), "tensors_sha256": file_hash(maps)}, indent=2) + "\n")
         return numbers, maps
 
 
 def load_explanation(path: str | os.PathLike[str]) -> Explanation:
-    """Read an explanation written by :meth:`Explanation.save`."""
+    """Read an explanation written by :meth:`Explanation.save`; VebiError when its two files are not a pair."""
+    from vebi.io.artifacts import check_pair
+
     stem = _stem(path)
     numbers, maps = stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".safetensors")
     try:
@@ -110,12 +120,19 @@ def load_explanation(path: str | os.PathLike[str]) -> Explanation:
         raise VebiError(f"{exc.filename} not found") from None
     except Exception as exc:  # JSON and safetensors raise their own error types
         raise VebiError(f"cannot read the explanation {stem} ({exc})") from None
+    if not isinstance(meta, dict):
+        raise VebiError(f"{numbers} holds {type(meta).__name__ if meta is not None else 'null'}, not a JSON object")
     if meta.get("schema") != SCHEMA_VERSION:
         raise VebiError(f"{numbers} has schema version {meta.get('schema')}, this vebi reads {SCHEMA_VERSION}")
-    features = tuple(ExplainedFeature(heatmap=tensors[f"feature{f['rank']}"], **f) for f in meta["features"])
-    return Explanation(meta["predicted"], meta["predicted_name"], meta["score"], meta["target"], meta["target_name"],
-                       meta["target_score"], features, tensors["combined"], meta["method"], meta["settings"],
-                       meta["versions"], meta.get("image"))
+    check_pair(meta, numbers, maps)
+    try:
+        features = tuple(ExplainedFeature(heatmap=tensors[f"feature{f['rank']}"], **f) for f in meta["features"])
+        return Explanation(meta["predicted"], meta["predicted_name"], meta["score"], meta["target"],
+                           meta["target_name"], meta["target_score"], features, tensors["combined"], meta["method"],
+                           meta["settings"], meta["versions"], meta.get("image"), meta.get("source"),
+                           meta.get("relevance_sha256"))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise VebiError(f"{numbers} has a missing or malformed entry ({exc!r})") from None
 
 
 def _stem(path: str | os.PathLike[str]) -> Path:

@@ -25,7 +25,7 @@ SCHEMA_VERSION = 1
 
 
 def save_interpretations(interpretations: Sequence[Interpretation], run_dir: str | os.PathLike[str],
-                         settings: Mapping[str, Any] | None = None) -> Path:
+                         settings: Mapping[str, Any] | None = None, relevance_sha256: str | None = None) -> Path:
     """Write ``run_dir/interpretation/`` and return it; the folder is replaced as a whole.
 
     Per class ``CCC-name.png`` (grid of its features' averages, |weight| order) and folder
@@ -34,7 +34,10 @@ def save_interpretations(interpretations: Sequence[Interpretation], run_dir: str
     (metadata: ``size`` of the averages, ``top_k`` the most crops averaged, ``settings``, and
     per class its features) and
     ``interpretation.safetensors`` (the exact tensors, read back by ``load_interpretations``).
+    The JSON records the tensors' hash and ``relevance_sha256``, the fit they were made from.
     """
+    from vebi.io.artifacts import file_hash
+
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{INTERPRETATION_DIR}.", dir=run))
@@ -65,7 +68,8 @@ def save_interpretations(interpretations: Sequence[Interpretation], run_dir: str
         with atomic_path(staging / "interpretation.safetensors") as tmp:
             save_file({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}, str(tmp))
         sizes = {int(f.average.shape[-1]) for i in interpretations for f in i.features}
-        meta = {"schema": SCHEMA_VERSION, "size": sizes.pop() if len(sizes) == 1 else None,
+        meta = {"schema": SCHEMA_VERSION, "tensors_sha256": file_hash(staging / "interpretation.safetensors"),
+                "relevance_sha256": relevance_sha256, "size": sizes.pop() if len(sizes) == 1 else None,
                 "top_k": max((f.count for i in interpretations for f in i.features), default=0),
                 "settings": dict(settings or {}), "classes": classes}
         write_text(staging / "interpretation.json", json.dumps(meta, indent=2) + "\n")
@@ -81,10 +85,22 @@ def load_interpretations(run_dir: str | os.PathLike[str]) -> tuple[Interpretatio
     """The interpretations saved by ``save_interpretations`` under ``run_dir``."""
     folder = Path(run_dir) / INTERPRETATION_DIR
     meta_path = folder / "interpretation.json"
-    from vebi.io.artifacts import load_tensors, read_json
+    from vebi.io.artifacts import check_made_from, check_pair, load_tensors, read_json, relevance_hash
 
     meta = read_json(meta_path, "interpretations (run `vebi interpret` first)")
+    check_pair(meta, meta_path, folder / "interpretation.safetensors")
+    check_made_from(meta, "relevance_sha256", relevance_hash(run_dir), meta_path, "relevance fit", "vebi interpret")
     tensors = load_tensors(folder / "interpretation.safetensors")
+    try:
+        return _interpretations(meta, tensors, folder, meta_path)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        if isinstance(exc, VebiError):
+            raise
+        raise VebiError(f"{meta_path} has a missing or malformed entry ({exc!r}); re-run `vebi interpret`") from None
+
+
+def _interpretations(meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], folder: Path,
+                     meta_path: Path) -> tuple[Interpretation, ...]:
     result = []
     for cls in meta["classes"]:
         features = []

@@ -5,6 +5,14 @@ A run folder holds ``stats.safetensors`` + ``stats.json`` (the collection pass),
 and data were given, written by the CLI). Every JSON carries ``schema``; a file of another
 schema version, or statistics of a model whose layers differ, fail to load with a clear message.
 
+Artifacts are bound to what they were made from by content hashes (:func:`file_hash`): each JSON
+records the SHA-256 of its own tensors file (``tensors_sha256``: the two are valid only as a pair,
+so a write killed between the two renames is detected), ``stats.json`` the model's fingerprint
+(architecture and weights), ``relevance.json`` the statistics' hash (``stats_sha256``), the
+interpretations and explanations the relevance's (``relevance_sha256``). Loading refuses a pair or
+a chain that does not match; :func:`clear_dependents` removes what a new collection or fit
+makes stale.
+
 A statistics file (``stats.safetensors``, and the checkpoints of ``vebi.io.checkpoint``) holds
 every state ``FeatureStats`` declares, under its name, and in its metadata the config and its
 ``format``, ``STATS_FORMAT``; format 1 (older vebi) kept some state in JSON and is refused.
@@ -14,6 +22,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +49,63 @@ def versions() -> dict[str, str]:
 
 
 def model_fingerprint(model: nn.Module, layers: tuple[str, ...] | list[str] = ()) -> str:
-    """Hash of the model's architecture: state-dict names and shapes, and the chosen layers' types."""
+    """Hash of the model: state-dict names, shapes, dtypes and values, and the chosen layers' types."""
     h = hashlib.sha256()
     for name, t in model.state_dict().items():
-        h.update(f"{name}:{tuple(t.shape)};".encode())
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        h.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     for layer in layers:
         h.update(f"{layer}={type(get_module(model, layer)).__name__};".encode())
     return h.hexdigest()[:16]
+
+
+def file_hash(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (hex)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def check_pair(meta: Mapping[str, Any], json_path: Path, tensors_path: Path) -> None:
+    """VebiError unless ``tensors_path`` is the file ``json_path`` recorded (``tensors_sha256``)."""
+    recorded = meta.get("tensors_sha256")
+    if recorded is not None and tensors_path.is_file() and file_hash(tensors_path) != recorded:
+        raise VebiError(f"{tensors_path} is not the file {json_path.name} was written with (another run, or a write "
+                        "that was interrupted); re-run the step that wrote them")
+
+
+def check_made_from(meta: Mapping[str, Any], key: str, found: str | None, path: Path, what: str, step: str) -> None:
+    """VebiError unless the input hash ``meta[key]`` recorded in ``path`` is ``found`` (the input now)."""
+    recorded = meta.get(key)
+    if recorded is not None and found is not None and recorded != found:
+        raise VebiError(f"{path} was made from other {what} than the run holds now; re-run `{step}`")
+
+
+DEPENDENTS = {
+    "stats": ("relevance.json", "relevance.safetensors", "interpretation", "explanations", "evaluation", "report"),
+    "relevance": ("interpretation", "explanations", "evaluation", "report"),
+}
+
+
+def clear_dependents(run_dir: str | Path, of: str) -> list[str]:
+    """Remove what was made from the run's ``of`` ("stats" or "relevance"), which is being replaced;
+    return the names removed."""
+    removed = []
+    for name in DEPENDENTS[of]:
+        path = Path(run_dir) / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        else:
+            continue
+        removed.append(name)
+    return removed
+
+
+def relevance_hash(run_dir: str | Path) -> str | None:
+    """The hash that identifies the run's relevance fit (None without one)."""
+    path = Path(run_dir) / "relevance.json"
+    return read_json(path, "a relevance fit").get("tensors_sha256") if path.is_file() else None
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -59,6 +119,8 @@ def read_json(path: Path, kind: str) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise VebiError(f"{path} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise VebiError(f"{path} holds {type(data).__name__ if data is not None else 'null'}, not a JSON object")
     schema = data.get("schema")
     if schema != SCHEMA_VERSION:
         raise VebiError(f"{path} has schema version {schema}, this vebi reads version {SCHEMA_VERSION}; "
@@ -102,7 +164,7 @@ def load_stats_file(path: str | Path, device: torch.device | str = "cpu") -> tup
         raise VebiError(f"{path} holds statistics in format {found}, this vebi reads format {STATS_FORMAT}")
     try:
         return FeatureStats.from_state_dict(StatsConfig.from_dict(meta["config"]), tensors, device), meta
-    except (VebiError, KeyError) as exc:
+    except (VebiError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise VebiError(f"{path} holds unusable statistics ({exc})") from None
 
 
@@ -116,6 +178,7 @@ def save_stats(stats: FeatureStats, run_dir: str | Path, model: nn.Module | None
     run.mkdir(parents=True, exist_ok=True)
     save_stats_file(run / "stats.safetensors", stats)
     write_json(run / "stats.json", {
+        "tensors_sha256": file_hash(run / "stats.safetensors"),
         "schema": SCHEMA_VERSION,
         **stats.config.to_dict(),
         "count": stats.count,
@@ -131,7 +194,7 @@ def load_stats(run_dir: str | Path, model: nn.Module | None = None,
     """Read statistics; with ``model``, fail clearly if its layers do not match those collected."""
     run = Path(run_dir)
     meta = read_json(run / "stats.json", "statistics (run `vebi collect` first)")
-    space = FeatureSpace.from_dict(meta["space"])
+    space = _entry(run / "stats.json", lambda: FeatureSpace.from_dict(meta["space"]))
     if model is not None and meta.get("model_fingerprint"):
         try:
             found = model_fingerprint(model, space.layers)
@@ -144,17 +207,21 @@ def load_stats(run_dir: str | Path, model: nn.Module | None = None,
         stats, _ = load_stats_file(run / "stats.safetensors", device)
     except VebiError as exc:
         raise VebiError(f"{exc}; re-run `vebi collect`") from None
-    if StatsConfig.from_dict(meta) != stats.config:
+    check_pair(meta, run / "stats.json", run / "stats.safetensors")
+    if _entry(run / "stats.json", lambda: StatsConfig.from_dict(meta)) != stats.config:
         raise VebiError(f"{run / 'stats.safetensors'} does not match {run / 'stats.json'} (another collection)")
     return stats
 
 
 def save_relevance(relevance: Relevance, run_dir: str | Path) -> None:
+    """``relevance.safetensors`` + ``relevance.json``, bound to the run's statistics by their hash."""
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     _save_tensors(run / "relevance.safetensors", {"weights": relevance.weights})
     write_json(run / "relevance.json", {
         "schema": SCHEMA_VERSION,
+        "tensors_sha256": file_hash(run / "relevance.safetensors"),
+        "stats_sha256": _stats_hash(run),
         "space": relevance.space.to_dict(),
         "class_names": list(relevance.class_names),
         "mu": relevance.mu,
@@ -166,13 +233,34 @@ def save_relevance(relevance: Relevance, run_dir: str | Path) -> None:
 
 
 def load_relevance(run_dir: str | Path) -> Relevance:
+    """The run's fit; VebiError when its two files are not a pair or it was fitted on other statistics."""
     run = Path(run_dir)
     meta = read_json(run / "relevance.json", "a relevance fit (run `vebi fit` first)")
+    check_pair(meta, run / "relevance.json", run / "relevance.safetensors")
+    check_made_from(meta, "stats_sha256", _stats_hash(run), run / "relevance.json", "statistics", "vebi fit")
     weights = load_tensors(run / "relevance.safetensors").get("weights")
     if weights is None:
         raise VebiError(f"{run / 'relevance.safetensors'} holds no weights")
-    return Relevance(weights, FeatureSpace.from_dict(meta["space"]), tuple(meta["class_names"]), float(meta["mu"]),
-                     meta["response"], float(meta.get("tolerance", 0.0)))
+    return _entry(run / "relevance.json", lambda: Relevance(
+        weights, FeatureSpace.from_dict(meta["space"]), tuple(str(c) for c in meta["class_names"]),
+        float(meta["mu"]), str(meta["response"]), float(meta.get("tolerance", 0.0))))
+
+
+def _stats_hash(run: Path) -> str | None:
+    path = run / "stats.json"
+    return read_json(path, "statistics").get("tensors_sha256") if path.is_file() else None
+
+
+def _entry(path: Path, build):  # noqa: ANN001, ANN202
+    """``build()``, with a missing or mistyped entry of ``path`` reported as a VebiError naming the file."""
+    try:
+        return build()
+    except VebiError:
+        raise
+    except KeyError as exc:
+        raise VebiError(f"{path} has no {exc} entry; re-run the step that wrote it") from None
+    except (TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise VebiError(f"{path} has an entry of the wrong type ({exc}); re-run the step that wrote it") from None
 
 
 def save_run_info(run_dir: str | Path, info: dict[str, Any]) -> None:
@@ -181,4 +269,18 @@ def save_run_info(run_dir: str | Path, info: dict[str, Any]) -> None:
 
 
 def load_run_info(run_dir: str | Path) -> dict[str, Any]:
-    return read_json(Path(run_dir) / "run.json", "run information (run `vebi collect` first)")
+    """``run.json``, checked to hold a model {spec, weights, args}, data {path, size, ...} and layers."""
+    path = Path(run_dir) / "run.json"
+    info = read_json(path, "run information (run `vebi collect` first)")
+    model, data = info.get("model"), info.get("data")
+    problems = [
+        not isinstance(model, dict) or not isinstance(model.get("spec"), str)
+        or not isinstance(model.get("weights"), (str, type(None))) or not isinstance(model.get("args", {}), dict),
+        not isinstance(data, dict) or not isinstance(data.get("path"), str)
+        or not isinstance(data.get("size"), (int, type(None))) or not isinstance(data.get("channels", 3), int),
+        not isinstance(info.get("layers", []), list),
+    ]
+    if any(problems):
+        part = ("model", "data", "layers")[problems.index(True)]
+        raise VebiError(f"{path} has a missing or malformed '{part}' entry; re-run `vebi collect`")
+    return info

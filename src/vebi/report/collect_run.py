@@ -82,7 +82,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vebi.io.artifacts import SCHEMA_VERSION, load_relevance, read_json
+from vebi.io.artifacts import SCHEMA_VERSION, check_made_from, load_relevance, read_json, relevance_hash
 from vebi.errors import VebiError
 from vebi.core.relevance import Relevance
 from vebi.report import tables as table_format
@@ -242,17 +242,19 @@ def collect_run(run_dir: str | Path, *, explanations_dir: str | Path | None = No
     warnings: list[str] = []
     stats = read_json(run / "stats.json", "statistics")
     info = read_json(run / "run.json", "run information") if (run / "run.json").is_file() else {}
-    class_names = tuple(str(c) for c in _key(stats, "class_names", run / "stats.json"))
+    class_names = tuple(_utf8(str(c), "class name", run / "stats.json")
+                        for c in _key(stats, "class_names", run / "stats.json"))
     relevance = load_relevance(run) if (run / "relevance.json").is_file() else None
     if relevance is not None and relevance.class_names != class_names:
         raise VebiError(f"{run / 'relevance.json'} was fitted on other classes than {run / 'stats.json'} holds")
 
     interp_file = run / "interpretation" / "interpretation.json"
-    interp = _read_interpretation(interp_file, warnings) if interp_file.is_file() else None
+    interp = _read_interpretation(interp_file, warnings, run) if interp_file.is_file() else None
     classes = _classes(relevance, _class_counts(run, len(class_names)), interp, warnings) if relevance else ()
     by_index = {f.index: f.average for c in classes for f in c.features if f.average is not None}
     expl_dir = Path(explanations_dir) if explanations_dir is not None else run / "explanations"
-    explanations = (_read_explanations(expl_dir, class_names, by_index, warnings, max_explanations)
+    explanations = (_read_explanations(expl_dir, class_names, by_index, warnings, max_explanations,
+                                       relevance_hash(run))
                     if expl_dir.is_dir() else ())
     eval_dir = Path(evaluation_dir) if evaluation_dir is not None else run / "evaluation"
     evaluation = _read_evaluation(eval_dir, warnings) if eval_dir.is_dir() else None
@@ -285,17 +287,27 @@ def _key(data: dict[str, Any], key: str, path: Path) -> Any:
     return data[key]
 
 
-def _image(base: Path, value: Any, what: str, path: Path, warnings: list[str]) -> Path | None:
-    """The image a JSON entry names (relative to ``base``), or None with a warning when missing."""
+def _image(base: Path, value: Any, what: str, path: Path, warnings: list[str], root: Path) -> Path | None:
+    """The image a JSON entry names (relative to ``base``, inside ``root``), or None with a warning when
+    missing."""
     if value in (None, ""):
         return None
     if not isinstance(value, str):
         raise VebiError(f"{path}: {what} should be a file name, not {value!r}")
-    found = Path(value) if Path(value).is_absolute() else base / value
+    found = _resolve(base, value, root, path)
     if not found.is_file():
         warnings.append(f"{found} (named in {path.name}) is missing; left out")
         return None
     return found
+
+
+def _utf8(text: str, what: str, path: Path) -> str:
+    """``text`` unless it holds bytes that are not UTF-8 (file names read with surrogate escapes)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise VebiError(f"the {what} {text!r} in {path} is not valid UTF-8; rename it") from None
+    return text
 
 
 def _class_counts(run: Path, num_classes: int) -> list[int | None]:
@@ -315,9 +327,10 @@ def _class_counts(run: Path, num_classes: int) -> list[int | None]:
 # --------------------------------------------------------------------------- interpretation
 
 
-def _read_interpretation(path: Path, warnings: list[str]) -> dict[int, tuple[Path | None, dict[int, FeatureView]]]:
+def _read_interpretation(path: Path, warnings: list[str], root: Path) -> dict[int, tuple[Path | None, dict[int, FeatureView]]]:
     """{class index: (grid image, {feature index: FeatureView with images})}."""
     data = read_json(path, "interpretations")
+    check_made_from(data, "relevance_sha256", relevance_hash(root), path, "relevance fit", "vebi interpret")
     out: dict[int, tuple[Path | None, dict[int, FeatureView]]] = {}
     for cls in _key(data, "classes", path):
         j = int(_key(cls, "index", path))
@@ -325,16 +338,16 @@ def _read_interpretation(path: Path, warnings: list[str]) -> dict[int, tuple[Pat
         for f in cls.get("features", []):
             crops_value = f.get("crops") or []
             crops = [crops_value] if isinstance(crops_value, str) else list(crops_value)
-            found = [_image(path.parent, c, "a crop", path, warnings) for c in crops]
+            found = [_image(path.parent, c, "a crop", path, warnings, root) for c in crops]
             rf = f.get("receptive_field")
             index = int(_key(f, "index", path))
             feats[index] = FeatureView(index, str(f.get("layer", "")), int(f.get("channel", -1)),
                                        float(f.get("weight", 0.0)),
-                                       _image(path.parent, f.get("average"), "average", path, warnings),
+                                       _image(path.parent, f.get("average"), "average", path, warnings, root),
                                        tuple(p for p in found if p is not None),
                                        (int(rf[0]), int(rf[1])) if rf else None,
                                        None if f.get("count") is None else int(f["count"]))
-        out[j] = (_image(path.parent, cls.get("grid"), "grid", path, warnings), feats)
+        out[j] = (_image(path.parent, cls.get("grid"), "grid", path, warnings, root), feats)
     return out
 
 
@@ -364,7 +377,7 @@ def _classes(relevance: Relevance, counts: Sequence[int | None],
 
 
 def _read_explanations(folder: Path, class_names: Sequence[str], interpretations: dict[int, Path],
-                       warnings: list[str], limit: int | None) -> tuple[ExplanationView, ...]:
+                       warnings: list[str], limit: int | None, made_from: str | None) -> tuple[ExplanationView, ...]:
     """Records of ``folder/*.json`` and ``folder/*/*.json`` grouped by image; vebi's record leads each group."""
     groups: dict[str, list[tuple[Path, dict[str, Any]]]] = {}
     for path in sorted(folder.glob("*.json")) + sorted(folder.glob("*/*.json")):
@@ -376,19 +389,33 @@ def _read_explanations(folder: Path, class_names: Sequence[str], interpretations
             continue  # another kind of JSON file in the folder
         if data.get("schema") != SCHEMA_VERSION:
             raise VebiError(f"{path} has schema version {data.get('schema')}, this vebi reads {SCHEMA_VERSION}")
+        check_made_from(data, "relevance_sha256", made_from, path, "relevance fit", "vebi explain")
         image = data.get("image")
-        key = str(_resolve(path.parent, image)) if isinstance(image, str) and image else f"stem:{path.stem}"
+        key = str(_resolve(path.parent, image, folder, path).resolve()) if isinstance(image, str) and image else f"stem:{path.stem}"
         groups.setdefault(key, []).append((path, data))
     out = []
     for records in list(groups.values())[:limit]:
         main = next((r for r in records if r[1].get("method", "vebi") in ("vebi", "vebi_nofix")), records[0])
         others = [r for r in records if r is not main]
-        out.append(_explanation(main, others, class_names, interpretations, warnings))
+        try:
+            out.append(_explanation(main, others, class_names, interpretations, warnings, folder))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            if isinstance(exc, VebiError):
+                raise
+            raise VebiError(f"{main[0]} has a missing or malformed entry ({exc!r})") from None
     return tuple(out)
 
 
-def _resolve(base: Path, value: str) -> Path:
-    return Path(value) if Path(value).is_absolute() else base / value
+def _resolve(base: Path, value: str, root: Path, path: Path) -> Path:
+    """``value`` relative to ``base``; VebiError when it leads outside ``root`` (the report reads nothing else)."""
+    found = base / value
+    try:
+        inside = found.resolve().is_relative_to(root.resolve())
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte
+        inside = False
+    if not inside:
+        raise VebiError(f"{path} names the file {value!r}, outside {root}; the report reads only files inside it")
+    return found
 
 
 def _maps(path: Path) -> tuple[Path, set[str]] | None:
@@ -419,17 +446,17 @@ def _class_name(data: dict[str, Any], key: str, class_names: Sequence[str]) -> s
     return str(index)
 
 
-def _panel(path: Path, data: dict[str, Any], warnings: list[str]) -> Path | None:
+def _panel(path: Path, data: dict[str, Any], warnings: list[str], root: Path) -> Path | None:
     """The record's "panel" when it names one, else the ``<stem>.png`` beside it if there is one."""
     if data.get("panel"):
-        return _image(path.parent, data["panel"], "panel", path, warnings)
+        return _image(path.parent, data["panel"], "panel", path, warnings, root)
     panel = path.with_suffix(".png")
     return panel if panel.is_file() else None
 
 
 def _explanation(main: tuple[Path, dict[str, Any]], others: list[tuple[Path, dict[str, Any]]],
                  class_names: Sequence[str], interpretations: dict[int, Path],
-                 warnings: list[str]) -> ExplanationView:
+                 warnings: list[str], root: Path) -> ExplanationView:
     path, data = main
     base = path.parent
     maps = _maps(path)
@@ -437,7 +464,10 @@ def _explanation(main: tuple[Path, dict[str, Any]], others: list[tuple[Path, dic
     for f in data.get("features", []):
         index = int(_key(f, "index", path))
         link = f.get("interpretation")
-        interp = _resolve(base, link) if isinstance(link, str) and link else None
+        try:  # a link into another run folder (a copied run) falls back to this run's interpretation
+            interp = _resolve(base, link, root.parent, path) if isinstance(link, str) and link else None
+        except VebiError:
+            interp = None
         if interp is None or not interp.is_file():
             interp = interpretations.get(index)
         features.append(ExplainedFeatureView(
@@ -447,23 +477,28 @@ def _explanation(main: tuple[Path, dict[str, Any]], others: list[tuple[Path, dic
             None if f.get("share") is None else float(f["share"]),
             _map(maps, f"feature{f.get('rank', len(features))}"), interp))
     image_value = data.get("image")
-    image = _image(base, image_value, "image", path, warnings)
+    image = _image(base, image_value, "image", path, warnings, root)
     predicted, target = _class_name(data, "predicted", class_names), _class_name(data, "target", class_names)
     true_class = data.get("true_class")
-    if true_class is None and image is not None and image.parent.name in class_names:
-        true_class = image.parent.name  # class-per-folder data
+    source = data.get("source") if isinstance(data.get("source"), str) else None  # the explained file, for people
+    if source is not None:
+        _utf8(source, "file name", path)
+    folder_name = Path(source).parent.name if source else image.parent.name if image is not None else None
+    if true_class is None and folder_name in class_names:
+        true_class = folder_name  # class-per-folder data
     baselines: list[tuple[str, Picture]] = []
     for other_path, other in others:
-        picture = _map(_maps(other_path), "combined") or _panel(other_path, other, warnings)
+        picture = _map(_maps(other_path), "combined") or _panel(other_path, other, warnings, root)
         if picture is not None:
             baselines.append((str(other.get("method", other_path.parent.name)), picture))
     return ExplanationView(
-        name="/".join(Path(image_value).parts[-2:]) if isinstance(image_value, str) and image_value else path.stem,
+        name=source or ("/".join(Path(image_value).parts[-2:]) if isinstance(image_value, str) and image_value
+                        else path.stem),
         image=image, true_class=None if true_class is None else str(true_class), method=str(data.get("method", "vebi")),
         predicted=predicted, score=None if data.get("score") is None else float(data["score"]),
         target=None if data.get("target") in (None, data.get("predicted")) else target,
         features=tuple(features), combined=_map(maps, "combined"),
-        panel=_panel(path, data, warnings), baselines=tuple(baselines),
+        panel=_panel(path, data, warnings, root), baselines=tuple(baselines),
         min_share=float(data["min_share"]) if isinstance(data.get("min_share"), (int, float)) else MIN_SHARE,
     )
 

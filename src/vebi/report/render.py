@@ -78,6 +78,8 @@ def write_report(data: ReportData, out: str | Path, *, max_features: int = 60, m
     if page.is_dir():
         page = page / "index.html"
     folder = page.with_name(f"{page.stem}_files")
+    if page.exists() and not (folder / MARKER).is_file():
+        raise VebiError(f"{page} exists and is not a page written by `vebi report`; choose another -o")
     if folder.exists() and not (folder / MARKER).is_file():
         raise VebiError(f"{folder} exists and was not written by `vebi report`; move it or choose another -o")
     page.parent.mkdir(parents=True, exist_ok=True)
@@ -138,7 +140,7 @@ class _Assets:
                     img.thumbnail((MAX_SIDE, MAX_SIDE))
                     (self.folder / name).parent.mkdir(parents=True, exist_ok=True)
                     img.save(self.folder / f"{name}{suffix}")
-        except (OSError, SyntaxError, ValueError) as exc:
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             self.warnings.append(f"{source} is not a readable image ({exc}); left out")
             self.urls[source] = None
             return
