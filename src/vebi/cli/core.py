@@ -65,8 +65,8 @@ def collect(
     normalize: str = typer.Option("auto", help="auto (imagenet for torchvision models), imagenet or none"),
     classes: Path | None = typer.Option(None, "--classes", help="which model output each class folder is: a text "
                                         "file with one class name per model output (line i names output i), or "
-                                        "JSON {folder: output index}; default: the torchvision weights' "
-                                        "categories, folders named by output index, else sorted folders = outputs "
+                                        "JSON {folder: output index}; default: folders named by ImageNet WNID, "
+                                        "the torchvision weights' categories, folders named by output index, else sorted folders = outputs "
                                         "0..C-1"),
     batch_size: int = batch_size_option(32),
     workers: int = WorkersOpt,
