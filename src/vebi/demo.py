@@ -43,9 +43,12 @@ class DemoConfig:
     explain_images: int = 12
     eval_images: int = 300
     sanity_images: int = 8
+    eval_methods: tuple[str, ...] | None = None  # None: every registered method
+    eval_steps: int = 20  # points of the deletion/insertion curves
 
 
-QUICK = DemoConfig(per_class=60, size=64, epochs=6, top_k=30, explain_images=6, eval_images=48, sanity_images=0)
+QUICK = DemoConfig(per_class=60, size=64, epochs=6, top_k=30, explain_images=6, eval_images=48, sanity_images=0,
+                   eval_methods=("vebi", "vebi_paper", "grad_cam", "guided_backprop"), eval_steps=5)
 
 
 @dataclass(frozen=True)
@@ -152,7 +155,9 @@ def stages(cfg: DemoConfig, out: Path) -> list[Stage | Callable[[], Stage]]:
         *[explain(n) for n in BASELINES],
         Stage("evaluate", "evaluate", {"run": str(run), "data": str(test), "masks": str(data / "masks" / "test"),
                                        "max_images": cfg.eval_images, "seed": cfg.seed, "sanity": cfg.sanity_images > 0,
-                                       "sanity_images": max(cfg.sanity_images, 1)}, ("fit",)),
+                                       "sanity_images": max(cfg.sanity_images, 1), "steps": cfg.eval_steps,
+                                       "methods": None if cfg.eval_methods is None else list(cfg.eval_methods)},
+              ("fit",)),
         Stage("report", "report", {"run": str(run)},
               ("fit", "interpret", "explain", *[f"explain-{n}" for n in BASELINES], "evaluate")),
     ]
