@@ -47,7 +47,7 @@ class DemoConfig:
     eval_steps: int = 20  # points of the deletion/insertion curves
 
 
-QUICK = DemoConfig(per_class=60, size=64, epochs=6, top_k=30, explain_images=6, eval_images=48, sanity_images=0,
+QUICK = DemoConfig(per_class=100, size=64, epochs=12, top_k=30, explain_images=6, eval_images=48, sanity_images=0,
                    eval_methods=("vebi", "vebi_paper", "grad_cam", "guided_backprop"), eval_steps=5)
 
 
