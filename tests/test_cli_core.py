@@ -36,6 +36,24 @@ def test_collect_fit_layers_end_to_end(make_folder, tmp_path, capsys):
     assert "* 1 " in capsys.readouterr().out
 
 
+def test_fit_finds_mu_for_a_number_of_features_per_class(make_folder, tmp_path, capsys):
+    data = make_folder(classes=3, per_class=6, size=12)
+    run = tmp_path / "run"
+    assert main(["collect", FACTORY, str(data), "-o", str(run), "--top-k", "3", "--no-progress"]) == 0
+    counts = {}
+    for n in (1, 3):
+        assert main(["fit", str(run), "--features-per-class", str(n), "--no-progress"]) == 0
+        assert f"chosen for about {n} features per class" in capsys.readouterr().out
+        fit = load_relevance(run)
+        assert fit.features_per_class == n
+        counts[n] = sum(fit.relevant_counts()) / 3
+        assert abs(counts[n] - n) <= 1, fit.relevant_counts()
+        # the recorded mu reproduces the fit
+        assert main(["fit", str(run), "--mu", repr(fit.mu), "--no-progress"]) == 0
+        assert load_relevance(run).relevant_counts() == fit.relevant_counts()
+    assert counts[1] < counts[3]
+
+
 def test_grayscale_palette_rgba_images_and_one_channel_model(make_folder, tmp_path):
     data = make_folder(classes=2, per_class=2, size=10, mode="L")
     Image.fromarray(np.zeros((10, 10, 4), np.uint8), "RGBA").save(data / "class0" / "rgba.png")

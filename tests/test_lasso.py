@@ -21,7 +21,7 @@ def solve(G: torch.Tensor, B: torch.Tensor, mu: float, solver: str, **kw) -> tor
     if solver != "torch-sets":
         return solve_mu_lasso(G, B, mu, solver=solver, **kw)
     dense = lasso._dense
-    lasso._dense = lambda device, m: False
+    lasso._dense = lambda *args: False
     try:
         return solve_mu_lasso(G, B, mu, solver="torch", **kw)
     finally:
@@ -269,3 +269,49 @@ def test_bad_input() -> None:
         solve_mu_lasso(zero, B, 1.0)
     with pytest.raises(VebiError, match="max_iter=2"):
         solve_mu_lasso(G, B, 100.0, solver="torch", max_iter=2)
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_float32_gram_is_solved_as_its_float64_values(solver: str) -> None:
+    """A float32 G (collected with --gram-dtype float32) is read in float64 piece by piece, not copied:
+    the answer is the exact solution for the float32 values."""
+    X, L = layered_problem(300, (16, 24, 32), 4, seed=3)
+    G, B = stats(X, L)
+    G32 = G.float()
+    W = solve(G32, B, 2.0, solver)
+    ref = spams_reference(G32.double(), B, 2.0)
+    assert relative(objective(G32.double(), B, W), objective(G32.double(), B, ref)) <= 1e-9
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_products_with_sparse_weights_read_only_their_columns(dtype, monkeypatch) -> None:
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(50, 37, generator=g, dtype=torch.float64)
+    G = (A.T @ A).to(dtype)
+    X = torch.zeros(37, 4, dtype=torch.float64)
+    X[[3, 8, 30], :3] = torch.randn(3, 3, generator=g, dtype=torch.float64)
+    monkeypatch.setattr(lasso, "_BLOCK_BYTES", 8 * 3 * 5)  # 5 rows of G at a time
+    torch.testing.assert_close(lasso._gram_times(G, X), G.double() @ X, rtol=1e-15, atol=1e-12)
+
+
+def test_fit_refused_in_one_line_when_its_memory_exceeds_the_budget() -> None:
+    G, B = stats(*random_problem(40, 12, 3, seed=1))
+    for solver in ("torch", "spams"):
+        with pytest.raises(VebiError, match=rf"\({solver}\) on 12 features and 3 classes needs about .* more than "
+                                            r"1\.0 KiB \(the given budget\)") as info:
+            solve_mu_lasso(G, B, 1.0, solver=solver, memory_budget="1KiB")
+        assert "\n" not in str(info.value)
+
+
+def test_auto_leaves_spams_when_its_copy_of_g_does_not_fit(monkeypatch) -> None:
+    X, L = layered_problem(120, (8, 16), 3, seed=4)
+    G, B = stats(X, L)
+    m, C = B.shape
+    monkeypatch.setattr(lasso, "available", lambda dev: lasso.working_memory(m, C, m, "spams") - 1)
+
+    def no_spams(*args):
+        raise AssertionError("SPAMS ran although its copy of G did not fit")
+
+    monkeypatch.setattr(lasso, "_spams", no_spams)
+    W = solve_mu_lasso(G, B, 1.5)
+    assert relative(objective(G, B, W), objective(G, B, spams_reference(G, B, 1.5))) <= 1e-9

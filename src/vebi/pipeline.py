@@ -107,22 +107,61 @@ def collect_run(
         return stats
 
 
-def fit_run(run_dir: str | Path, mu: float = 10.0, *, solver: str = "auto", device: str | torch.device = "cpu",
-            progress: bool = True) -> Relevance:
-    """Fit the mu-LASSO relevance from the run's statistics (no pass over the images) and save it."""
+def fit_run(run_dir: str | Path, mu: float = 10.0, *, features_per_class: int | None = None, solver: str = "auto",
+            device: str | torch.device = "cpu", progress: bool = True,
+            memory_budget: str | int | None = None) -> Relevance:
+    """Fit the mu-LASSO relevance from the run's statistics (no pass over the images) and save it.
+
+    ``features_per_class``: find the mu that gives about that many relevant features per class
+    (see :func:`vebi.core.relevance.fit_relevance`). Before the statistics are read, the memory of
+    G and of the solver is checked against ``memory_budget`` (default $VEBI_MEMORY_BUDGET, else free memory).
+    """
     from vebi.core.lasso import SOLVERS
     from vebi.core.relevance import fit_relevance
-    from vebi.io.artifacts import save_relevance
 
     if not 0 < mu < float("inf"):
         raise VebiError(f"mu must be a positive finite number, not {mu}")
     if solver not in SOLVERS:
         raise VebiError(f"solver must be one of {', '.join(SOLVERS)}, not {solver!r}")
     run = Run.open(run_dir)
-    relevance = fit_relevance(run.stats, mu, solver=solver, device=resolve_device(device), progress=progress)
+    dev = resolve_device(device)
+    check_fit_memory(run.root, dev, memory_budget)
+    relevance = fit_relevance(run.stats, mu, features_per_class=features_per_class, solver=solver, device=dev,
+                              progress=progress, memory_budget=memory_budget)
+    from vebi.io.artifacts import save_relevance
+
     save_relevance(relevance, run.root)
     _clear_stale(run.root, "relevance")
     return relevance
+
+
+def check_fit_memory(run_dir: Path, device: torch.device, given: str | int | None = None) -> None:
+    """Refuse in one line, before reading them, statistics whose G plus the torch solver's working
+    memory exceed the budget (SPAMS, which copies G, is left out by the solver's "auto" choice then)."""
+    import json
+
+    import torch
+
+    from vebi.core import memory
+    from vebi.core.features import FeatureSpace
+    from vebi.core.lasso import working_memory
+
+    try:
+        meta = json.loads((run_dir / "stats.json").read_text())
+        m = FeatureSpace.from_dict(meta["space"]).size
+        classes = len(meta["class_names"])
+        itemsize = torch.empty((), dtype=getattr(torch, meta.get("gram_dtype", "float64"))).element_size()
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return  # reading the statistics reports what is wrong with them
+    gram = itemsize * m * m
+    need = gram + 8 * m * classes + working_memory(m, classes, m, "torch")
+    limit, source = memory.budget(device if device.type == "cuda" else "cpu", given)
+    if need > limit:
+        raise VebiError(
+            f"fitting the mu-LASSO on {m} features needs about {memory.format_size(need)} (G = X^T X alone "
+            f"{memory.format_size(gram)}), more than {memory.format_size(limit)} ({source}); restrict the layers "
+            f"(--layer, see `vebi layers`) and collect again, with --gram-dtype float32 for half of G, or raise "
+            f"--memory-budget / ${memory.ENV_BUDGET} if the memory is there")
 
 
 def _clear_stale(run_dir: Path, replaced: str) -> None:

@@ -74,8 +74,8 @@ def collect(
     checkpoint_every: int = typer.Option(0, "--checkpoint-every", help="save the running statistics every N batches "
                                          "to OUT/checkpoints; the same command then resumes from there (0: never)"),
     gram_dtype: str = typer.Option("float64", "--gram-dtype", help="float64, or float32 for half the memory of G"),
-    memory_budget: str | None = typer.Option(None, "--memory-budget", help="memory the statistics may take per "
-                                             "process, e.g. 8GiB (default: $VEBI_MEMORY_BUDGET or the free memory)"),
+    memory_budget: str | None = typer.Option(None, "--memory-budget", help="memory vebi may take; for the statistics of "
+                                             "each process, e.g. 8GiB (default: $VEBI_MEMORY_BUDGET or the free memory)"),
     progress: bool = ProgressOpt,
 ) -> None:
     """One pass over the images: statistics of every feature.
@@ -117,6 +117,11 @@ def fit(
                                "spams or torch"),
     device: str = typer.Option("cpu", "--device", help="where to compute: cpu, cuda, cuda:N or auto; a GPU runs "
                                "the torch solver"),
+    features_per_class: int | None = typer.Option(None, "--features-per-class",
+                                                  help="find the mu that gives about N relevant features per class "
+                                                       "(on average; replaces --mu; about 10-15 fits; default: none, --mu is used)"),
+    memory_budget: str | None = typer.Option(None, "--memory-budget", help="memory vebi may take; for G and the "
+                                             "solver, e.g. 8GiB (default: $VEBI_MEMORY_BUDGET or the free memory)"),
     progress: bool = ProgressOpt,
 ) -> None:
     """Fit the mu-LASSO: the relevant features of each class.
@@ -125,7 +130,9 @@ def fit(
     """
     from vebi.pipeline import fit_run
 
-    relevance = fit_run(run, mu, solver=solver, device=device, progress=progress)
+    relevance = fit_run(run, mu, features_per_class=features_per_class, solver=solver, device=device,
+                        progress=progress, memory_budget=memory_budget)
     for name, count in zip(relevance.class_names, relevance.relevant_counts(), strict=True):
         typer.echo(f"{name}: {count} relevant features")
-    typer.echo(f"relevance (mu={mu:g}) -> {run}")
+    chosen = f", chosen for about {features_per_class} features per class" if features_per_class else ""
+    typer.echo(f"relevance (mu={relevance.mu:.4g}{chosen}) -> {run}")

@@ -35,6 +35,8 @@ direction v (|(G v)_i| <= 1 for all i; for any other minimiser w', (G v)^T w' = 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -42,6 +44,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from vebi.core.memory import available, budget, format_size
 from vebi.errors import VebiError
 
 __all__ = ["SOLVERS", "solve_mu_lasso"]
@@ -54,9 +57,11 @@ _REFRESH = 64  # steps between recomputations of the correlations from the weigh
 _DEGENERATE = 1e-10  # a feature this close (relative Schur complement) to the active span stays out
 _END = 1e-9  # an event at lam <= _END * lam_start is the end of the path
 _IDENTICAL = 1e-12  # features with ||x_i - x_j||^2 <= this * (G_ii + G_jj) count as identical
+_IDENTICAL_F32 = 1e-6  # the same for a float32 G
 _DIRECTION_TOL = 1e-7  # slack on the least-L1 certificate |G v| <= 1
 _COMPACT = 0.25  # drop finished classes from the batch once this fraction is done
 _CPU_CHUNK_BYTES = 1 << 29
+_BLOCK_BYTES = 1 << 26  # rows of G read at once (cast to float64) for products with sparse weights
 _DENSE_CPU_MAX = 1024  # largest m solved in dense mode on a CPU
 
 
@@ -70,6 +75,7 @@ def solve_mu_lasso(
     device: torch.device | str | None = None,
     solver: str = "auto",
     progress: bool = False,
+    memory_budget: str | int | None = None,
 ) -> Tensor:
     """Solve min_w w^T G w - 2 w^T b_j s.t. ||w||_1 <= mu for every column b_j of `cross`.
 
@@ -82,6 +88,8 @@ def solve_mu_lasso(
         device: where to compute (default: gram's device); the result comes back on gram's device.
         solver: "auto", "torch" or "spams" (see the module docstring); "spams" needs a CPU device.
         progress: show a progress bar over classes.
+        memory_budget: the most memory the solver may take besides G and B (bytes or "8GiB"; default
+            $VEBI_MEMORY_BUDGET, else free memory); a fit that needs more is refused in one line.
 
     Returns:
         W (m, C) float64, column j the solution for class j.
@@ -97,28 +105,55 @@ def solve_mu_lasso(
         raise VebiError(f"the 'spams' mu-LASSO solver runs on the CPU only, not on {dev}.")
     if solver == "spams" and not _has_spams():
         raise VebiError("the 'spams' mu-LASSO solver needs the spams-bin package (pip install).")
-    use_spams = solver == "spams" or (solver == "auto" and dev.type == "cpu" and _has_spams())
-    G = G.to(dev, torch.float64)
+    G = G.to(dev)  # kept in its dtype: float32 G stays float32, read in float64 piece by piece
     B = B.to(dev, torch.float64)
     m, C = B.shape
 
     keep = _distinct_features(G)
     if not keep.numel():
         return torch.zeros(m, C, dtype=torch.float64, device=gram.device)
-    if keep.numel() < m:
-        G, B = G[keep][:, keep], B[keep]
-    Wk = torch.zeros(keep.numel(), C, dtype=torch.float64, device=dev)
+    use_spams = solver == "spams" or (
+        solver == "auto" and dev.type == "cpu" and _has_spams()
+        and working_memory(m, C, keep.numel(), "spams") <= available(dev))
+    check_working_memory(m, C, keep.numel(), "spams" if use_spams else "torch", dev, memory_budget)
+    allowed = torch.zeros(m, dtype=torch.bool, device=dev)
+    allowed[keep] = True
+    W = torch.zeros(m, C, dtype=torch.float64, device=dev)
     todo = torch.arange(C, device=dev)[B.abs().amax(0) > 0]  # an all-zero b has w = 0
     if use_spams and todo.numel():
-        Ws = _spams(G, B[:, todo], mu)
-        good = _spams_verified(G, B[:, todo], Ws, mu, tol)
-        Wk[:, todo[good]] = Ws[:, good]
+        W[keep[:, None], todo] = _spams(G, B[keep][:, todo], keep, mu)
+        good = _spams_verified(G, B[:, todo], W[:, todo], mu, tol)
+        W[:, todo[~good]] = 0
         todo = todo[~good]
     if todo.numel():
-        Wk[:, todo] = _solve_torch(G, B[:, todo], mu, tol, max_steps, progress)
-    W = torch.zeros(m, C, dtype=torch.float64, device=dev)
-    W[keep] = Wk
+        W[:, todo] = _solve_torch(G, B[:, todo], allowed, mu, tol, max_steps, progress)
     return W.to(gram.device)
+
+
+def working_memory(m: int, classes: int, distinct: int, solver: str) -> int:
+    """Bytes the solver needs besides G and B, for m features (``distinct`` of them solved for).
+
+    SPAMS gets a float64 copy of G on the distinct features; the torch solver holds W, the last
+    directions, scores and violations (m x C float64 each) and one chunk of classes' working sets.
+    """
+    per_class = 4 * 8 * m * classes + m * classes
+    if solver == "spams":
+        return 8 * distinct * distinct + per_class
+    chunk = min(_CPU_CHUNK_BYTES, classes * 8 * (2 * distinct * distinct + 16 * distinct))  # see _chunk_rows
+    return per_class + chunk + min(_BLOCK_BYTES, 8 * m * m)
+
+
+def check_working_memory(m: int, classes: int, distinct: int, solver: str, device: torch.device,
+                         given: str | int | None = None) -> None:
+    """Refuse, in one line, a fit whose working memory exceeds the budget (see vebi.core.memory.budget)."""
+    need = working_memory(m, classes, distinct, solver)
+    limit, source = budget(device, given)
+    if need > limit:
+        raise VebiError(
+            f"the mu-LASSO ({solver}) on {m} features and {classes} classes needs about {format_size(need)} "
+            f"besides G, more than {format_size(limit)} ({source}); "
+            + ("use --solver torch (no copy of G), " if solver == "spams" else "")
+            + "restrict the layers (--layer, see `vebi layers`) and collect again, or free memory")
 
 
 def _validated(gram: Tensor, cross: Tensor, mu: float, tol: float) -> tuple[Tensor, Tensor]:
@@ -139,7 +174,9 @@ def _validated(gram: Tensor, cross: Tensor, mu: float, tol: float) -> tuple[Tens
         raise VebiError(f"tol must be a number in (0, 1), got {tol!r}.")
     if gram.is_complex() or cross.is_complex():
         raise VebiError("the Gram matrix and the cross products must be real.")
-    G, B = gram.detach().double(), cross.detach().double()
+    if gram.dtype not in (torch.float32, torch.float64):
+        raise VebiError(f"the Gram matrix must be float32 or float64, not {gram.dtype}.")
+    G, B = gram.detach(), cross.detach().double()
     g_lo, g_hi = torch.aminmax(G)  # NaN and inf propagate to the extremes
     b_lo, b_hi = torch.aminmax(B) if B.numel() else (torch.zeros(()), torch.zeros(()))
     if not math.isfinite(float(g_lo) + float(g_hi)):
@@ -148,12 +185,15 @@ def _validated(gram: Tensor, cross: Tensor, mu: float, tol: float) -> tuple[Tens
         raise VebiError("the cross products contain non-finite values (NaN or inf).")
     g_max = max(-float(g_lo), float(g_hi))
     probe = torch.randn(G.shape[0], 2, generator=torch.Generator().manual_seed(0)).to(G)
-    if float((G @ probe - G.T @ probe).abs().max()) > 1e-8 * g_max * G.shape[0]:
+    # G and G^T products differ by rounding only: summation order over m terms, and in float32 the
+    # accumulation of G itself over the images (relative 1e-8 in float64, 1e-4 in float32)
+    rel = 1e-8 if G.dtype == torch.float64 else 1e-4
+    if float((G @ probe - G.T @ probe).abs().max()) > rel * g_max * G.shape[0]:
         raise VebiError("the Gram matrix is not symmetric; it must be X^T X.")
     if float(G.diagonal().min()) < 0:
         raise VebiError("the Gram matrix has a negative diagonal entry; it must be X^T X.")
     dead = G.diagonal() == 0
-    if bool((B[dead].abs() > 1e-9 * max(-float(b_lo), float(b_hi))).any()):
+    if bool((B[dead.to(B.device)].abs() > 1e-9 * max(-float(b_lo), float(b_hi))).any()):
         raise VebiError(
             "the Gram matrix and the cross products do not come from the same responses: a "
             "feature that is always zero has non-zero cross products."
@@ -169,13 +209,16 @@ def _distinct_features(G: Tensor, block: int = 1024) -> Tensor:
     objective and L1 norm) and make the path degenerate, so their weight goes to the first.
     """
     m = G.shape[0]
-    d = G.diagonal()
+    d = G.diagonal().double()
+    # entries of a float32 G carry relative rounding 6e-8 each, so identical features may differ by
+    # a few times that in G_ii + G_jj - 2 G_ij
+    tol = _IDENTICAL if G.dtype == torch.float64 else _IDENTICAL_F32
     cols = torch.arange(m, device=G.device)
     # identical features have (nearly) equal norms: only features with a near-equal neighbour in
     # sorted norm order can be identical to anything
     order = torch.argsort(d)
     ds = d[order]
-    near = ds[1:] - ds[:-1] <= 4 * _IDENTICAL**0.5 * ds[1:]
+    near = ds[1:] - ds[:-1] <= 4 * tol**0.5 * ds[1:]
     cand = torch.zeros(m, dtype=torch.bool, device=G.device)
     cand[order[1:][near]] = True
     cand[order[:-1][near]] = True
@@ -184,7 +227,7 @@ def _distinct_features(G: Tensor, block: int = 1024) -> Tensor:
     for i0 in range(0, cand.numel(), block):
         rows = cand[i0 : i0 + block]
         size = d[rows, None] + d[None, cand]
-        same = size - 2 * G[rows][:, cand] <= _IDENTICAL * size
+        same = size - 2 * G[rows[:, None], cand[None, :]].double() <= tol * size
         later[cand] |= (same & (cand[None, :] > rows[:, None])).any(0)
     return cols[(d > 0) & ~later]
 
@@ -201,13 +244,14 @@ def _has_spams() -> bool:
     return True
 
 
-def _spams(G: Tensor, B: Tensor, mu: float) -> Tensor:
-    """SPAMS' LARS on (G, B); B has no all-zero column."""
+def _spams(G: Tensor, B: Tensor, keep: Tensor, mu: float) -> Tensor:
+    """SPAMS' LARS on (G[keep, keep], B); B (rows of the kept features) has no all-zero column."""
     import spams
 
     m, C = B.shape
     s = float(B.abs().max())  # SPAMS stops on steps < 1e-15 in absolute terms: work at scale 1
-    Q = (G / s).numpy().T  # G is symmetric: its transpose is the column-major copy SPAMS wants
+    Q = G[keep[:, None], keep[None, :]].to(torch.float64).div_(s)  # the one copy of G
+    Q = Q.numpy().T  # G is symmetric: its transpose is the column-major array SPAMS wants
     q = np.asfortranarray((B / s).numpy())
     # SPAMS takes the signals X only for ||x_j||^2 (it stops when its running residual drops
     # below 1e-15) and caps the number of steps at X's row count: give m rows and a residual
@@ -225,7 +269,7 @@ def _spams(G: Tensor, B: Tensor, mu: float) -> Tensor:
 
 def _spams_verified(G: Tensor, B: Tensor, W: Tensor, mu: float, tol: float) -> Tensor:
     """(C,) which columns of W satisfy the optimality conditions with ||w||_1 = mu."""
-    c = B - G @ W
+    c = B - _gram_times(G, W)
     slack = tol * B.abs().amax(0)
     act = W != 0
     lam = torch.where(act, c.abs(), 0).amax(0)
@@ -236,20 +280,39 @@ def _spams_verified(G: Tensor, B: Tensor, W: Tensor, mu: float, tol: float) -> T
     return torch.isfinite(W).all(0) & on & off & signs & ((l1 - mu).abs() <= 1e-9 * mu)
 
 
+def _gram_times(G: Tensor, X: Tensor) -> Tensor:
+    """G @ X in float64 (m, n) for sparse X: only the columns of G on X's non-zero rows are read,
+    a block of rows at a time, so no m x m temporary (nor a float64 copy of a float32 G) is made."""
+    m = G.shape[0]
+    out = X.new_zeros(m, X.shape[1])
+    support = X.ne(0).any(1).nonzero().flatten()
+    if not support.numel():
+        return out
+    Xs = X[support]
+    rows = max(1, _BLOCK_BYTES // (8 * support.numel()))
+    for i0 in range(0, m, rows):
+        out[i0 : i0 + rows] = G[i0 : i0 + rows].index_select(1, support).to(torch.float64) @ Xs
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # torch: homotopy on working sets, batched over classes
 
 
 def _solve_torch(
-    G: Tensor, B: Tensor, mu: float, tol: float, max_steps: int, progress: bool
+    G: Tensor, B: Tensor, allowed: Tensor, mu: float, tol: float, max_steps: int, progress: bool
 ) -> Tensor:
+    """The homotopy for every class (columns of B) on the ``allowed`` features; W (m, C)."""
     m, C = B.shape
     dev = G.device
+    dense = _dense(dev, m, G.dtype)
+    if dense:
+        G = G.to(torch.float64)  # a copy only for small m
     W = torch.zeros(m, C, dtype=torch.float64, device=dev)
     V = torch.zeros_like(W)  # last path direction of classes whose path ended at lam = 0
     lam = torch.zeros(C, dtype=torch.float64, device=dev)
-    score = B.abs() / G.diagonal().clamp_min(torch.finfo(torch.float64).tiny).sqrt()[:, None]
-    dense = _dense(dev, m)
+    score = B.abs() / G.diagonal().double().clamp_min(torch.finfo(torch.float64).tiny).sqrt()[:, None]
+    score[~allowed] = -1
     in_set = torch.full((C, m), dense, dtype=torch.bool, device=dev)
     first = score.topk(min(m, _FIRST_SET), dim=0).indices  # (p0, C)
     in_set[torch.arange(C, device=dev).expand_as(first), first] = True
@@ -266,13 +329,15 @@ def _solve_torch(
                 n = _chunk_rows(dev, int(sizes[min(start + reach, todo.numel()) - 1]), dense)
                 cls = todo[start : start + n]
                 idx, valid = _working_sets(in_set[cls], int(sizes[start : start + n].max()))
+                valid &= allowed[idx]
                 bt = B[:, cls].T.contiguous()
-                w, v, lam[cls] = _homotopy(G, bt, idx, valid, mu, max_steps, dense)
+                with _one_thread(dev):
+                    w, v, lam[cls] = _homotopy(G, bt, idx, valid, mu, max_steps, dense)
                 W[:, cls] = w.new_zeros(cls.numel(), m).scatter_add_(1, idx, w * valid).T
                 V[:, cls] = v.new_zeros(cls.numel(), m).scatter_add_(1, idx, v * valid).T
                 start += cls.numel()
             excess = _violations(G, B[:, todo], W[:, todo], V[:, todo], lam[todo], tol)
-            excess = torch.where(in_set[todo], -math.inf, excess)
+            excess = torch.where(in_set[todo] | ~allowed, -math.inf, excess)
             failing = (excess > 0).any(1)
             bar.update(int((~failing).sum()))
             todo, excess = todo[failing], excess[failing]
@@ -284,7 +349,7 @@ def _solve_torch(
                 add = torch.zeros_like(excess, dtype=torch.bool)
                 add[rows[hit], top.indices[hit]] = True
                 grown = in_set[todo] | add
-                grown[grown.sum(1) > m // 2] = True  # half of all features: take them all
+                grown[grown.sum(1) > m // 2] = allowed  # half of all features: take them all
                 in_set[todo] = grown
     return W
 
@@ -296,18 +361,34 @@ def _violations(G: Tensor, B: Tensor, W: Tensor, V: Tensor, lam: Tensor, tol: fl
     certificate |(G v)_i| <= 1 for its last direction v.
     """
     scale = B.abs().amax(0)
-    excess = ((B - G @ W).abs() - lam - tol * scale).T / scale[:, None]
+    excess = ((B - _gram_times(G, W)).abs() - lam - tol * scale).T / scale[:, None]
     free = lam <= 0
     if bool(free.any()):
-        dual = (G @ V[:, free]).abs().T - 1 - max(tol, _DIRECTION_TOL)
+        dual = _gram_times(G, V[:, free]).abs().T - 1 - max(tol, _DIRECTION_TOL)
         excess[free] = torch.maximum(excess[free], dual)
     return excess
 
 
-def _dense(dev: torch.device, m: int) -> bool:
+@contextmanager
+def _one_thread(dev: torch.device) -> Iterator[None]:
+    """The homotopy on a CPU runs one intra-op thread: its steps are many small operations (about
+    n x p elements), where waking a thread pool costs more than it saves (on two cores, 4x faster
+    measured by benchmarks/bench_lasso.py); the large products outside it use every thread."""
+    if dev.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _dense(dev: torch.device, m: int, dtype: torch.dtype = torch.float64) -> bool:
     """Dense mode (every class on all features, one matrix product with G per step) where that
-    product is cheap: on GPUs, and on CPUs for small m; else working sets."""
-    return dev.type == "cuda" or m <= _DENSE_CPU_MAX
+    product is cheap: on GPUs holding a float64 G, and for small m; else working sets."""
+    return (dev.type == "cuda" and dtype == torch.float64) or m <= _DENSE_CPU_MAX
 
 
 def _chunk_rows(dev: torch.device, p: int, dense: bool) -> int:
@@ -410,7 +491,7 @@ def _homotopy(
         idx=idx,
         valid=valid,
         b=b,
-        gdiag=G.diagonal()[idx] * valid,
+        gdiag=G.diagonal()[idx].double() * valid,
         c=b.clone(),
         lam=lam,
         lam0=lam.clone(),
@@ -550,7 +631,8 @@ def _step(G: Tensor, st: _Path, mu: float) -> None:
     r, i, k = ar[ok], jpos[ok], t[ok]
     if r.numel():
         if st.GA is not None:
-            st.GA[r, :, k] = G[st.idx[r], st.idx[r, i][:, None]] * st.valid[r]
+            # the joining feature's row of G (= its column): contiguous reads
+            st.GA[r, :, k] = G[st.idx[r, i][:, None], st.idx[r]].double() * st.valid[r]
         st.w[r, k] = 0
         st.sign[r, k] = torch.sign(st.c[r, i])
         st.pos[r, k] = i

@@ -227,6 +227,7 @@ def save_relevance(relevance: Relevance, run_dir: str | Path) -> None:
         "mu": relevance.mu,
         "response": relevance.response,
         "tolerance": relevance.tolerance,
+        "features_per_class": relevance.features_per_class,
         "relevant_counts": relevance.relevant_counts(),
         "versions": versions(),
     })
@@ -243,7 +244,8 @@ def load_relevance(run_dir: str | Path) -> Relevance:
         raise VebiError(f"{run / 'relevance.safetensors'} holds no weights")
     return _entry(run / "relevance.json", lambda: Relevance(
         weights, FeatureSpace.from_dict(meta["space"]), tuple(str(c) for c in meta["class_names"]),
-        float(meta["mu"]), str(meta["response"]), float(meta.get("tolerance", 0.0))))
+        float(meta["mu"]), str(meta["response"]), float(meta.get("tolerance", 0.0)),
+        features_per_class=meta.get("features_per_class")))
 
 
 def _stats_hash(run: Path) -> str | None:
