@@ -343,3 +343,17 @@ def test_runner_sanity_checks_are_written_and_reported(tiny, test_methods, tmp_p
     assert main(["evaluate", "--trust-model", str(run), str(data), "--methods", "grad_cam", "--max-images", "3",
                  "--steps", "1", "--no-ablation", "--sanity", "--sanity-images", "2", "--no-progress", "-o", str(tmp_path / "on")]) == 0
     assert "sanity check, cascading" in capsys.readouterr().out and (tmp_path / "on" / "sanity_cascading.csv").is_file()
+
+
+def test_error_bars_of_equal_control_accuracies_are_never_negative():
+    """Five equal accuracies: their mean may lie an ulp outside their percentile interval (it did
+    for 0.99 and crashed the ablation plot); the bars are clamped at zero."""
+    from vebi.evaluate.ablation import Spread
+    from vebi.evaluate.output import error_bar
+
+    spreads = [Spread.of([k / 100] * 5) for k in range(1, 100)]
+    assert any(s.mean < s.low or s.mean > s.high for s in spreads)  # the case the clamp is for
+    for s in spreads:
+        down, up = error_bar(s.mean, (s.low, s.high))
+        assert 0 <= down <= 1e-15 and 0 <= up <= 1e-15
+    assert error_bar(0.5, (0.4, 0.7)) == pytest.approx((0.1, 0.2)) and error_bar(0.5, None) == (0.0, 0.0)

@@ -166,6 +166,14 @@ _SET_STYLE = {"positive": ("black", "positive set"), "negative": ("tab:red", "ne
               "reference": ("tab:orange", "reference (last layer)")}
 
 
+def error_bar(value: float, interval: tuple[float, float] | None) -> tuple[float, float]:
+    """Lengths below and above ``value`` of its interval's bar, never negative: a mean of equal
+    values may lie an ulp outside the percentile interval of those values."""
+    if interval is None:
+        return 0.0, 0.0
+    return max(value - interval[0], 0.0), max(interval[1] - value, 0.0)
+
+
 def _ablation_plot(result: EvaluationResult) -> bytes:
     """Grouped bars per class: accuracy before, with each set ablated and with its controls
     (error bars: 95 % interval over seeds); crosses: the other classes' mean accuracy."""
@@ -197,8 +205,9 @@ def _ablation_plot(result: EvaluationResult) -> bytes:
             xs.append(x)
             own.append(value)
             others.append(other)
-            low.append(value - (interval[0] if interval else value))
-            high.append((interval[1] if interval else value) - value)
+            down, up = error_bar(value, interval)
+            low.append(down)
+            high.append(up)
         ax.bar(xs, own, width, color=color, label=label, yerr=[low, high] if control else None, capsize=2)
         ax.plot(xs, others, "x", color="0.3", ms=4, label="other classes" if b == 0 else None)
     ax.set_xticks(range(len(ab.classes)), [c.class_name for c in ab.classes], rotation=30, ha="right", fontsize=8)
