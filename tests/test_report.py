@@ -376,3 +376,16 @@ def test_features_below_the_minimum_share_are_greyed(tmp_path):
     assert rows == ["feature-row minor"] * len(shares) + ["feature-row minor" if s < 0.05 else "feature-row"
                                                          for s in second]
     assert "feature-row" in rows
+
+
+def test_summary_says_when_mu_was_chosen_for_a_feature_count(tmp_path):
+    import dataclasses
+
+    from vebi.io.artifacts import load_relevance, save_relevance
+
+    run = build_run(tmp_path, interpretation=False, explanations=False, evaluation=False)
+    assert "chosen for about" not in "".join(_parse(build_report(run, progress=False).path).text)
+    save_relevance(dataclasses.replace(load_relevance(run), features_per_class=2), run)
+    assert collect_run(run).features_per_class == 2
+    text = " ".join("".join(_parse(build_report(run, progress=False).path).text).split())
+    assert "chosen for about 2 relevant features per class" in text

@@ -230,6 +230,11 @@ class ReportData:
     def mu(self) -> float | None:
         return None if self.relevance is None else self.relevance.mu
 
+    @property
+    def features_per_class(self) -> int | None:
+        """The target mu was chosen for (``vebi fit --features-per-class``), None when mu was given."""
+        return None if self.relevance is None else self.relevance.features_per_class
+
 
 def collect_run(run_dir: str | Path, *, explanations_dir: str | Path | None = None,
                 evaluation_dir: str | Path | None = None, max_explanations: int | None = None) -> ReportData:
