@@ -180,9 +180,9 @@ def _validated(gram: Tensor, cross: Tensor, mu: float, tol: float) -> tuple[Tens
         raise VebiError(f"tol must be a number in (0, 1), got {tol!r}.")
     if gram.is_complex() or cross.is_complex():
         raise VebiError("the Gram matrix and the cross products must be real.")
-    if gram.dtype not in (torch.float32, torch.float64):
-        raise VebiError(f"the Gram matrix must be float32 or float64, not {gram.dtype}.")
-    G, B = gram.detach(), cross.detach().double()
+    # float32 and float64 are read where they are; any other dtype is converted once
+    G = gram.detach() if gram.dtype in (torch.float32, torch.float64) else gram.detach().double()
+    B = cross.detach().double()
     g_lo, g_hi = torch.aminmax(G)  # NaN and inf propagate to the extremes
     b_lo, b_hi = torch.aminmax(B) if B.numel() else (torch.zeros(()), torch.zeros(()))
     if not math.isfinite(float(g_lo) + float(g_hi)):
