@@ -108,19 +108,23 @@ def main() -> None:
                    str(args.mu), "--dtype", args.dtype, "--solver", solver, "--seed", str(args.seed), "--out", out]
             if args.budget:
                 cmd += ["--budget", args.budget]
-            run = subprocess.run(cmd, capture_output=True, text=True)
+            run = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if run.returncode:
                 last = (run.stderr.strip().splitlines() or ["killed"])[-1]
                 print(f"{m:>7} {solver:<7} {'':>6} failed: {last[:150]}")
                 continue
             r = json.loads(run.stdout.strip().splitlines()[-1])
             f = torch.load(out)["f"]
-            if ref is None:
+            if solver == "spams":
                 ref = (r, f)
-            rel = float(((f - ref[1]) / ref[1].abs().clamp_min(1e-300)).abs().max())
+            if ref is None:  # SPAMS refused or failed: nothing to compare with
+                ratio, rel = "-", "-"
+            else:
+                ratio = f"{r['seconds'] / ref[0]['seconds']:.2f}"
+                rel = f"{float(((f - ref[1]) / ref[1].abs().clamp_min(1e-300)).abs().max()):.1e}"
             gib = 2**30
-            print(f"{m:>7} {solver:<7} {r['gram'] / gib:>6.2f} {r['seconds']:>8.1f} {r['seconds'] / ref[0]['seconds']:>7.2f} "
-                  f"{r['extra'] / gib:>9.2f} {(r['gram'] + r['extra']) / r['gram']:>7.2f} {rel:>13.1e} {r['nnz']:>6.1f}")
+            print(f"{m:>7} {solver:<7} {r['gram'] / gib:>6.2f} {r['seconds']:>8.1f} {ratio:>7} "
+                  f"{r['extra'] / gib:>9.2f} {(r['gram'] + r['extra']) / r['gram']:>7.2f} {rel:>13} {r['nnz']:>6.1f}")
 
 
 if __name__ == "__main__":
