@@ -118,6 +118,7 @@ def fit_run(run_dir: str | Path, mu: float = 10.0, *, features_per_class: int | 
     """
     from vebi.core.lasso import SOLVERS
     from vebi.core.relevance import fit_relevance
+    from vebi.io.artifacts import save_relevance
 
     if not 0 < mu < float("inf"):
         raise VebiError(f"mu must be a positive finite number, not {mu}")
@@ -128,8 +129,6 @@ def fit_run(run_dir: str | Path, mu: float = 10.0, *, features_per_class: int | 
     check_fit_memory(run.root, dev, memory_budget)
     relevance = fit_relevance(run.stats, mu, features_per_class=features_per_class, solver=solver, device=dev,
                               progress=progress, memory_budget=memory_budget)
-    from vebi.io.artifacts import save_relevance
-
     save_relevance(relevance, run.root)
     _clear_stale(run.root, "relevance")
     return relevance
