@@ -54,7 +54,7 @@ def rss_peak() -> int:
 
 
 def child(args: argparse.Namespace) -> None:
-    from vebi.core.lasso import solve_mu_lasso
+    from vebi.core.lasso import _gram_times, solve_mu_lasso
 
     dtype = getattr(torch, args.dtype)
     G, B = planted(args.m, args.classes, dtype, args.seed)
@@ -66,16 +66,10 @@ def child(args: argparse.Namespace) -> None:
     W = solve_mu_lasso(G, B, args.mu, solver=args.solver, memory_budget=args.budget)
     seconds = time.perf_counter() - t
     peak = rss_peak() - base
-    f = (W * (G.double() @ W if args.m <= 20000 else _times(G, W))).sum(0) - 2 * (W * B).sum(0)
+    f = (W * _gram_times(G, W)).sum(0) - 2 * (W * B).sum(0)
     torch.save({"W": W.to_sparse(), "f": f}, args.out)
     print(json.dumps({"seconds": seconds, "extra": peak, "gram": G.numel() * G.element_size(),
                       "nnz": float((W != 0).sum(0).double().mean())}))
-
-
-def _times(G: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
-    from vebi.core.lasso import _gram_times
-
-    return _gram_times(G, W)
 
 
 def main() -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 
-from vebi.errors import VebiError
+from vebi.errors import VebiError, VebiWarning
 from vebi.core.features import FeatureSpace
 from vebi.core.stats import FeatureStats
 
@@ -142,13 +145,6 @@ def _mu_for_count(solve, target: int, tolerance: float, progress: bool) -> tuple
     The count grows with mu (almost always: a feature may leave the path as another joins), so a
     bracket [lo, hi] with count(lo) < target <= count(hi) is narrowed by bisection on log mu.
     """
-    import math
-    import warnings
-
-    from tqdm.auto import tqdm
-
-    from vebi.errors import VebiWarning
-
     tried: dict[float, tuple[float, torch.Tensor]] = {}
     bar = tqdm(desc=f"mu for {target} features per class", unit="fit", disable=not progress)
 
