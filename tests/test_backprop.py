@@ -266,6 +266,53 @@ def test_inplace_residual_addition_gates_with_the_support_before_the_addition():
         assert fw.backward({"0": row(1, 1, 1)}).flatten().tolist() == [-1, 1, 1]
 
 
+class _ChangedAfterRelu(nn.Module):
+    """relu(-x), then the ReLU's output changed in place by ``how`` before the next layer reads it."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.conv, self.relu, self.how = scaled_conv(-1.0), nn.ReLU(inplace=True), how
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.conv(x))
+        if self.how == "view":
+            out[..., :2] += 5.0  # through a view: the ReLU output's memory changes
+        elif self.how == "dropout":
+            out = F.dropout(out, 0.5, False, True)  # eval dropout, in place, inplace passed by position
+        elif self.how == "setitem":
+            out[..., 2] = 7.0
+        return out
+
+
+@pytest.mark.parametrize(("how", "expected"), [
+    # x = [-2, 1, 3]: relu(-x) = [2, 0, 0]; the gate [2 > 0, 0, 0] must hold whatever happens to the output
+    ("view", [-1, 0, 0]), ("dropout", [-1, 0, 0]), ("setitem", [-1, 0, 0]), ("none", [-1, 0, 0])])
+def test_rectifier_support_is_copied_only_when_its_output_changes_in_place(how, expected, monkeypatch):
+    copies = []
+    support = rules._support
+    monkeypatch.setattr(rules, "_support", lambda *a: copies.append(1) or support(*a))
+    model = nn.Sequential(_ChangedAfterRelu(how))
+    fw = bp.forward_with_rules(model, row(-2, 1, 3), bp.guided_rules(), ["0"])
+    with torch.no_grad():
+        assert torch.equal(fw.output, model(row(-2, 1, 3)))
+    assert fw.backward({"0": row(1, 1, 1)}).flatten().tolist() == expected
+    # a copy of the support only where the output changed in place (eval dropout need not change it, but may)
+    assert len(copies) == (0 if how == "none" else 1)
+
+
+def test_rectifier_output_changed_after_the_forward_pass_is_a_clear_error():
+    model = nn.Sequential(scaled_conv(1.0), nn.ReLU(), nn.Identity())
+    kept = {}
+    handle = model[1].register_forward_hook(lambda _m, _i, out: kept.update(relu=out))
+    try:
+        fw = bp.forward_with_rules(model, row(-2, 1, 3), bp.guided_rules(), ["2"])
+    finally:
+        handle.remove()
+    kept["relu"].add_(1.0)  # outside the forward pass: nothing watched it
+    with pytest.raises(VebiError, match="changed in place after the forward pass"):
+        fw.backward({"2": row(1, 1, 1)})
+
+
 # ------------------------------------------------------------------------------ stride fix
 
 def test_stride_fix_on_a_one_dimensional_strided_conv_hand_computed():
@@ -310,28 +357,44 @@ def _fix_by_definition(g, weight, size, stride, padding, dilation, groups, upsam
 
 
 @pytest.mark.parametrize("upsample", ["linear", "nearest"])
-@pytest.mark.parametrize("route", ["polyphase", "transposed"])
+@pytest.mark.parametrize("route", stride_fix._ROUTES)
 def test_stride_fix_equals_its_definition_for_any_stride_padding_dilation_groups(route, upsample, monkeypatch):
-    # both ways of computing the fix (chosen by input channels) must equal the definition
-    monkeypatch.setattr(stride_fix, "_POLYPHASE_MAX_IN", 10**6 if route == "polyphase" else 0)
+    # every way of computing the fix must equal the definition, where it applies (polyphase: no groups;
+    # pointwise: 1 x 1 without padding)
+    monkeypatch.setattr(stride_fix, "_route", lambda *args: route)
     rng = random.Random(0)
     torch.manual_seed(0)
     checked = 0
     while checked < 120:
-        groups = rng.choice([1, 2, 3])
+        groups = 1 if route == "polyphase" else rng.choice([1, 2, 3])
         kh, kw, dh, dw = rng.randint(1, 5), rng.randint(1, 5), rng.randint(1, 2), rng.randint(1, 2)
         sh, sw, ph, pw = rng.randint(1, 4), rng.randint(2, 4), rng.randint(0, 3), rng.randint(0, 3)
+        if route == "pointwise":
+            kh = kw = 1
+            ph = pw = 0
         h, w = rng.randint(1, 12), rng.randint(1, 12)
         if h + 2 * ph - dh * (kh - 1) < 1 or w + 2 * pw - dw * (kw - 1) < 1:
             continue
-        conv = nn.Conv2d(2 * groups, groups, (kh, kw), (sh, sw), (ph, pw), (dh, dw), groups).double()
-        x = torch.randn(2, 2 * groups, h, w, dtype=torch.float64)
+        # depthwise (one input channel per group) and grouped convs with several
+        conv = nn.Conv2d(rng.choice([1, 2]) * groups, rng.choice([1, 2]) * groups, (kh, kw), (sh, sw), (ph, pw),
+                         (dh, dw), groups).double()
+        x = torch.randn(2, conv.in_channels, h, w, dtype=torch.float64)
         rules = bp.gradient_rules(stride_fix=True, upsample=upsample)
         fw = bp.forward_with_rules(nn.Sequential(conv), x, rules, ["0"])
         g = torch.randn_like(fw.activations["0"])
         expected = _fix_by_definition(g, conv.weight.detach(), (h, w), (sh, sw), (ph, pw), (dh, dw), groups, upsample)
         torch.testing.assert_close(fw.backward({"0": g}), expected, rtol=1e-10, atol=1e-10)
         checked += 1
+
+
+def test_stride_fix_routes_by_layer_kind():
+    # depthwise -> the definition itself; 1 x 1 -> mix then upsample; few inputs -> polyphase; else transposed
+    assert stride_fix._route(torch.zeros(96, 1, 3, 3), (1, 1), 96) == "direct"
+    assert stride_fix._route(torch.zeros(512, 256, 1, 1), (0, 0), 1) == "pointwise"
+    assert stride_fix._route(torch.zeros(512, 256, 1, 1), (1, 1), 1) == "transposed"
+    assert stride_fix._route(torch.zeros(64, 3, 7, 7), (3, 3), 1) == "polyphase"
+    assert stride_fix._route(torch.zeros(128, 128, 3, 3), (1, 1), 1) == "transposed"
+    assert stride_fix._route(torch.zeros(128, 64, 3, 3), (1, 1), 2) == "transposed"
 
 
 def _averaging(model: nn.Module) -> nn.Module:

@@ -194,7 +194,8 @@ def first_conv_in_channels(model: nn.Module) -> int:
 
 def named_layers(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Module]:
     """``{name: module}`` for the given dotted names (VebiError naming close matches for a wrong one)."""
-    return {name: get_module(model, name) for name in names}
+    modules = dict(model.named_modules())
+    return {name: modules[name] if name and name in modules else get_module(model, name) for name in names}
 
 
 @contextlib.contextmanager

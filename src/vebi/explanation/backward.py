@@ -29,7 +29,8 @@ from torch.overrides import TorchFunctionMode
 
 from vebi.errors import VebiError
 from vebi.explanation.rules import (
-    OPERATIONS, ArgmaxPool, DeconvReLU, GuidedReLU, OpCall, Rule, RuleMap, unruled_nonlinearities)
+    OPERATIONS, ArgmaxPool, DeconvReLU, GuidedReLU, OpCall, Rule, RuleMap, SupportWatch, mutated_tensor,
+    unruled_nonlinearities)
 from vebi.explanation.stride_fix import StrideFixConv, check_upsample
 from vebi.hooks import HookHandles, preserve_model
 from vebi.layers import named_layers
@@ -114,23 +115,25 @@ class _RuleMode(TorchFunctionMode):
     def __init__(self, rules: RuleMap, stack: list[tuple[str, nn.Module]], trace: RuleTrace) -> None:
         super().__init__()
         self.rules, self.stack, self.trace = rules, stack, trace
+        self.watch = SupportWatch()
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Mapping | None = None) -> Any:
         kwargs = kwargs or {}
-        entry = OPERATIONS.get(func) if self.stack else None
-        if entry is None:
+        entry = OPERATIONS.get(func)
+        params = entry[1](args, kwargs) if entry is not None else None
+        target = mutated_tensor(func, args, kwargs)
+        if target is not None:
+            self.watch.before_inplace(target)
+        if params is None or not self.stack or not isinstance(params["x"], Tensor):
             return func(*args, **kwargs)
-        op, parse = entry
-        params = parse(args, kwargs)
-        if params is None or not isinstance(params["x"], Tensor):
-            return func(*args, **kwargs)
+        op = entry[0]
         name, module = self.stack[-1]
         rule, functional = self.rules.rule_for(op, name, module)
         if functional:
             self.trace.functional[(name, op)] += 1
         if rule is None:
             return func(*args, **kwargs)
-        call = OpCall(op, params.pop("x"), params, func, tuple(args), dict(kwargs))
+        call = OpCall(op, params.pop("x"), params, func, tuple(args), dict(kwargs), self.watch)
         if not rule.applies(call):
             return func(*args, **kwargs)
         self.trace.applied[(name, op, type(rule).__name__)] += 1

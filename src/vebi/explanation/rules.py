@@ -15,6 +15,8 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
+import inspect
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -25,7 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ArgmaxPool", "DeconvReLU", "GradientReLU", "GuidedReLU", "OpCall", "Rule", "RuleMap", "unruled_nonlinearities"]
+from vebi.errors import VebiError
+
+__all__ = ["ArgmaxPool", "DeconvReLU", "GradientReLU", "GuidedReLU", "OpCall", "Rule", "RuleMap", "SupportWatch",
+           "mutated_tensor", "unruled_nonlinearities"]
 
 # --------------------------------------------------------------------------------------------
 # Operations the engine recognises, normalised to one call record
@@ -46,9 +51,39 @@ class OpCall:
     func: Callable[..., Any]
     args: tuple[Any, ...]
     kwargs: Mapping[str, Any]
+    watch: SupportWatch | None = None
 
     def original(self) -> Any:
         return self.func(*self.args, **self.kwargs)
+
+
+class SupportWatch:
+    """Rectifier outputs whose forward support is read from the output itself at backward time.
+
+    The support [lo < x_in < hi] equals [lo < y < hi] on the output y = clip(x_in, lo, hi), so a
+    rectifier keeps only y, as PyTorch's own ReLU does, unless y is changed in place later in the
+    forward pass (``out = relu_(a); out += b``). The engine calls :meth:`before_inplace` with every
+    tensor an operation is about to change in place; the support of every watched output sharing
+    its memory is copied then, and only then.
+    """
+
+    def __init__(self) -> None:
+        self._watched: dict[int, list[tuple[Tensor, Any]]] = {}
+
+    def add(self, out: Tensor, ctx: Any) -> None:
+        self._watched.setdefault(out.untyped_storage().data_ptr(), []).append((out, ctx))
+
+    def before_inplace(self, target: Tensor) -> None:
+        for out, ctx in self._watched.pop(target.untyped_storage().data_ptr(), ()):
+            lo, hi = ctx.bounds
+            ctx.passed = _support(out, lo, hi)
+
+
+def _support(y: Tensor, lo: float, hi: float) -> Tensor:
+    passed = y > lo
+    if hi != math.inf:
+        passed &= y < hi
+    return passed
 
 
 def _bind(names: Sequence[str], defaults: Mapping[str, Any], args: tuple, kwargs: Mapping[str, Any]) -> dict:
@@ -166,6 +201,38 @@ def unruled_nonlinearities(model: nn.Module, ran: Callable[[str], bool], handled
             if isinstance(m, _UNRULED) and not isinstance(m, _RULED) and n not in gates and ran(n) and not handled(n)]
 
 
+_INPLACE_DUNDERS = frozenset({
+    "__setitem__", "__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__", "__imod__", "__ipow__",
+    "__iand__", "__ior__", "__ixor__", "__ilshift__", "__irshift__", "__imatmul__"})
+
+
+@functools.lru_cache(maxsize=None)
+def _inplace_position(func: Any) -> int | None:
+    """Position of a Python function's ``inplace`` parameter (``F.dropout(x, p, training, inplace)``), if any."""
+    try:
+        names = list(inspect.signature(func).parameters)
+    except (TypeError, ValueError):  # built-ins without a signature
+        return None
+    return names.index("inplace") if "inplace" in names else None
+
+
+def mutated_tensor(func: Any, args: tuple, kwargs: Mapping[str, Any]) -> Tensor | None:
+    """The tensor a torch function call is about to change in place (``out=``, an ``inplace`` argument
+    that is true, a trailing-underscore name, an in-place operator), else None."""
+    out = kwargs.get("out")
+    if isinstance(out, Tensor):
+        return out
+    if not args or not isinstance(args[0], Tensor):
+        return None
+    name = getattr(func, "__name__", "")
+    if name in _INPLACE_DUNDERS or (name.endswith("_") and not name.endswith("__")):
+        return args[0]
+    if "inplace" in kwargs:
+        return args[0] if kwargs["inplace"] else None
+    position = _inplace_position(func)
+    return args[0] if position is not None and len(args) > position and args[position] else None
+
+
 def as_pair(v: Any) -> tuple[int, int]:
     if isinstance(v, int):
         return (v, v)
@@ -264,23 +331,23 @@ class DeconvReLU(_Rectifier):
 
 class _RectifierFunction(torch.autograd.Function):
     """The support [lo < x_in < hi] is read from the saved output y = clip(x_in, lo, hi), which
-    has the same support (as PyTorch's own ReLU does); a boolean copy of it is kept for when
-    y is changed in place after the call (``out = relu_(a); out += b``)."""
+    has the same support (as PyTorch's own ReLU does); a boolean copy of it is made when y is about
+    to change in place (``out = relu_(a); out += b``): by the call's :class:`SupportWatch`, or here
+    when the call has none."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, rule: _Rectifier, call: OpCall) -> Tensor:
         lo, hi = call.params["lo"], call.params["hi"]
-        ctx.rule, ctx.bounds = rule, (lo, hi)
-        if rule.needs_support:
-            passed = x > lo
-            if hi != math.inf:
-                passed &= x < hi
-            ctx.passed = passed  # not an input or output: kept on ctx, not saved
+        ctx.rule, ctx.bounds, ctx.passed = rule, (lo, hi), None
+        if rule.needs_support and call.watch is None:
+            ctx.passed = _support(x, lo, hi)  # not an input or output: kept on ctx, not saved
         out = call.original()  # the very same forward values, in place when the call was
         if call.params["inplace"]:
             ctx.mark_dirty(x)
         if rule.needs_support:
             ctx.save_for_backward(out)
+            if call.watch is not None:
+                call.watch.add(out, ctx)
         return out
 
     @staticmethod
@@ -291,6 +358,9 @@ class _RectifierFunction(torch.autograd.Function):
         try:
             (out,) = ctx.saved_tensors
         except RuntimeError:  # out was modified in place after the call: use the boolean copy
+            if ctx.passed is None:
+                raise VebiError("a rectifier's output was changed in place after the forward pass under "
+                                "backward rules; its support is lost") from None
             gated = g * ctx.passed
         else:  # ~3x faster than multiplying by a boolean mask
             gated = (torch.ops.aten.threshold_backward(g, out, lo) if hi == math.inf

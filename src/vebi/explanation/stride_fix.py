@@ -61,29 +61,40 @@ def stride_fixed_conv_input_grad(
     (``upsample``, see the module docstring) and passed through the transposed conv with
     stride 1 and the same weights, padding, dilation and groups, which gives back (B, C_in, H, W).
 
-    Computed without the full-resolution conv: either upsampling is a stride-s transposed conv
-    with a small kernel u (:func:`upsample_kernel`; separable), so the two steps are one stride-s
-    transposed conv with the kernel K = u * dilate_d(w). Two equal ways to run it, whichever is
-    faster:
+    Four equal ways to compute it; :func:`_route` takes the fastest for the layer (CPU, measured):
 
-    * few input channels (an image-input layer): the polyphase form -- output phase
+    * ``"direct"`` (depthwise convs): exactly the definition; the stride-1 transposed conv of a
+      depthwise kernel is cheap, so nothing is gained by avoiding it;
+    * ``"pointwise"`` (1 x 1 kernels without padding): a 1 x 1 conv acts on each position alone,
+      so it commutes with the upsampling: the channel mix runs at the strided size, then the
+      upsampling, with H1 = H;
+    * ``"polyphase"`` (few input channels, e.g. an image-input layer) and ``"transposed"`` (any
+      other conv) avoid the full-resolution conv: either upsampling is a stride-s transposed
+      conv with a small kernel u (:func:`upsample_kernel`; separable), so the two steps are one
+      stride-s transposed conv with the kernel K = u * dilate_d(w). Polyphase: output phase
       (a, b) of a stride-s transposed conv with K is a stride-1 *forward* conv of g with the
       flipped sub-kernel K[a::s, b::s], so one conv2d with C_in s_h s_w outputs and a pixel
-      shuffle give it (a backward-data conv that produces 3 channels is slow on CPUs);
-    * otherwise: convolutions commute, so it is the plain transposed conv Y = conv_T_s(g, w)
+      shuffle give it (a backward-data conv that produces 3 channels is slow on CPUs).
+      Transposed: convolutions commute, so it is the plain transposed conv Y = conv_T_s(g, w)
       followed by the separable filter u at input resolution, gx[i] = sum_m u[m] Y[i + p - m].
-
-    That computes the transposed conv of the upsampling on the unbounded grid; where it differs
-    from the upsampled signal on [0, H1) x [0, W1) (rows and columns at the borders: beyond H1,
-    W1, and for linear before 0 and the last cell held) the difference is added through the
-    stride-1 transposed conv: thin bands.
+      Both compute the transposed conv of the upsampling on the unbounded grid; where it differs
+      from the upsampled signal on [0, H1) x [0, W1) (rows and columns at the borders: beyond
+      H1, W1, and for linear before 0 and the last cell held) the difference is added through
+      the stride-1 transposed conv: thin bands.
     """
     (sh, sw), (ph, pw), (dh, dw) = as_pair(stride), as_pair(padding), as_pair(dilation)
     (h, w), (kh, kw) = input_size, weight.shape[-2:]
     h1, w1 = h + 2 * ph - dh * (kh - 1), w + 2 * pw - dw * (kw - 1)
+    route = _route(weight, (ph, pw), groups)
+    if route == "direct":
+        up = _upsample(_upsample(g, -2, sh, upsample, h1), -1, sw, upsample, w1)
+        return F.conv_transpose2d(up, weight, None, 1, (ph, pw), 0, groups, (dh, dw))
+    if route == "pointwise":
+        mixed = F.conv_transpose2d(g, weight, None, 1, 0, 0, groups)
+        return _upsample(_upsample(mixed, -2, sh, upsample, h), -1, sw, upsample, w)
     ho, wo = g.shape[-2:]
     (taps_h, first_h), (taps_w, first_w) = upsample_kernel(sh, upsample), upsample_kernel(sw, upsample)
-    if groups == 1 and weight.shape[1] <= _POLYPHASE_MAX_IN:
+    if route == "polyphase":
         kernel = stride_fix_kernel(weight, (sh, sw), (dh, dw), upsample)
         gx = _polyphase_transposed_conv(g, kernel, (sh, sw))
         gx = gx.narrow(-2, ph - first_h, h).narrow(-1, pw - first_w, w)
@@ -101,7 +112,39 @@ def stride_fixed_conv_input_grad(
     return gx
 
 
+_ROUTES = ("direct", "pointwise", "polyphase", "transposed")
 _POLYPHASE_MAX_IN = 8  # input channels up to which the polyphase route is the faster one (CPU, measured)
+
+
+def _route(weight: Tensor, padding: tuple[int, int], groups: int) -> str:
+    """Which of :data:`_ROUTES` computes the fix fastest for a conv with this weight (C_out, C_in / groups, kh, kw)."""
+    if groups > 1 and weight.shape[1] == 1:
+        return "direct"
+    if tuple(weight.shape[-2:]) == (1, 1) and padding == (0, 0):
+        return "pointwise"
+    if groups == 1 and weight.shape[1] <= _POLYPHASE_MAX_IN:
+        return "polyphase"
+    return "transposed"
+
+
+def _upsample(g: Tensor, dim: int, s: int, mode: str, length: int) -> Tensor:
+    """The fix's upsampling of g by s along ``dim`` (negative) to ``length`` stride-1 positions:
+    nearest u[j] = g[floor(j / s)]; linear u[s q + a] = (1 - a / s) g[q] + (a / s) g[q + 1], the last
+    cell held beyond its position (``length`` <= s * cells in both cases)."""
+    if s == 1:
+        return g.narrow(dim, 0, length)
+    if mode == "nearest":
+        return g.repeat_interleave(s, dim).narrow(dim, 0, length)
+    n = g.shape[dim]
+    out = g.new_empty(*g.shape[:dim], n, s, *g.shape[dim:][1:])
+    for a in range(s):  # phase a: out[q, a] = lerp(g[q], g[q + 1], a / s), the last cell held
+        phase = out.select(dim, a)
+        if a == 0:
+            phase.copy_(g)
+            continue
+        torch.lerp(g.narrow(dim, 0, n - 1), g.narrow(dim, 1, n - 1), a / s, out=phase.narrow(dim, 0, n - 1))
+        phase.narrow(dim, n - 1, 1).copy_(g.narrow(dim, n - 1, 1))
+    return out.flatten(dim - 1, dim).narrow(dim, 0, length)
 
 
 def stride_fix_kernel(weight: Tensor, stride: tuple[int, int], dilation: tuple[int, int],
