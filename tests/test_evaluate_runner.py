@@ -24,6 +24,8 @@ from vebi.methods import METHODS, Method, register_method
 from vebi.cli import main
 from vebi.core.collect import collect
 from vebi.data import image_folder
+from vebi.errors import VebiError
+from vebi.evaluate.faithfulness import curve_auc, perturbation_curves
 from vebi.evaluate.output import format_summary, write_evaluation
 from vebi.evaluate.runner import _balanced_subset, default_methods, evaluate_run
 from vebi.core.relevance import Relevance
@@ -198,6 +200,31 @@ def test_runner_scores_every_method_and_the_ablation(tiny, test_methods, tmp_pat
     view = collect_run(run, evaluation_dir=tmp_path / "out").evaluation
     assert view.accuracy == pytest.approx(correct / n)
     assert {g.key for g in view.groups} == {"iou", "scores", "ablation"}  # sanity checks are off by default
+
+
+def test_faithfulness_on_a_class_balanced_subset_equals_the_curves_of_those_images(tiny, test_methods):
+    run, data = tiny
+    kw = dict(trust_model=True, data=data, masks=data, methods=["oracle"], steps=3, batch_size=4, ablation=False,
+              progress=False)
+    whole = evaluate_run(run, **kw)
+    part = evaluate_run(run, faithfulness_images=5, **kw)
+    # localisation is untouched: every image is still scored
+    assert part.method("oracle").all == whole.method("oracle").all
+    faith = part.method("oracle").faithfulness
+    assert faith.deletion_auc.n == 5 and whole.method("oracle").faithfulness.deletion_auc.n == whole.images
+    assert part.settings["faithfulness_images"] == 5 and whole.settings["faithfulness_images"] == whole.images
+    # the same curves as scoring those five images (classes in turn) alone
+    test = image_folder(data / "images" / "test", with_index=False)
+    chosen = _balanced_subset(test.targets, 5, 0)
+    images = torch.stack([test[i][0] for i in chosen])
+    model = tiny_cnn(num_classes=len(CLASSES))
+    with torch.no_grad():
+        target = model(images).argmax(dim=1)
+    deletion, insertion = perturbation_curves(model, images, (images.amax(dim=1) > 0.5).float(), target, steps=3)
+    assert faith.deletion_auc.mean == pytest.approx(float(curve_auc(deletion).mean()), abs=1e-12)
+    assert faith.insertion_auc.mean == pytest.approx(float(curve_auc(insertion).mean()), abs=1e-12)
+    with pytest.raises(VebiError, match="faithfulness_images"):
+        evaluate_run(run, faithfulness_images=0, **kw)
 
 
 def test_runner_without_masks_keeps_the_mask_free_scores(tiny):

@@ -321,6 +321,10 @@ def test_verdicts_say_when_vebi_is_behind_or_ablation_barely_moves():
     assert "4 positive relevant features lowered its accuracy from 0.99 to 0.986 on average over 2 classes, a drop " \
            "of 0.4 points, against 0.0 points" in said["ablation"] and "barely moved" in said["ablation"]
     assert "scores" not in said  # no AUCs in these results
+    aucs = [{"method": "vebi", "deletion_auc": 0.2}, {"method": "grad_cam", "deletion_auc": 0.3}]
+    subset = verdicts({"summary": aucs, "images": 300, "settings": {"faithfulness_images": 60}})["scores"]
+    assert subset.startswith("Deletion and insertion were scored on a class-balanced subset of 60 of the 300 images.")
+    assert "subset" not in verdicts({"summary": aucs, "images": 60, "settings": {"faithfulness_images": 60}})["scores"]
     assert verdicts({}) == {} and verdicts({"summary": [{"method": "vebi", "iou_mean": 0.2}]}) == {}
     assert (plural(1, "image"), plural(2, "image"), plural(0, "class", "classes")) == ("1 image", "2 images",
                                                                                       "0 classes")

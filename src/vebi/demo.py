@@ -45,10 +45,12 @@ class DemoConfig:
     sanity_images: int = 8
     eval_methods: tuple[str, ...] | None = None  # None: every registered method
     eval_steps: int = 20  # points of the deletion/insertion curves
+    eval_faithfulness_images: int | None = 60  # images of the deletion/insertion curves (None: all evaluated)
 
 
 QUICK = DemoConfig(per_class=100, size=64, epochs=12, top_k=30, explain_images=6, eval_images=48, sanity_images=0,
-                   eval_methods=("vebi", "vebi_paper", "grad_cam", "guided_backprop"), eval_steps=5)
+                   eval_methods=("vebi", "vebi_paper", "grad_cam", "guided_backprop"), eval_steps=5,
+                   eval_faithfulness_images=None)
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,7 @@ def stages(cfg: DemoConfig, out: Path) -> list[Stage | Callable[[], Stage]]:
         Stage("evaluate", "evaluate", {"run": str(run), "data": str(test), "masks": str(data / "masks" / "test"),
                                        "max_images": cfg.eval_images, "seed": cfg.seed, "sanity": cfg.sanity_images > 0,
                                        "sanity_images": max(cfg.sanity_images, 1), "steps": cfg.eval_steps,
+                                       "faithfulness_images": cfg.eval_faithfulness_images,
                                        "methods": None if cfg.eval_methods is None else list(cfg.eval_methods)},
               ("fit",)),
         Stage("report", "report", {"run": str(run)},

@@ -45,6 +45,9 @@ def evaluate_command(
     out: Path | None = typer.Option(None, "-o", "--out", help="where to write; the results folder (default RUN/evaluation)"),
     num_features: int = typer.Option(3, "--num-features", "-k", help="features per explanation; for vebi and activation_map"),
     steps: int = typer.Option(20, help="steps of the deletion/insertion curves"),
+    faithfulness_images: int | None = typer.Option(None, "--faithfulness-images", help="deletion/insertion curves "
+                                                   "on a seeded class-balanced subset of this many of the evaluated "
+                                                   "images (default: all; they are most of the evaluation's time)"),
     batch_size: int = batch_size_option(32),
     cam_layer: str | None = typer.Option(None, "--cam-layer", help="Grad-CAM layer (default: the last spatial map)"),
     ablation: bool = typer.Option(True, "--ablation/--no-ablation", help="run the feature ablation experiments"),
@@ -83,7 +86,8 @@ def evaluate_command(
         raise VebiError(f"mask folder {masks} not found")
     result = evaluate_run(
         run, data, masks=masks, methods=chosen, thresholds=_thresholds(thresholds),
-        max_images=max_images, seed=seed, num_features=num_features, steps=steps, batch_size=batch_size, cam_layer=cam_layer,
+        max_images=max_images, seed=seed, num_features=num_features, steps=steps,
+        faithfulness_images=faithfulness_images, batch_size=batch_size, cam_layer=cam_layer,
         ablation=ablation, ablation_seeds=ablation_seeds, max_ablation_features=max_ablation_features,
         ablation_curves=ablation_curves, ablation_batch=ablation_batch,
         sanity=sanity, sanity_images=sanity_images, random_label_weights=random_label_weights,

@@ -294,6 +294,7 @@ def evaluate_run(
     seed: int = 0,
     num_features: int = 3,
     steps: int = 20,
+    faithfulness_images: int | None = None,
     batch_size: int = 32,
     cam_layer: str | None = None,
     ablation: bool = True,
@@ -313,6 +314,9 @@ def evaluate_run(
     """Evaluate every method and the ablation experiments on ``data`` (see the module docstring).
 
     ``methods``: None for :func:`default_methods`, an empty sequence for none (only the ablation).
+    ``faithfulness_images``: deletion/insertion curves on a seeded class-balanced subset of this many
+    of the evaluated images (default: all; each curve costs 2 (``steps`` + 1) forward passes per image
+    and map, most of an evaluation's time).
     ``model``: the run's network (default: rebuilt from ``run.json``), moved to ``device`` (default:
     where its parameters are, else the CPU). ``data``/``masks`` may be an an8Flower root or a folder
     with ``<split>/`` sub-folders; the ``split`` folder is used then. ``sanity`` (off by default: on
@@ -331,6 +335,8 @@ def evaluate_run(
         raise VebiError(f"sanity_images must be at least 1, got {sanity_images}")
     if random_label_weights is not None and not Path(random_label_weights).is_file():
         raise VebiError(f"random-label weights {random_label_weights} not found")
+    if faithfulness_images is not None and faithfulness_images < 1:
+        raise VebiError(f"faithfulness_images must be at least 1, got {faithfulness_images}")
     if max_ablation_features is not None and max_ablation_features < 0:
         raise VebiError(f"max_ablation_features must be >= 0, got {max_ablation_features}")
     if ablation_batch is not None and ablation_batch < 1:
@@ -389,6 +395,8 @@ def evaluate_run(
             predictions.append(logits.argmax(dim=1).cpu())
             labels.append(torch.as_tensor(batch[1]))
     predicted, truth = torch.cat(predictions), torch.cat(labels)
+    faithful = torch.zeros(len(indices), dtype=torch.bool)
+    faithful[_balanced_subset(truth.tolist(), faithfulness_images, seed)] = True
     correct_mask = positions(predicted, outputs) == truth
     # explained output: the prediction, or the true class's output where the prediction is no run class
     explained = torch.where(positions(predicted, outputs) >= 0, predicted, torch.tensor(outputs)[truth])
@@ -415,6 +423,7 @@ def evaluate_run(
             b = images.shape[0]
             target = explained[offset:offset + b]
             ok = correct_mask[offset:offset + b]
+            scored = faithful[offset:offset + b]
             offset += b
             for name, maps in method.evaluation_maps(model, images, target.to(dev)).items():
                 maps = maps.detach().float().cpu()
@@ -424,7 +433,11 @@ def evaluate_run(
                     for subset_name, rows in (("correct", ok), ("wrong", ~ok)):
                         if bool(rows.any()):
                             localization[name][subset_name].update(maps[rows], m[rows])
-                faithfulness[name].update(model, images, maps.to(dev), target.to(dev))
+                if bool(scored.all()):
+                    faithfulness[name].update(model, images, maps.to(dev), target.to(dev))
+                elif bool(scored.any()):
+                    rows = scored.to(dev)
+                    faithfulness[name].update(model, images[rows], maps.to(dev)[rows], target.to(dev)[rows])
         timings[label] = time.perf_counter() - began
     overall.close()
 
@@ -465,7 +478,8 @@ def evaluate_run(
 
     settings = {
         "methods": list(chosen), "thresholds": list(thresholds), "seed": int(seed), "max_images": max_images,
-        "num_features": num_features, "steps": steps, "deletion_baseline": "zero", "insertion_baseline": "zero",
+        "num_features": num_features, "steps": steps,
+        "faithfulness_images": int(faithful.sum()), "deletion_baseline": "zero", "insertion_baseline": "zero",
         "cam_layer": cam_layer, "batch_size": batch_size, "ablation": ablation, "ablation_seeds": list(seeds),
         "max_ablation_features": max_ablation_features, "ablation_curves": ablation_curves,
         "ablation_controls": "per seed, the set's per-layer channel counts drawn from channels relevant to no class",

@@ -97,6 +97,10 @@ def _scores(results: dict[str, Any]) -> str | None:
     parts = [_judge("deletion AUC (lower is better)", "deletion_auc", -1, rows),
              _judge("insertion AUC (higher is better)", "insertion_auc", 1, rows)]
     said = [p for p in parts if p]
+    scored, images = _num(_get(results, "settings", "faithfulness_images")), _num(results.get("images"))
+    if said and scored is not None and images is not None and scored < images:
+        said.insert(0, f"Deletion and insertion were scored on a class-balanced subset of {int(scored)} of the "
+                       f"{plural(int(images), 'image')}.")
     return " ".join(said) or None
 
 
