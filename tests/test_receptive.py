@@ -209,6 +209,25 @@ def test_errors_name_the_problem():
     assert _field(upsample, "0") == ((3, 3), (1, 1), (0, 0))
 
 
+def test_channels_last_maps_follow_only_per_location_layers():
+    class Block(nn.Module):
+        def __init__(self, mix: str) -> None:
+            super().__init__()
+            self.conv, self.norm, self.linear, self.mix = nn.Conv2d(3, 4, 3), nn.LayerNorm(4), nn.Linear(4, 4), mix
+
+        def forward(self, x):
+            x = self.conv(x).permute(0, 2, 3, 1)
+            x = self.linear(self.norm(x)) if self.mix == "channels" else x.permute(0, 1, 3, 2)
+            return torch.permute(x, (0, 3, 1, 2))
+
+    assert _field(nn.Sequential(Block("channels")), "0") == ((3, 3), (1, 1), (0, 0))
+    with pytest.raises(VebiError, match="rearranges a channels-last map"):
+        receptive_field(nn.Sequential(Block("spatial")), "0")
+    over_width = nn.Sequential(nn.Conv2d(3, 4, 3), nn.LayerNorm(6))  # normalises along the width
+    with pytest.raises(VebiError, match="LayerNorm at '1' mixes a spatial axis"):
+        receptive_field(over_width, "1")
+
+
 def test_caller_model_untouched():
     class WithConstant(nn.Module):
         def __init__(self) -> None:
@@ -243,12 +262,12 @@ def _linearised(model: nn.Module) -> nn.Module:
     for name, module in list(lin.named_modules()):
         parent = lin.get_submodule(name.rpartition(".")[0]) if "." in name else lin
         child = name.rpartition(".")[2]
-        if isinstance(module, nn.Conv2d):
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
             with torch.no_grad():
                 module.weight.fill_(1.0 / module.weight[0].numel())
                 if module.bias is not None:
                     module.bias.zero_()
-        elif isinstance(module, (nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.Dropout)):
+        elif isinstance(module, (nn.BatchNorm2d, nn.LayerNorm, nn.ReLU, nn.ReLU6, nn.GELU, nn.Dropout)):
             setattr(parent, child, nn.Identity())
         elif isinstance(module, nn.MaxPool2d):
             setattr(parent, child, nn.AvgPool2d(module.kernel_size, module.stride, module.padding, module.ceil_mode))
@@ -276,6 +295,8 @@ def _gradient_box(model: nn.Module, layer: str, y: int, x: int, size: int) -> tu
         ("resnet18", "layer3.1.relu", 128, [(4, 4), (7, 0)]),
         ("mobilenet_v2", "features.6", 64, [(0, 0), (3, 4), (7, 7)]),
         ("densenet121", "features.transition1.pool", 64, [(0, 0), (3, 4), (7, 7)]),
+        # channels moved last inside each block: layer norm and linear layers per location
+        ("convnext_tiny", "features.3", 64, [(0, 0), (3, 4), (7, 7)]),
     ],
 )
 def test_torchvision_boxes_match_gradient_of_one_unit(arch, layer, size, units):

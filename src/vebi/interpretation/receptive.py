@@ -15,7 +15,9 @@ Where branches meet (addition, multiplication, concatenation of channels) the fi
 union of the branches' fields: the smallest start and the largest end. A global pooling makes
 the field the whole input (so a squeeze-and-excitation gate does too, unless
 ``ignore_global``); flattening ends the spatial map. Normalisation layers count as
-per-location affine maps (their batch/instance statistics are not counted), and reflection /
+per-location affine maps (their batch/instance statistics are not counted); a map whose
+channels are moved last (``permute(0, 2, 3, 1)``, as ConvNeXt's blocks do) keeps its field through
+layer norms over the channels, linear layers and per-location ops until it is moved back; reflection /
 replication padding is treated as zero padding, which gives the same box unless a window is
 more than half padding.
 """
@@ -174,8 +176,8 @@ def _trace(model: nn.Module) -> tuple[dict[str, fx.Node], fx.Graph, nn.Module]:
 
 # --------------------------------------------------------------------------- propagation
 
-# A node's state: None (no dependence on the input), _FLAT (input-dependent, not a map) or a
-# pair of _Axis (height, width).
+# A node's state: None (no dependence on the input), _FLAT (input-dependent, not a map), a
+# pair of _Axis (height, width) of a (B, C, H, W) map, or _Last: the same with the channels last.
 
 
 @dataclass(frozen=True)
@@ -192,6 +194,42 @@ class _Axis:
 
     def shift(self, pad: int) -> _Axis:
         return self if self.size is None else _Axis(self.size, self.stride, self.start - pad * self.stride)
+
+
+@dataclass(frozen=True)
+class _Last:
+    """A spatial map with its channels moved last, (B, H, W, C): layer norms over the last dimension
+    and linear layers act per location there."""
+
+    axes: tuple[_Axis, _Axis]
+
+
+_TO_LAST, _TO_FIRST = (0, 2, 3, 1), (0, 3, 1, 2)
+
+
+def _permute(state: Any, dims: Any, where: str) -> Any:
+    dims = tuple(int(d) % 4 for d in dims) if isinstance(dims, (tuple, list)) else None
+    if isinstance(state, tuple) and dims == _TO_LAST:
+        return _Last(state)
+    if isinstance(state, _Last):
+        if dims == _TO_FIRST:
+            return state.axes
+        raise VebiError(f"permute at {where} rearranges a channels-last map ({dims}); receptive fields cannot follow it")
+    return _FLAT if state is not None else None
+
+
+def _per_channel(state: Any, normalized: Any, where: str, what: str) -> Any:
+    """A layer norm over ``normalized`` trailing dimensions, or a linear layer (``normalized`` None)."""
+    if isinstance(state, _Last) and (normalized is None or len(tuple(normalized)) == 1):
+        return state
+    if isinstance(state, tuple):
+        raise VebiError(f"{what} at {where} mixes a spatial axis; receptive fields cannot follow it")
+    return state
+
+
+def _not_last(state: Any, where: str) -> None:
+    if isinstance(state, _Last):
+        raise VebiError(f"{where} works on a channels-last map; receptive fields cannot follow it")
 
 
 _WHOLE = _Axis(None, 0, 0)
@@ -268,11 +306,15 @@ def _arg_states(value: Any, states: dict[fx.Node, Any]) -> list[Any]:
 
 def _union(found: Sequence[Any], where: str, ignore_global: bool) -> Any:
     maps = [s for s in found if isinstance(s, tuple)]
+    lasts = [s.axes for s in found if isinstance(s, _Last)]
     if any(s == _FLAT for s in found):
         return _FLAT
-    if not maps:
+    if maps and lasts:
+        raise VebiError(f"{where} joins a channels-last map with a channels-first one; receptive fields cannot follow it")
+    if not maps and not lasts:
         return None
-    return tuple(_union_axis([m[i] for m in maps], where, ignore_global) for i in range(2))
+    joined = tuple(_union_axis([m[i] for m in maps or lasts], where, ignore_global) for i in range(2))
+    return _Last(joined) if lasts else joined
 
 
 def _union_axis(axes: Sequence[_Axis], where: str, ignore_global: bool) -> _Axis:
@@ -399,6 +441,11 @@ def _node_state(node: fx.Node, states: dict[fx.Node, Any], root: nn.Module, igno
 def _module_state(module: nn.Module, node: fx.Node, state: Any, joined: Any, where: str) -> Any:
     if isinstance(module, _POINTWISE_MODULES):
         return joined
+    if isinstance(module, nn.LayerNorm):
+        return _per_channel(state, module.normalized_shape, where, "LayerNorm")
+    if isinstance(module, nn.Linear):
+        return _per_channel(state, None, where, "Linear layer")
+    _not_last(state, where)
     if isinstance(module, (nn.Softmax, nn.Softmin, nn.LogSoftmax, nn.GLU)):
         dim = getattr(module, "dim", None)
         if isinstance(state, tuple) and dim not in (0, 1, -3):
@@ -424,10 +471,6 @@ def _module_state(module: nn.Module, node: fx.Node, state: Any, joined: Any, whe
         return _pad(state, module.padding, "circular", where)
     if isinstance(module, nn.Flatten):
         return state if module.end_dim in (0, 1) else (_FLAT if state is not None else None)
-    if isinstance(module, nn.Linear):
-        if isinstance(state, tuple):
-            raise VebiError(f"Linear layer at {where} mixes a spatial axis; receptive fields cannot follow it")
-        return state
     raise VebiError(f"layer {where} ({type(module).__name__}) is not supported by the receptive-field tracer")
 
 
@@ -436,6 +479,10 @@ def _method_state(name: str, node: fx.Node, state: Any, joined: Any, where: str)
         return None
     if name in _POINTWISE_METHODS:
         return joined
+    if name == "permute":
+        dims = node.args[1] if len(node.args) == 2 and isinstance(node.args[1], (tuple, list)) else node.args[1:]
+        return _permute(state, node.kwargs.get("dims", dims), where)
+    _not_last(state, where)
     if name in ("mean", "sum", "amax", "amin", "max", "min", "std", "var"):
         dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
         return _reduce(state, dims, bool(node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False)))
@@ -445,7 +492,7 @@ def _method_state(name: str, node: fx.Node, state: Any, joined: Any, where: str)
     if name == "flatten":
         end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
         return state if end in (0, 1) else (_FLAT if state is not None else None)
-    if name in ("view", "reshape", "squeeze", "unsqueeze", "permute", "transpose"):
+    if name in ("view", "reshape", "squeeze", "unsqueeze", "transpose"):
         return _FLAT if state is not None else None
     raise VebiError(f"tensor method {where} is not supported by the receptive-field tracer")
 
@@ -455,6 +502,14 @@ def _function_state(fn: Any, node: fx.Node, state: Any, joined: Any, where: str,
         return joined
     if fn is getattr:
         return None
+    if fn is torch.permute:
+        return _permute(state, _call_args(node, ("input", "dims"))["dims"], where)
+    if fn is F.layer_norm:
+        return _per_channel(state, _call_args(node, ("input", "normalized_shape"))["normalized_shape"], where,
+                            "layer_norm")
+    if fn is F.linear:
+        return _per_channel(state, None, where, "linear")
+    _not_last(state, where)
     if fn is operator.getitem:
         return _getitem(state, node.args[1], where)
     if fn in (torch.cat, torch.concat, torch.stack):
@@ -487,10 +542,6 @@ def _function_state(fn: Any, node: fx.Node, state: Any, joined: Any, where: str,
     if fn is torch.flatten:
         end = _call_args(node, ("input", "start_dim", "end_dim")).get("end_dim", -1)
         return state if end in (0, 1) else (_FLAT if state is not None else None)
-    if fn is F.linear:
-        if isinstance(state, tuple):
-            raise VebiError(f"linear at {where} mixes a spatial axis; receptive fields cannot follow it")
-        return state
     name = getattr(fn, "__name__", repr(fn))
     raise VebiError(f"function '{name}' is not supported by the receptive-field tracer")
 
