@@ -119,14 +119,16 @@ class _RuleMode(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Mapping | None = None) -> Any:
         kwargs = kwargs or {}
-        entry = OPERATIONS.get(func)
-        params = entry[1](args, kwargs) if entry is not None else None
         target = mutated_tensor(func, args, kwargs)
         if target is not None:
             self.watch.before_inplace(target)
-        if params is None or not self.stack or not isinstance(params["x"], Tensor):
+        entry = OPERATIONS.get(func) if self.stack else None
+        if entry is None:
             return func(*args, **kwargs)
-        op = entry[0]
+        op, parse = entry
+        params = parse(args, kwargs)
+        if params is None or not isinstance(params["x"], Tensor):
+            return func(*args, **kwargs)
         name, module = self.stack[-1]
         rule, functional = self.rules.rule_for(op, name, module)
         if functional:
