@@ -70,19 +70,29 @@ def test_ssim_of_constant_images_is_the_luminance_term():
     assert float(ssim(x, y)) == pytest.approx(expected, rel=1e-6)
 
 
-def test_ssim_matches_the_formula_on_one_window():
-    # an 11 x 11 image holds one window position: compute its Gaussian-weighted statistics by hand
-    rng = np.random.default_rng(0)
-    x, y = rng.random((11, 11)), rng.random((11, 11))
+def _ssim_by_hand(x: np.ndarray, y: np.ndarray) -> float:
+    """Mean over every 11 x 11 window position of the Gaussian-weighted SSIM, one window at a time."""
     d = np.arange(11) - 5.0
     w = np.exp(-(d[:, None] ** 2 + d[None, :] ** 2) / (2 * 1.5**2))
     w /= w.sum()
-    mx, my = (w * x).sum(), (w * y).sum()
-    vx, vy, cxy = (w * (x - mx) ** 2).sum(), (w * (y - my) ** 2).sum(), (w * (x - mx) * (y - my)).sum()
     c1, c2 = 0.01**2, 0.03**2
-    expected = (2 * mx * my + c1) * (2 * cxy + c2) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+    values = []
+    for i in range(x.shape[0] - 10):
+        for j in range(x.shape[1] - 10):
+            a, b = x[i:i + 11, j:j + 11], y[i:i + 11, j:j + 11]
+            ma, mb = (w * a).sum(), (w * b).sum()
+            va, vb, cab = (w * (a - ma) ** 2).sum(), (w * (b - mb) ** 2).sum(), (w * (a - ma) * (b - mb)).sum()
+            values.append((2 * ma * mb + c1) * (2 * cab + c2) / ((ma**2 + mb**2 + c1) * (va + vb + c2)))
+    return float(np.mean(values))
+
+
+@pytest.mark.parametrize("shape", [(11, 11), (17, 14)])
+def test_ssim_matches_the_formula_window_by_window(shape):
+    # the statistics of each window position computed by hand (11 x 11: a single position)
+    rng = np.random.default_rng(0)
+    x, y = rng.random(shape), rng.random(shape)
     got = ssim(torch.from_numpy(x)[None], torch.from_numpy(y)[None])
-    assert float(got) == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    assert float(got) == pytest.approx(_ssim_by_hand(x, y), rel=1e-9, abs=1e-12)
 
 
 def test_ssim_identities():
@@ -166,3 +176,22 @@ def test_constant_maps_and_bad_input():
         cascading_randomisation(tiny_cnn(), _images(2), [Gradient(), Gradient()])
     with pytest.raises(VebiError, match="at least one image"):
         cascading_randomisation(tiny_cnn(), _images(0), [Gradient()])
+
+
+def test_spearman_of_all_images_at_once_equals_scipy_image_by_image():
+    from scipy.stats import spearmanr
+
+    from vebi.evaluate.sanity import _spearman
+
+    g = torch.Generator().manual_seed(1)
+    ref = torch.rand(5, 9, 8, generator=g)
+    other = torch.rand(5, 9, 8, generator=g)
+    ref[1] = (ref[1] * 3).round() / 3  # ties share their mean rank
+    other[1] = torch.where(other[1] > 0.5, other[1], 0.0)
+    ref[2] = 0.25  # constant reference: no ranking to compare
+    other[3] = 0.0  # constant other map: rho = 0
+    got = _spearman(ref, other)
+    assert math.isnan(float(got[2])) and float(got[3]) == 0.0
+    for i in (0, 1, 4):
+        expected = spearmanr(ref[i].flatten().numpy(), other[i].flatten().numpy()).statistic
+        assert float(got[i]) == pytest.approx(expected, abs=1e-12)
