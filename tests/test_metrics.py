@@ -242,3 +242,40 @@ def test_deletion_insertion_streaming_and_model_state():
         whole.update(model, images, maps[:, :4], target)
     with pytest.raises(VebiError, match="merge"):
         whole.merge(DeletionInsertion(steps=4))
+
+
+class CountingSumLogit(SumLogit):
+    """SumLogit that records the rows of every forward pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.rows.append(x.shape[0])
+        return super().forward(x)
+
+
+@pytest.mark.parametrize(("deletion_baseline", "insertion_baseline", "distinct"), [
+    ("zero", "zero", 2 * 6),  # x and the one baseline shared by both curves' endpoints: 2K images
+    ("zero", "mean", 2 * 6 + 1),  # two baselines: one more
+])
+def test_curves_score_each_distinct_image_once_in_few_passes(deletion_baseline, insertion_baseline, distinct):
+    images = IMAGE.repeat(3, 1, 1, 1) * torch.tensor([1.0, -1.0, 0.5]).view(3, 1, 1, 1)
+    maps = ORDER_MAP.repeat(3, 1, 1)
+    target = torch.tensor([0, 1, 0])
+    model = CountingSumLogit()
+    deletion, insertion = perturbation_curves(model, images, maps, target, steps=6,
+                                              deletion_baseline=deletion_baseline,
+                                              insertion_baseline=insertion_baseline)
+    assert sum(model.rows) == 3 * distinct and max(model.rows) <= 64 and len(model.rows) == 1
+    # the same curves as scoring every (curve, step) image on its own
+    base_del = baseline_images(images, deletion_baseline)
+    base_ins = baseline_images(images, insertion_baseline)
+    rank = torch.tensor([0, 1, 2, 3]).view(1, 1, 2, 2)
+    for k in range(7):
+        changed = rank < (k * 4) // 6
+        logits = SumLogit()(torch.where(changed, base_del, images))
+        assert torch.allclose(deletion[:, k], logits.softmax(1).gather(1, target[:, None])[:, 0].double())
+        logits = SumLogit()(torch.where(changed, images, base_ins))
+        assert torch.allclose(insertion[:, k], logits.softmax(1).gather(1, target[:, None])[:, 0].double())

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from vebi.errors import VebiError
 
@@ -41,6 +41,15 @@ def model_dtype(model: nn.Module, fallback: torch.dtype = torch.float32) -> torc
         if t.is_floating_point():
             return t.dtype
     return fallback
+
+
+def fast_layout(images: Tensor) -> Tensor:
+    """A CPU image batch (B, C, H, W) in channels-last memory order, anything else as it is: the same
+    values, on which CPU convolutions run faster (``benchmarks/bench_evaluate.py --layout``); outputs
+    differ only in float summation order."""
+    if images.dim() == 4 and images.device.type == "cpu":
+        return images.contiguous(memory_format=torch.channels_last)
+    return images
 
 
 def parse_model_args(items: list[str] | None) -> dict[str, Any]:

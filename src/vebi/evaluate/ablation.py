@@ -49,7 +49,7 @@ from vebi.core.relevance import Relevance
 from vebi.errors import VebiError
 from vebi.hooks import HookHandles, preserve_model
 from vebi.layers import named_layers
-from vebi.models import model_device, model_dtype
+from vebi.models import fast_layout, model_device, model_dtype
 
 FeatureKey = tuple[str, int]
 KINDS = ("positive", "negative", "reference")
@@ -193,7 +193,7 @@ def _ablated_logits(model: nn.Module, x: Tensor, sets: Sequence[Sequence[Feature
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
             _check_output(layer, output, (c for _, c in members))
             if not expanded[0] and layer == expand_at and output.shape[0] == b:
-                output = output.repeat(s_count, *([1] * (output.dim() - 1)))
+                output = torch.cat([output] * s_count)  # keeps the memory layout, unlike repeat
                 expanded[0] = True
             if output.shape[0] != s_count * b:
                 raise _NotACut
@@ -204,15 +204,15 @@ def _ablated_logits(model: nn.Module, x: Tensor, sets: Sequence[Sequence[Feature
                     drop[s, channel] = True
                 drop = drop.repeat_interleave(b, dim=0).to(output.device)
                 masks[key] = drop.view(*drop.shape, *([1] * (output.dim() - 2)))
-            return output.masked_fill(masks[key], 0)
+            return torch.where(masks[key], 0, output)  # keeps the memory layout, unlike masked_fill
 
         return hook
 
     with HookHandles() as handles:
         for layer, members in by_layer.items():
             handles.append(modules[layer].register_forward_hook(make_hook(layer, members)))
-        inputs = x if expand_at is not None else x.repeat(s_count, *([1] * (x.dim() - 1)))
-        logits = model(inputs)
+        inputs = x if expand_at is not None else torch.cat([x] * s_count)
+        logits = model(fast_layout(inputs))
     if not expanded[0] or logits.dim() != 2 or logits.shape[0] != s_count * b:
         if expand_at is not None:
             raise _NotACut

@@ -35,9 +35,10 @@ from torchvision.transforms.functional import gaussian_blur
 from vebi.hooks import preserve_model
 from vebi.errors import VebiError
 from vebi.evaluate.metrics import Estimate, estimate
-from vebi.models import model_device, model_dtype
+from vebi.models import fast_layout, model_device, model_dtype
 
 BASELINES: tuple[str, ...] = ("blur", "mean", "zero")
+MIN_ROWS = 64  # images per forward pass of the curves, at least (more for large batches: 2B)
 
 __all__ = [
     "BASELINES",
@@ -89,8 +90,10 @@ def perturbation_curves(
 ) -> tuple[Tensor, Tensor]:
     """Deletion and insertion curves, each (B, steps + 1) float64 on the CPU.
 
-    The model runs in eval mode without gradients (its state is restored afterwards); deletion and
-    insertion images of one step go through one forward pass of 2B images.
+    The model runs in eval mode without gradients (its state is restored afterwards). The endpoints
+    are shared: deletion at k = 0 and insertion at k = K both see x, and with one baseline for both
+    curves deletion at K and insertion at 0 both see it, so 2K (not 2K + 2) images per input are
+    scored. Several steps go through one forward pass of at most max(2B, ``MIN_ROWS``) images.
     """
     if images.dim() != 4:
         raise VebiError(f"images must be (B, C, H, W), got {tuple(images.shape)}")
@@ -109,27 +112,39 @@ def perturbation_curves(
     device, dtype = model_device(model, images.device), model_dtype(model, images.dtype)
     x = images.detach().to(device=device, dtype=dtype)
     removed = baseline_images(x, deletion_baseline, sigma=sigma)
-    start = baseline_images(x, insertion_baseline, sigma=sigma)
+    start = removed if insertion_baseline == deletion_baseline else baseline_images(x, insertion_baseline, sigma=sigma)
     pixels = height * width
     order = torch.sort(h.to(device).flatten(1), dim=1, descending=True, stable=True).indices
     rank = torch.empty_like(order)
     rank.scatter_(1, order, torch.arange(pixels, device=device).expand(b, pixels).contiguous())
     rank = rank.view(b, 1, height, width)
     t = target.to(device=device, dtype=torch.long)
-    deletion = torch.empty(b, steps + 1, dtype=torch.float64)
-    insertion = torch.empty(b, steps + 1, dtype=torch.float64)
+
+    # each distinct image set once: (the curve points it gives, how to make it); points are (curve, step)
+    jobs: list[tuple[list[tuple[int, int]], Any]] = [([(0, 0), (1, steps)], lambda: x)]
+    jobs.append(([(0, steps), (1, 0)] if start is removed else [(0, steps)], lambda: removed))
+    if start is not removed:
+        jobs.append(([(1, 0)], lambda: start))
+    for k in range(1, steps):
+        changed = rank < (k * pixels) // steps
+        jobs.append(([(0, k)], lambda c=changed: torch.where(c, removed, x)))
+        jobs.append(([(1, k)], lambda c=changed: torch.where(c, x, start)))
+    per_pass = max(1, max(2 * b, MIN_ROWS) // b)
+    curves = torch.empty(2, b, steps + 1, dtype=torch.float64)
     with preserve_model(model, freeze=False, no_inplace=False), torch.no_grad():
-        for k in range(steps + 1):
-            changed = rank < (k * pixels) // steps
-            batch = torch.cat((torch.where(changed, removed, x), torch.where(changed, x, start)))
-            logits = model(batch)
+        for first in range(0, len(jobs), per_pass):
+            group = jobs[first:first + per_pass]
+            logits = model(fast_layout(torch.cat([make() for _, make in group])))
             if int(t.max()) >= logits.shape[1]:
                 raise VebiError(
                     f"target class {int(t.max())} is out of range for a model with {logits.shape[1]} outputs"
                 )
-            probs = logits.float().softmax(dim=1).to(torch.float64)
-            deletion[:, k] = probs[:b].gather(1, t[:, None])[:, 0].cpu()
-            insertion[:, k] = probs[b:].gather(1, t[:, None])[:, 0].cpu()
+            probs = logits.float().softmax(dim=1).to(torch.float64).view(len(group), b, -1)
+            scores = probs.gather(2, t.view(1, b, 1).expand(len(group), b, 1))[..., 0].cpu()
+            for (points, _), score in zip(group, scores, strict=True):
+                for curve, k in points:
+                    curves[curve, :, k] = score
+    deletion, insertion = curves[0], curves[1]
     return deletion, insertion
 
 
