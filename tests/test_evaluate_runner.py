@@ -221,8 +221,9 @@ def test_faithfulness_on_a_class_balanced_subset_equals_the_curves_of_those_imag
     with torch.no_grad():
         target = model(images).argmax(dim=1)
     deletion, insertion = perturbation_curves(model, images, (images.amax(dim=1) > 0.5).float(), target, steps=3)
-    assert faith.deletion_auc.mean == pytest.approx(float(curve_auc(deletion).mean()), abs=1e-12)
-    assert faith.insertion_auc.mean == pytest.approx(float(curve_auc(insertion).mean()), abs=1e-12)
+    # other batch compositions: float32 logits summed in another order, probabilities equal to ~1e-7
+    assert faith.deletion_auc.mean == pytest.approx(float(curve_auc(deletion).mean()), abs=1e-6)
+    assert faith.insertion_auc.mean == pytest.approx(float(curve_auc(insertion).mean()), abs=1e-6)
     with pytest.raises(VebiError, match="faithfulness_images"):
         evaluate_run(run, faithfulness_images=0, **kw)
 
@@ -236,6 +237,43 @@ def test_runner_without_masks_keeps_the_mask_free_scores(tiny):
     assert m.faithfulness.deletion_auc.n == 6 and result.images == 6
     assert result.ablation is None and result.union_ablation is None
     assert "IoU" not in format_summary(result)
+
+
+def test_method_options_reach_the_method_and_are_recorded(tiny):
+    run, data = tiny
+    kw = dict(trust_model=True, data=data, masks=data, methods=["integrated_gradients", "grad_cam"], steps=2,
+              max_images=6, ablation=False, progress=False)
+    coarse = evaluate_run(run, method_options={"integrated_gradients": {"steps": 1}}, **kw)
+    fine = evaluate_run(run, method_options={"integrated_gradients": {"steps": 4}}, **kw)
+    assert coarse.settings["method_options"] == {"integrated_gradients": {"steps": 1}}
+    # one Gauss-Legendre node (the gradient at the midpoint) gives other maps than four
+    ig = [r["iou_mean"] for res in (coarse, fine) for r in res.per_image if r["method"] == "integrated_gradients"]
+    assert ig[:6] != ig[6:]
+    cam = [r["iou_mean"] for res in (coarse, fine) for r in res.per_image if r["method"] == "grad_cam"]
+    assert cam[:6] == cam[6:]
+    with pytest.raises(VebiError, match="not evaluated"):
+        evaluate_run(run, method_options={"guided_backprop": {}}, **kw)
+    with pytest.raises(VebiError, match="has no option sharpness"):
+        evaluate_run(run, method_options={"integrated_gradients": {"sharpness": 2}}, **kw)
+    with pytest.raises(VebiError, match="takes a int"):
+        evaluate_run(run, method_options={"integrated_gradients": {"steps": "many"}}, **kw)
+
+
+def test_cli_method_option(tiny, tmp_path, capsys):
+    run, data = tiny
+    base = ["evaluate", "--trust-model", str(run), str(data), "--masks", str(data), "--methods", "integrated_gradients",
+            "--max-images", "3", "--steps", "1", "--no-ablation", "--no-progress"]
+    assert main([*base, "--method-option", "integrated_gradients.steps=2", "-o", str(tmp_path / "a")]) == 0
+    saved = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert saved["settings"]["method_options"] == {"integrated_gradients": {"steps": 2}}
+    capsys.readouterr()
+    assert "METHOD.OPTION=VALUE" in _error(capsys, [*base, "--method-option", "steps=2"])
+    assert "no option" in _error(capsys, [*base, "--method-option", "integrated_gradients.step=2"])
+
+    from vebi.report.collect_run import collect_run
+
+    note = collect_run(run, evaluation_dir=tmp_path / "a").evaluation.settings_note
+    assert note == "Settings: deletion/insertion curves in 1 step; integrated_gradients with steps = 2."
 
 
 def test_balanced_subset_takes_classes_in_turn():

@@ -27,6 +27,22 @@ def _thresholds(items: list[str] | None) -> list[float] | None:
         raise VebiError(f"--thresholds must be numbers in [0, 1], got {', '.join(values)}") from None
 
 
+def _method_options(items: list[str] | None) -> dict[str, dict[str, object]]:
+    """``["integrated_gradients.steps=8"]`` -> ``{"integrated_gradients": {"steps": 8}}`` (values as JSON
+    when possible)."""
+    from vebi.models import parse_model_args
+
+    out: dict[str, dict[str, object]] = {}
+    for item in items or []:
+        key, _, value = item.partition("=")
+        method, _, option = key.partition(".")
+        if "=" not in item or not method.strip() or not option.strip():
+            raise VebiError(f"--method-option {item!r} is not of the form METHOD.OPTION=VALUE "
+                            "(e.g. integrated_gradients.steps=16)")
+        out.setdefault(method.strip(), {}).update(parse_model_args([f"{option.strip()}={value}"]))
+    return out
+
+
 @app.command("evaluate")
 def evaluate_command(
     run: Path = typer.Argument(..., help="run folder with statistics and a relevance fit (`vebi collect`, `vebi fit`)"),
@@ -37,6 +53,10 @@ def evaluate_command(
     methods: list[str] | None = typer.Option(None, "--method", "--methods", "-m", help="explanation method; evaluate these (repeatable or "
                                              "comma-separated; default: all, vebi's single-feature maps come with "
                                              "vebi; 'none': only the ablation)"),
+    method_option: list[str] | None = typer.Option(None, "--method-option", help="METHOD.OPTION=VALUE: an option "
+                                                   "of one evaluated method (repeatable; e.g. "
+                                                   "integrated_gradients.steps=8; default: the "
+                                                   "method's own defaults)"),
     thresholds: list[str] | None = typer.Option(None, "--thresholds", help="IoU thresholds, comma-separated "
                                                 "(default 0.05, 0.10, ..., 0.95)"),
     max_images: int | None = typer.Option(None, "--max-images", help="evaluate a seeded class-balanced subset of "
@@ -85,7 +105,8 @@ def evaluate_command(
     if masks is not None and not masks.exists():
         raise VebiError(f"mask folder {masks} not found")
     result = evaluate_run(
-        run, data, masks=masks, methods=chosen, thresholds=_thresholds(thresholds),
+        run, data, masks=masks, methods=chosen, method_options=_method_options(method_option),
+        thresholds=_thresholds(thresholds),
         max_images=max_images, seed=seed, num_features=num_features, steps=steps,
         faithfulness_images=faithfulness_images, batch_size=batch_size, cam_layer=cam_layer,
         ablation=ablation, ablation_seeds=ablation_seeds, max_ablation_features=max_ablation_features,

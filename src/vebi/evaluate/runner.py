@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -269,6 +269,30 @@ def default_methods() -> tuple[str, ...]:
     return method_names()
 
 
+def _method_overrides(options: Mapping[str, Mapping[str, Any]] | None,
+                      chosen: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``options`` checked against the evaluated methods and their declared options."""
+    from vebi.methods import method_options
+
+    out: dict[str, dict[str, Any]] = {}
+    for name, values in (options or {}).items():
+        if name not in chosen:
+            raise VebiError(f"options given for method {name!r}, which is not evaluated "
+                            f"(evaluated: {', '.join(chosen) or 'none'})")
+        known = method_options(name)
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise VebiError(f"method {name!r} has no option {', '.join(unknown)} "
+                            f"(its options: {', '.join(sorted(known)) or 'none'})")
+        for option, value in values.items():
+            default = known[option]
+            kinds = (type(default), type(value))
+            if default is not None and kinds[0] is not kinds[1] and kinds != (float, int):
+                raise VebiError(f"option {option} of method {name!r} takes a {kinds[0].__name__}, got {value!r}")
+        out[name] = dict(values)
+    return out
+
+
 def _network_info(model_info: dict[str, Any]) -> dict[str, Any]:
     """Accuracies recorded by ``vebi train`` in the model.json beside the weights, when there is one."""
     weights = model_info.get("weights")
@@ -289,6 +313,7 @@ def evaluate_run(
     *,
     masks: str | Path | None = None,
     methods: Sequence[str] | None = None,
+    method_options: Mapping[str, Mapping[str, Any]] | None = None,
     thresholds: Sequence[float] | None = None,
     max_images: int | None = None,
     seed: int = 0,
@@ -314,8 +339,10 @@ def evaluate_run(
     """Evaluate every method and the ablation experiments on ``data`` (see the module docstring).
 
     ``methods``: None for :func:`default_methods`, an empty sequence for none (only the ablation).
+    ``method_options``: per evaluated method, options that replace its defaults (e.g.
+    ``{"integrated_gradients": {"steps": 16}}``); recorded in the settings.
     ``faithfulness_images``: deletion/insertion curves on a seeded class-balanced subset of this many
-    of the evaluated images (default: all; each curve costs 2 (``steps`` + 1) forward passes per image
+    of the evaluated images (default: all; the two curves cost 2 ``steps`` image forwards per image
     and map, most of an evaluation's time).
     ``model``: the run's network (default: rebuilt from ``run.json``), moved to ``device`` (default:
     where its parameters are, else the CPU). ``data``/``masks`` may be an an8Flower root or a folder
@@ -324,7 +351,7 @@ def evaluate_run(
     least one method; ``random_label_weights`` adds the data randomisation test to it. ``trust_model``: rebuild a
     model spec that is neither torchvision's nor vebi's own (:func:`vebi.run.check_trusted`).
     """
-    from vebi.methods import build_method, method_names, method_options
+    from vebi.methods import build_method, method_names, method_options as declared_options
     from vebi.methods.cam import default_cam_layer
     from vebi.run import Run, resolve_device
 
@@ -345,6 +372,7 @@ def evaluate_run(
     unknown = [m for m in chosen if m not in method_names()]
     if unknown:
         raise VebiError(f"unknown method(s) {', '.join(map(repr, unknown))}; choose from {', '.join(method_names())}")
+    overrides = _method_overrides(method_options, chosen)
     thresholds = tuple(float(t) for t in (DEFAULT_THRESHOLDS if thresholds is None else thresholds))
     Localization(thresholds)  # validates the sweep before any work
 
@@ -402,30 +430,32 @@ def evaluate_run(
     explained = torch.where(positions(predicted, outputs) >= 0, predicted, torch.tensor(outputs)[truth])
     per_class = [float(correct_mask[truth == c].double().mean()) if bool((truth == c).any()) else float("nan")
                  for c in range(num_classes)]
-    uses_cam = any("layer" in method_options(m) for m in chosen)
+    uses_cam = any("layer" in declared_options(m) for m in chosen)
     if cam_layer is None and first_batch is not None and uses_cam:
         cam_layer = default_cam_layer(model, first_batch)
 
-    built = [build_method(name, relevance, strict=False, num_features=num_features, layer=cam_layer) for name in chosen]
+    built = [build_method(name, relevance, strict=False, **{"num_features": num_features, "layer": cam_layer,
+                                                             **overrides.get(name, {})})
+             for name in chosen]
     names = [n for method in built for n in method.output_names()]
     localization = {n: {"correct": Localization(thresholds), "wrong": Localization(thresholds)} for n in names}
     faithfulness = {n: DeletionInsertion(steps) for n in names}
     blank = dict.fromkeys(names, 0)
-    overall = tqdm(total=len(built) * len(loader), unit="batch", disable=not progress)  # one bar: ETA of all methods
-    for number, method in enumerate(built, start=1):
-        label = method.name
-        overall.set_description(f"method {number}/{len(built)} {label}")
-        began = time.perf_counter()
-        offset = 0
-        for batch in loader:
-            overall.update()
-            images = batch[0].to(dev)
-            b = images.shape[0]
-            target = explained[offset:offset + b]
-            ok = correct_mask[offset:offset + b]
-            scored = faithful[offset:offset + b]
-            offset += b
-            for name, maps in method.evaluation_maps(model, images, target.to(dev)).items():
+    # batch-outer: each batch is loaded once and every method scores it; times are per method
+    for method in built:
+        timings[method.name] = 0.0
+    overall = tqdm(total=len(loader), desc=f"evaluate {len(built)} methods", unit="batch", disable=not progress)
+    offset = 0
+    for batch in loader:
+        images = batch[0].to(dev)
+        b = images.shape[0]
+        target = explained[offset:offset + b].to(dev)
+        ok = correct_mask[offset:offset + b]
+        scored = faithful[offset:offset + b]
+        offset += b
+        for method in built:
+            began = time.perf_counter()
+            for name, maps in method.evaluation_maps(model, images, target).items():
                 maps = maps.detach().float().cpu()
                 blank[name] += int((maps.flatten(1).amax(dim=1) <= maps.flatten(1).amin(dim=1)).sum())
                 if mask_files is not None:
@@ -434,11 +464,12 @@ def evaluate_run(
                         if bool(rows.any()):
                             localization[name][subset_name].update(maps[rows], m[rows])
                 if bool(scored.all()):
-                    faithfulness[name].update(model, images, maps.to(dev), target.to(dev))
+                    faithfulness[name].update(model, images, maps.to(dev), target)
                 elif bool(scored.any()):
                     rows = scored.to(dev)
-                    faithfulness[name].update(model, images[rows], maps.to(dev)[rows], target.to(dev)[rows])
-        timings[label] = time.perf_counter() - began
+                    faithfulness[name].update(model, images[rows], maps.to(dev)[rows], target[rows])
+            timings[method.name] += time.perf_counter() - began
+        overall.update()
     overall.close()
 
     scores = []
@@ -477,7 +508,8 @@ def evaluate_run(
     timings["total"] = time.perf_counter() - start
 
     settings = {
-        "methods": list(chosen), "thresholds": list(thresholds), "seed": int(seed), "max_images": max_images,
+        "methods": list(chosen), "method_options": overrides, "thresholds": list(thresholds), "seed": int(seed),
+        "max_images": max_images,
         "num_features": num_features, "steps": steps,
         "faithfulness_images": int(faithful.sum()), "deletion_baseline": "zero", "insertion_baseline": "zero",
         "cam_layer": cam_layer, "batch_size": batch_size, "ablation": ablation, "ablation_seeds": list(seeds),

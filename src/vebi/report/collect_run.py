@@ -201,6 +201,7 @@ class EvaluationView:
     accuracy: float | None
     groups: tuple[EvalGroup, ...]  # only non-empty groups, in EVAL_SECTIONS order, then other sections
     iou_curves: tuple[IoUCurve, ...] = ()  # per method, for the report's own IoU plot
+    settings_note: str | None = None  # the evaluation's settings a reader needs to weigh the numbers
 
 
 @dataclass(frozen=True)
@@ -592,7 +593,23 @@ def _read_evaluation(folder: Path, warnings: list[str]) -> EvaluationView | None
     if not groups and accuracy is None:
         return None
     return EvaluationView(folder.resolve(), None if accuracy is None else float(accuracy), groups,
-                          iou_curves(results))
+                          iou_curves(results), _settings_note(results.get("settings")))
+
+
+def _settings_note(settings: Any) -> str | None:
+    """One sentence on the curve steps and the method options other than the defaults."""
+    if not isinstance(settings, dict):
+        return None
+    parts = []
+    if isinstance(settings.get("steps"), int):
+        steps = settings["steps"]
+        parts.append(f"deletion/insertion curves in {steps} step{'' if steps == 1 else 's'}")
+    options = settings.get("method_options")
+    if isinstance(options, dict):
+        for method, values in options.items():
+            if isinstance(values, dict) and values:
+                parts.append(f"{method} with " + ", ".join(f"{k} = {v}" for k, v in values.items()))
+    return "Settings: " + "; ".join(parts) + "." if parts else None
 
 
 def _read_table(path: Path, title: str, caption: str) -> Table:
