@@ -1,55 +1,77 @@
-"""Where an evaluation's time goes, and what ``faithfulness_images`` saves: ``evaluate_run`` on one run
-with deletion/insertion on every evaluated image and on a class-balanced subset, side by side.
+"""Where the demo's evaluation spends its time, this checkout against an earlier one, side by side.
 
-Seconds per method (maps, localisation and deletion/insertion together), the ablation, the sanity
-check and the total; the same options as the demo's evaluate stage (300 images, 20 curve steps,
-sanity on 8 images) unless given.
+Runs the evaluate stage of ``vebi demo`` exactly as the demo would (the options of
+:func:`vebi.demo.stages` for the default :class:`vebi.demo.DemoConfig`) on a finished demo folder,
+once per source tree, each in its own process, interleaved over ``--repeats``; prints the median
+seconds per method (maps, localisation and deletion/insertion together), the ablation, the sanity
+check and the total. ``--before SRC`` is the ``src`` folder of an earlier checkout, e.g.::
 
-    python benchmarks/bench_evaluate.py RUN DATA [--images 300] [--subsets all 60] [--threads N]
+    git worktree add /tmp/vebi-before 89ff194
+    python benchmarks/bench_evaluate.py runs/demo --before /tmp/vebi-before/src [--repeats 3] [--threads 2]
 
-RUN: a run folder (e.g. ``runs/demo/run`` after ``vebi demo``), DATA: the an8Flower data folder
-(its ``images/test`` and ``masks/test`` are used).
+Each tree evaluates with its own demo settings, so the table shows what a user of each version
+waits for.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
 from pathlib import Path
 
-import torch
+HERE = Path(__file__).resolve().parents[1] / "src"
 
+CHILD = """
+import json, sys, torch
+from pathlib import Path
+if int(sys.argv[2]):
+    torch.set_num_threads(int(sys.argv[2]))
+from vebi.demo import DemoConfig, stages
 from vebi.evaluate.runner import evaluate_run
+stage = next(s for s in stages(DemoConfig(), Path(sys.argv[1])) if not callable(s) and s.step == "evaluate")
+options = dict(stage.options)
+result = evaluate_run(options.pop("run"), progress=False, **options)
+print(json.dumps({"timings": result.timings, "settings": {k: result.settings.get(k) for k in
+      ("steps", "faithfulness_images", "sanity_images", "method_options")}}))
+"""
+
+
+def run(src: Path, demo: Path, threads: int) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    out = subprocess.run([sys.executable, "-c", CHILD, str(demo), str(threads)], env=env, check=True,
+                         capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", type=Path)
-    parser.add_argument("data", type=Path)
-    parser.add_argument("--images", type=int, default=300)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--sanity-images", type=int, default=8)
-    parser.add_argument("--subsets", nargs="+", default=["all", "60"], help="faithfulness images: 'all' or a count")
+    parser.add_argument("demo", type=Path, help="a folder written by `vebi demo --out DEMO`")
+    parser.add_argument("--before", type=Path, help="the src folder of an earlier checkout")
+    parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    timings = {}
-    for subset in args.subsets:
-        result = evaluate_run(args.run, args.data / "images" / "test", masks=args.data / "masks" / "test",
-                              max_images=args.images, steps=args.steps, sanity=args.sanity_images > 0,
-                              sanity_images=max(args.sanity_images, 1), seed=0, progress=False,
-                              faithfulness_images=None if subset == "all" else int(subset))
-        timings[subset] = result.timings
-    keys = list(next(iter(timings.values())))
-    print(f"{args.images} images, {args.steps} curve steps, {torch.get_num_threads()} threads; seconds")
-    header = f"{'faithfulness images':<22}" + "".join(f"{s:>10}" for s in args.subsets)
+    trees = {"before": args.before, "now": HERE} if args.before else {"now": HERE}
+    runs: dict[str, list[dict]] = {name: [] for name in trees}
+    for _ in range(args.repeats):
+        for name, src in trees.items():
+            runs[name].append(run(src, args.demo, args.threads))
+    for name, results in runs.items():
+        print(f"{name}: {json.dumps(results[0]['settings'])}")
+    keys = list(dict.fromkeys(k for results in runs.values() for r in results for k in r["timings"]))
+    med = {name: {k: statistics.median(r["timings"].get(k, float("nan")) for r in results) for k in keys}
+           for name, results in runs.items()}
+    print(f"median of {args.repeats} run(s), threads {args.threads or 'default'}; seconds")
+    header = f"{'':<22}" + "".join(f"{n:>10}" for n in trees)
     print(header)
     print("-" * len(header))
     for key in keys:
-        print(f"{key:<22}" + "".join(f"{timings[s].get(key, float('nan')):>10.1f}" for s in args.subsets))
-    first = args.subsets[0]
-    print(f"{'total / ' + first:<22}" + "".join(f"{timings[s]['total'] / timings[first]['total']:>10.2f}"
-                                              for s in args.subsets))
+        print(f"{key:<22}" + "".join(f"{med[n][key]:>10.1f}" for n in trees))
+    first = next(iter(trees))
+    print(f"{'total / ' + first:<22}" + "".join(f"{med[n]['total'] / med[first]['total']:>10.2f}" for n in trees))
 
 
 if __name__ == "__main__":
