@@ -151,7 +151,9 @@ def test_inactive_constraint_rank_deficient_gives_least_l1_minimiser(
         assert abs(float(W[:, j].abs().sum()) - l1) <= 1e-6 * l1
 
 
-def test_several_working_set_rounds_and_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("few", [2, 8, 10**6])  # 10**6: the sets always double
+def test_several_working_set_rounds_and_chunks(few: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lasso, "_FEW", few)
     monkeypatch.setattr(lasso, "_FIRST_SET", 4)
     monkeypatch.setattr(lasso, "_MIN_GROWTH", 4)
     monkeypatch.setattr(lasso, "_CPU_CHUNK_BYTES", 8 * 2 * 40 * 40 * 3)  # a few classes per chunk
@@ -161,6 +163,14 @@ def test_several_working_set_rounds_and_chunks(monkeypatch: pytest.MonkeyPatch) 
     f_ref = objective(G, B, spams_reference(G, B, 4.0))
     assert relative(objective(G, B, W), f_ref) <= 1e-9
     assert int((W != 0).sum(0).max()) > 4  # more actives than the first working set held
+
+
+def test_working_sets_double_while_many_features_violate_then_add_four_per_violator() -> None:
+    sizes = torch.tensor([512, 512, 128, 128])
+    violators = torch.tensor([16, 100, 1000, 3])
+    # 16 * 8 <= 512: few, 4 * 16; 100 * 8 > 512: double; 3 violators: at least _MIN_GROWTH
+    assert lasso._growth(sizes, violators).tolist() == [64, 512, 128, lasso._MIN_GROWTH]
+    assert lasso._growth(torch.tensor([512]), torch.tensor([40])).tolist() == [160]
 
 
 @pytest.mark.parametrize("solver", SOLVERS)
