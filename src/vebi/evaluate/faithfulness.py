@@ -24,7 +24,7 @@ every map, random ones included.)
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,7 +121,7 @@ def perturbation_curves(
     t = target.to(device=device, dtype=torch.long)
 
     # each distinct image set once: (the curve points it gives, how to make it); points are (curve, step)
-    jobs: list[tuple[list[tuple[int, int]], Any]] = [([(0, 0), (1, steps)], lambda: x)]
+    jobs: list[tuple[list[tuple[int, int]], Callable[[], Tensor]]] = [([(0, 0), (1, steps)], lambda: x)]
     jobs.append(([(0, steps), (1, 0)] if start is removed else [(0, steps)], lambda: removed))
     if start is not removed:
         jobs.append(([(1, 0)], lambda: start))
