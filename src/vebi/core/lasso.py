@@ -56,7 +56,8 @@ SOLVERS = ("auto", "torch", "spams")
 
 _FIRST_SET = 128  # initial working-set size per class
 _MIN_GROWTH = 64  # features added per round at least
-_FEW = 8  # violators at most 1/_FEW of a working set: add 4 per violator instead of doubling
+_FEW = 8  # violators at most 1/_FEW of a working set: add _PER_VIOLATOR each instead of doubling
+_PER_VIOLATOR = 4
 _REFRESH = 64  # steps between recomputations of the correlations from the weights
 _DEGENERATE = 1e-10  # a feature this close (relative Schur complement) to the active span stays out
 _END = 1e-9  # an event at lam <= _END * lam_start is the end of the path
@@ -372,7 +373,7 @@ def _growth(sizes: Tensor, violators: Tensor) -> Tensor:
     """Features each failing class adds: as many as it has (the set doubles) while many features break
     optimality; max(_MIN_GROWTH, 4 x violators) once they are few (at most 1/8 of the set)."""
     few = violators * _FEW <= sizes
-    return torch.where(few, (_FEW // 2 * violators).clamp_min(_MIN_GROWTH), sizes.clamp_min(_MIN_GROWTH))
+    return torch.where(few, (_PER_VIOLATOR * violators).clamp_min(_MIN_GROWTH), sizes.clamp_min(_MIN_GROWTH))
 
 
 def _violations(G: Tensor, B: Tensor, W: Tensor, V: Tensor, lam: Tensor, tol: float) -> Tensor:

@@ -272,23 +272,14 @@ def default_methods() -> tuple[str, ...]:
 def _method_overrides(options: Mapping[str, Mapping[str, Any]] | None,
                       chosen: Sequence[str]) -> dict[str, dict[str, Any]]:
     """``options`` checked against the evaluated methods and their declared options."""
-    from vebi.methods import method_options
+    from vebi.methods.registry import check_options
 
     out: dict[str, dict[str, Any]] = {}
     for name, values in (options or {}).items():
         if name not in chosen:
             raise VebiError(f"options given for method {name!r}, which is not evaluated "
                             f"(evaluated: {', '.join(chosen) or 'none'})")
-        known = method_options(name)
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise VebiError(f"method {name!r} has no option {', '.join(unknown)} "
-                            f"(its options: {', '.join(sorted(known)) or 'none'})")
-        for option, value in values.items():
-            default = known[option]
-            kinds = (type(default), type(value))
-            if default is not None and kinds[0] is not kinds[1] and kinds != (float, int):
-                raise VebiError(f"option {option} of method {name!r} takes a {kinds[0].__name__}, got {value!r}")
+        check_options(name, dict(values))
         out[name] = dict(values)
     return out
 

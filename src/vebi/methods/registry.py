@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import torch
@@ -135,15 +135,32 @@ def method_options(name: str) -> dict[str, Any]:
     return {f.name: f.default for f in option_fields(_method_class(name))}
 
 
+def _check_declared(name: str, options: Iterable[str]) -> None:
+    known = method_options(name)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        allowed = ", ".join(sorted(known)) or "none"
+        raise VebiError(f"method {name!r} has no option {', '.join(unknown)} (its options: {allowed})")
+
+
+def check_options(name: str, options: dict[str, Any]) -> None:
+    """Raise unless method ``name`` declares every option and each value has its default's type
+    (an int where the default is a float is accepted; options defaulting to None take anything)."""
+    _check_declared(name, options)
+    known = method_options(name)
+    for option, value in options.items():
+        kinds = (type(known[option]), type(value))
+        if known[option] is not None and kinds[0] is not kinds[1] and kinds != (float, int):
+            raise VebiError(f"option {option} of method {name!r} takes a {kinds[0].__name__}, got {value!r}")
+
+
 def build_method(name: str, relevance: Relevance | None = None, *, strict: bool = True, **options: Any) -> Method:
     """Method ``name`` with ``options``; ``strict=False`` drops options the method does not declare
     (for settings shared by several methods, e.g. ``top_k``)."""
     cls = _method_class(name)
+    if strict:
+        _check_declared(name, options)
     known = {f.name for f in option_fields(cls)}
-    unknown = sorted(set(options) - known)
-    if unknown and strict:
-        allowed = ", ".join(sorted(known)) or "none"
-        raise VebiError(f"method {name!r} has no option {', '.join(unknown)} (its options: {allowed})")
     kwargs = {k: v for k, v in options.items() if k in known}
     if cls.needs_relevance:
         if relevance is None:
