@@ -38,7 +38,7 @@ def _method_options(items: list[str] | None) -> dict[str, dict[str, object]]:
         method, _, option = key.partition(".")
         if "=" not in item or not method.strip() or not option.strip():
             raise VebiError(f"--method-option {item!r} is not of the form METHOD.OPTION=VALUE "
-                            "(e.g. integrated_gradients.steps=16)")
+                            "(e.g. integrated_gradients.steps=8)")
         out.setdefault(method.strip(), {}).update(parse_model_args([f"{option.strip()}={value}"]))
     return out
 
