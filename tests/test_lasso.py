@@ -325,3 +325,35 @@ def test_auto_leaves_spams_when_its_copy_of_g_does_not_fit(monkeypatch) -> None:
     monkeypatch.setattr(lasso, "_spams", no_spams)
     W = solve_mu_lasso(G, B, 1.5)
     assert relative(objective(G, B, W), objective(G, B, spams_reference(G, B, 1.5))) <= 1e-9
+
+
+def test_cpu_working_sets_batch_as_many_classes_as_the_budget_leaves_room_for() -> None:
+    m, C, cpu = 4224, 1000, torch.device("cpu")
+    need = lasso.working_memory(m, C, m, "torch")  # counts the least chunk
+    assert lasso._chunk_bytes(m, C, m, cpu, need) == lasso._MIN_CHUNK_BYTES
+    assert lasso._chunk_bytes(m, C, m, cpu, need + 2**27) == lasso._MIN_CHUNK_BYTES + 2**27
+    assert lasso._chunk_bytes(m, C, m, cpu, need + 2**40) == lasso._CPU_CHUNK_BYTES
+    rows = [lasso._chunk_rows(cpu, 1024, False, lasso._chunk_bytes(m, C, m, cpu, need + extra)) for extra in (0, 2**40)]
+    assert rows[0] < rows[1]
+
+
+def test_a_tight_budget_solves_the_same_in_smaller_batches(monkeypatch) -> None:
+    X, L = layered_problem(150, (8, 8, 24), 7, seed=5)
+    G, B = stats(X, L)
+    m, C = B.shape
+    monkeypatch.setattr(lasso, "_MIN_CHUNK_BYTES", 8 * 2 * 40 * 40)  # one class per batch at the least
+    monkeypatch.setattr(lasso, "_DENSE_CPU_MAX", 0)
+    batches: list[int] = []
+    homotopy = lasso._homotopy
+
+    def counted(G, bt, *args):
+        batches.append(bt.shape[0])
+        return homotopy(G, bt, *args)
+
+    monkeypatch.setattr(lasso, "_homotopy", counted)
+    loose = solve_mu_lasso(G, B, 4.0, solver="torch")
+    assert max(batches) > 1
+    batches.clear()
+    tight = solve_mu_lasso(G, B, 4.0, solver="torch", memory_budget=lasso.working_memory(m, C, m, "torch"))
+    assert max(batches) == 1
+    torch.testing.assert_close(tight, loose, rtol=0, atol=1e-12)

@@ -65,7 +65,8 @@ _IDENTICAL = 1e-12  # features with ||x_i - x_j||^2 <= this * (G_ii + G_jj) coun
 _IDENTICAL_F32 = 1e-6  # the same for a float32 G
 _DIRECTION_TOL = 1e-7  # slack on the least-L1 certificate |G v| <= 1
 _COMPACT = 0.25  # drop finished classes from the batch once this fraction is done
-_CPU_CHUNK_BYTES = 1 << 28  # working sets solved at once on a CPU: 256 MiB beat 128 MiB, 512 MiB and 2 GiB
+_CPU_CHUNK_BYTES = 1 << 30  # working sets solved at once on a CPU, budget permitting (see _chunk_bytes)
+_MIN_CHUNK_BYTES = 1 << 26  # the least, counted by working_memory
 _BLOCK_BYTES = 1 << 26  # rows of G read at once (cast to float64) for products with sparse weights
 _DENSE_CPU_MAX = 1024  # largest m solved in dense mode on a CPU
 _SPAMS_MAX_M = 8192  # "auto" takes SPAMS up to this many features: 3x faster at m = 4224, slower at 15k
@@ -133,7 +134,8 @@ def solve_mu_lasso(
         W[:, todo[~good]] = 0
         todo = todo[~good]
     if todo.numel():
-        W[:, todo] = _solve_torch(G, B[:, todo], allowed, mu, tol, max_steps, progress)
+        chunk = _chunk_bytes(m, C, keep.numel(), dev, memory_budget)
+        W[:, todo] = _solve_torch(G, B[:, todo], allowed, mu, tol, max_steps, progress, chunk)
     return W.to(gram.device)
 
 
@@ -148,7 +150,7 @@ def working_memory(m: int, classes: int, distinct: int, solver: str) -> int:
     per_class = 4 * 8 * m * classes + m * classes
     if solver == "spams":
         return _SPAMS_COPIES * 8 * distinct * distinct + per_class
-    chunk = min(_CPU_CHUNK_BYTES, classes * 8 * (2 * distinct * distinct + 16 * distinct))  # see _chunk_rows
+    chunk = min(_MIN_CHUNK_BYTES, classes * 8 * (2 * distinct * distinct + 16 * distinct))  # see _chunk_rows
     return per_class + chunk + min(_BLOCK_BYTES, 8 * m * m)
 
 
@@ -163,6 +165,16 @@ def check_working_memory(m: int, classes: int, distinct: int, solver: str, devic
             f"besides G, more than {format_size(limit)} ({source}); "
             + ("use --solver torch (no copy of G), " if solver == "spams" else "")
             + "restrict the layers (--layer, see `vebi layers`) and collect again, or free memory")
+
+
+def _chunk_bytes(m: int, classes: int, distinct: int, device: torch.device, given: str | int | None) -> int:
+    """Bytes of working sets the CPU homotopy solves at once: _CPU_CHUNK_BYTES where the budget leaves room,
+    down to the _MIN_CHUNK_BYTES that working_memory counts. Larger batches of classes spread each step's
+    Python overhead: 64 MiB, 128, 256, 512 MiB, 1 and 2 GiB took 104, 77, 67, 58, 49 and 52 s on 60
+    classes at m = 4,224 (benchmarks/bench_lasso.py's problem)."""
+    limit, _ = budget(device, given)
+    spare = limit - working_memory(m, classes, distinct, "torch")
+    return int(min(_CPU_CHUNK_BYTES, _MIN_CHUNK_BYTES + max(spare, 0)))
 
 
 def _validated(gram: Tensor, cross: Tensor, mu: float, tol: float) -> tuple[Tensor, Tensor]:
@@ -309,7 +321,8 @@ def _gram_times(G: Tensor, X: Tensor) -> Tensor:
 
 
 def _solve_torch(
-    G: Tensor, B: Tensor, allowed: Tensor, mu: float, tol: float, max_steps: int, progress: bool
+    G: Tensor, B: Tensor, allowed: Tensor, mu: float, tol: float, max_steps: int, progress: bool,
+    chunk_bytes: int,
 ) -> Tensor:
     """The homotopy for every class (columns of B) on the ``allowed`` features; W (m, C)."""
     m, C = B.shape
@@ -334,8 +347,8 @@ def _solve_torch(
             todo, sizes = todo[order], sizes[order]
             start = 0
             while start < todo.numel():
-                reach = _chunk_rows(dev, int(sizes[start]), dense)  # sizes ascend: an upper bound
-                n = _chunk_rows(dev, int(sizes[min(start + reach, todo.numel()) - 1]), dense)
+                reach = _chunk_rows(dev, int(sizes[start]), dense, chunk_bytes)  # sizes ascend: an upper bound
+                n = _chunk_rows(dev, int(sizes[min(start + reach, todo.numel()) - 1]), dense, chunk_bytes)
                 cls = todo[start : start + n]
                 idx, valid = _working_sets(in_set[cls], int(sizes[start : start + n].max()))
                 valid &= allowed[idx]
@@ -413,14 +426,14 @@ def _dense(dev: torch.device, m: int, dtype: torch.dtype = torch.float64) -> boo
     return (dev.type == "cuda" and dtype == torch.float64) or m <= _DENSE_CPU_MAX
 
 
-def _chunk_rows(dev: torch.device, p: int, dense: bool) -> int:
-    """How many classes with working sets of p features to solve at once."""
+def _chunk_rows(dev: torch.device, p: int, dense: bool, cpu_bytes: int) -> int:
+    """How many classes with working sets of p features to solve at once (on a CPU in ``cpu_bytes``)."""
     per_class = 8 * ((1 if dense else 2) * p * p + 16 * p)
     if dev.type == "cuda":
         free, _ = torch.cuda.mem_get_info(dev)
         budget = free // 4
     else:
-        budget = _CPU_CHUNK_BYTES
+        budget = cpu_bytes
     return max(1, budget // per_class)
 
 
@@ -435,7 +448,7 @@ class _Path:
     """n homotopies, one per class, on working sets of p features, actives held in K slots.
 
     `H` is the inverse of the active block of G in slot coordinates (rows and columns of free slots
-    are zero). `GA[:, :, t]` is the column of G of slot t's feature on the working set; without GA
+    are zero). `GA[:, t]` is the row of G of slot t's feature on the working set; without GA
     (dense mode: every class works on all features, p = m) products with G are matrix products.
     """
 
@@ -448,7 +461,7 @@ class _Path:
     lam: Tensor  # (n,)
     lam0: Tensor  # (n,) lam at the start of the path
     l1: Tensor  # (n,)
-    GA: Tensor | None  # (n, p, K)
+    GA: Tensor | None  # (n, K, p): rows, so a product reads each slot's row contiguously
     H: Tensor  # (n, K, K)
     w: Tensor  # (n, K)
     d: Tensor  # (n, K) the path direction H s: dw per unit decrease of lam
@@ -471,7 +484,7 @@ class _Path:
         p = self.b.shape[1]
         k2 = min(2 * K, p)
         if self.GA is not None:
-            self.GA = torch.cat([self.GA, self.GA.new_zeros(n, p, k2 - K)], 2)
+            self.GA = torch.cat([self.GA, self.GA.new_zeros(n, k2 - K, p)], 1)
         H = self.H.new_zeros(n, k2, k2)
         H[:, :K, :K] = self.H
         self.H = H
@@ -480,15 +493,17 @@ class _Path:
             setattr(self, name, torch.cat([t, t.new_zeros(n, k2 - K)], 1))
 
 
-def _mv(M: Tensor, x: Tensor) -> Tensor:
-    return (M @ x.unsqueeze(-1)).squeeze(-1)
+def _vm(x: Tensor, M: Tensor) -> Tensor:
+    """Batched x^T M, (n, S) by (n, S, q) -> (n, q); M x for the symmetric H and G_AA. This form reads M
+    row by row: 3x faster than M @ x on a strided slice M[:, :S, :S] (memory-bound gemv)."""
+    return (x.unsqueeze(1) @ M).squeeze(1)
 
 
 def _times_gram(G: Tensor, st: _Path, x: Tensor) -> Tensor:
     """(n, p): G restricted to each working set times slot vectors x (n, S)."""
     S = x.shape[1]
     if st.GA is not None:
-        return _mv(st.GA[:, :, :S], x)
+        return _vm(x, st.GA[:, :S])
     full = x.new_zeros(st.b.shape).scatter_add_(1, st.pos[:, :S], x * st.alive[:, :S])
     return full @ G  # one matrix product for all classes (G is symmetric)
 
@@ -518,7 +533,7 @@ def _homotopy(
         lam=lam,
         lam0=lam.clone(),
         l1=torch.zeros(n, dtype=dt, device=dev),
-        GA=None if dense else torch.zeros(n, p, K, dtype=dt, device=dev),
+        GA=None if dense else torch.zeros(n, K, p, dtype=dt, device=dev),
         H=torch.zeros(n, K, K, dtype=dt, device=dev),
         w=torch.zeros(n, K, dtype=dt, device=dev),
         d=torch.zeros(n, K, dtype=dt, device=dev),
@@ -553,7 +568,7 @@ def _homotopy(
         steps += 1
         if steps % _REFRESH == 0:
             S = st.used
-            st.d[:, :S] = _mv(st.H[:, :S, :S], st.sign[:, :S])
+            st.d[:, :S] = _vm(st.sign[:, :S], st.H[:, :S, :S])
             st.c = st.b - _times_gram(G, st, st.w[:, :S])
             st.l1 = st.w[:, :S].abs().sum(1)
     return out_w, out_v, out_lam
@@ -608,10 +623,10 @@ def _step(G: Tensor, st: _Path, mu: float) -> None:
 
     # one rank-one update of H per class: H +- z z^T / sigma
     if st.GA is not None:  # G between the joining feature and the active slots
-        g = st.GA[ar, jpos, :S]
+        g = st.GA[ar, :S, jpos]
     else:
         g = G[jpos[:, None], st.pos[:, :S]]
-    u = _mv(HS, g)
+    u = _vm(g, HS)
     gii = st.gdiag[ar, jpos]
     sigma = gii - (g * u).sum(1)  # squared distance of the joining column to the active span
     ok = join & (sigma > _DEGENERATE * gii)
@@ -654,7 +669,7 @@ def _step(G: Tensor, st: _Path, mu: float) -> None:
     if r.numel():
         if st.GA is not None:
             # the joining feature's row of G (= its column): contiguous reads
-            st.GA[r, :, k] = G[st.idx[r, i][:, None], st.idx[r]].double() * st.valid[r]
+            st.GA[r, k] = G[st.idx[r, i][:, None], st.idx[r]].double() * st.valid[r]
         st.w[r, k] = 0
         st.sign[r, k] = torch.sign(st.c[r, i])
         st.pos[r, k] = i
@@ -678,7 +693,7 @@ def _polish(G: Tensor, st: _Path, mu: float, sweeps: int = 3) -> tuple[Tensor, T
     alive = st.alive[:, :S].to(st.b.dtype)
     pos = st.pos[:, :S]
     if st.GA is not None:
-        GAA = torch.gather(st.GA[:, :, :S], 1, pos[:, :, None].expand(-1, -1, S))
+        GAA = torch.gather(st.GA[:, :S], 2, pos[:, None, :].expand(-1, S, -1))
     else:
         GAA = G[pos[:, :, None], pos[:, None, :]]
     GAA = GAA * alive[:, :, None] * alive[:, None, :]
@@ -688,15 +703,15 @@ def _polish(G: Tensor, st: _Path, mu: float, sweeps: int = 3) -> tuple[Tensor, T
     w = st.w[:, :S] * alive
     lam = torch.where(st.constrained, st.lam, 0)
     con = st.constrained.to(w.dtype)
-    v = _mv(H, s)
+    v = _vm(s, H)
     for _ in range(sweeps):
-        v = v + _mv(H, s - _mv(GAA, v))
+        v = v + _vm(s - _vm(v, GAA), H)
     sv = (s * v).sum(1)
     sv = torch.where(sv > 0, sv, 1)
     for _ in range(sweeps):
-        r1 = (bA - lam[:, None] * s - _mv(GAA, w)) * alive
+        r1 = (bA - lam[:, None] * s - _vm(w, GAA)) * alive
         r2 = mu - (s * w).sum(1)
-        Hr = _mv(H, r1)
+        Hr = _vm(r1, H)
         dl = con * ((s * Hr).sum(1) - r2) / sv
         w = w + Hr - dl[:, None] * v
         lam = lam + dl
