@@ -45,7 +45,7 @@ def preserve_model(
     hook_keys = [{name: set(getattr(m, name, {}).keys()) for name in _HOOK_DICTS} for m in modules]
     full_backward = [getattr(m, "_is_full_backward_hook", None) for m in modules]
     try:
-        if eval_mode:
+        if eval_mode and any(training):
             model.eval()
         if freeze:
             for p in params:
@@ -61,14 +61,19 @@ def preserve_model(
                 if hooks is not None:
                     for key in [k for k in hooks if k not in before]:
                         del hooks[key]
-            m.training = flag
-            if hasattr(m, "_is_full_backward_hook"):
+            # nn.Module.__setattr__ is slow (a third of this guard's time on MobileNetV2): set what changed
+            if m.training != flag:
+                m.training = flag
+            if getattr(m, "_is_full_backward_hook", None) is not full:
                 m._is_full_backward_hook = full
         for p, flag, grad in zip(params, requires, grads):
-            p.requires_grad_(flag)
-            p.grad = grad
+            if p.requires_grad != flag:
+                p.requires_grad_(flag)
+            if p.grad is not grad:
+                p.grad = grad
         for m, flag in inplace:
-            m.inplace = flag
+            if m.inplace != flag:
+                m.inplace = flag
 
 
 class HookHandles(list):
