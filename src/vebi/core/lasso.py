@@ -145,7 +145,8 @@ def working_memory(m: int, classes: int, distinct: int, solver: str) -> int:
     SPAMS gets a float64 copy of G on the distinct features and takes about 6 more of its size
     (measured: 11.9 GiB besides a float32 G at m = 15,104, benchmarks/bench_lasso_scale.py); the
     torch solver holds W, the last directions, scores and violations (m x C float64 each), one
-    chunk of classes' working sets and one block of rows of G.
+    batch of classes' working sets (at least _MIN_CHUNK_BYTES, counted here; more where the budget
+    leaves room, see _chunk_bytes) and one block of rows of G.
     """
     per_class = 4 * 8 * m * classes + m * classes
     if solver == "spams":
