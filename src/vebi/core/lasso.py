@@ -69,7 +69,7 @@ _CPU_CHUNK_BYTES = 1 << 30  # working sets solved at once on a CPU, budget permi
 _MIN_CHUNK_BYTES = 1 << 26  # the least, counted by working_memory
 _BLOCK_BYTES = 1 << 26  # rows of G read at once (cast to float64) for products with sparse weights
 _DENSE_CPU_MAX = 1024  # largest m solved in dense mode on a CPU
-_SPAMS_MAX_M = 8192  # "auto" takes SPAMS up to this many features: 3x faster at m = 4224, slower at 15k
+_SPAMS_MAX_M = 8192  # "auto" takes SPAMS up to this many features: 1.9x faster at m = 4224, slower at 15k
 _SPAMS_COPIES = 7  # SPAMS' memory in float64 copies of G (see working_memory)
 
 
