@@ -330,10 +330,10 @@ def test_auto_leaves_spams_when_its_copy_of_g_does_not_fit(monkeypatch) -> None:
 def test_cpu_working_sets_batch_as_many_classes_as_the_budget_leaves_room_for() -> None:
     m, C, cpu = 4224, 1000, torch.device("cpu")
     need = lasso.working_memory(m, C, m, "torch")  # counts the least chunk
-    assert lasso._chunk_bytes(m, C, m, cpu, need) == lasso._MIN_CHUNK_BYTES
-    assert lasso._chunk_bytes(m, C, m, cpu, need + 2**27) == lasso._MIN_CHUNK_BYTES + 2**27
-    assert lasso._chunk_bytes(m, C, m, cpu, need + 2**40) == lasso._CPU_CHUNK_BYTES
-    rows = [lasso._chunk_rows(cpu, 1024, False, lasso._chunk_bytes(m, C, m, cpu, need + extra)) for extra in (0, 2**40)]
+    assert lasso._chunk_bytes(m, C, m, need) == lasso._MIN_CHUNK_BYTES
+    assert lasso._chunk_bytes(m, C, m, need + 2**27) == lasso._MIN_CHUNK_BYTES + 2**27
+    assert lasso._chunk_bytes(m, C, m, need + 2**40) == lasso._CPU_CHUNK_BYTES
+    rows = [lasso._chunk_rows(cpu, 1024, False, lasso._chunk_bytes(m, C, m, need + extra)) for extra in (0, 2**40)]
     assert rows[0] < rows[1]
 
 

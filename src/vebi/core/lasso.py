@@ -123,7 +123,7 @@ def solve_mu_lasso(
     use_spams = solver == "spams" or (
         solver == "auto" and dev.type == "cpu" and keep.numel() <= _SPAMS_MAX_M and _has_spams()
         and working_memory(m, C, keep.numel(), "spams") <= available(dev))
-    check_working_memory(m, C, keep.numel(), "spams" if use_spams else "torch", dev, memory_budget)
+    limit = check_working_memory(m, C, keep.numel(), "spams" if use_spams else "torch", dev, memory_budget)
     allowed = torch.zeros(m, dtype=torch.bool, device=dev)
     allowed[keep] = True
     W = torch.zeros(m, C, dtype=torch.float64, device=dev)
@@ -134,7 +134,7 @@ def solve_mu_lasso(
         W[:, todo[~good]] = 0
         todo = todo[~good]
     if todo.numel():
-        chunk = _chunk_bytes(m, C, keep.numel(), dev, memory_budget)
+        chunk = _chunk_bytes(m, C, keep.numel(), limit)
         W[:, todo] = _solve_torch(G, B[:, todo], allowed, mu, tol, max_steps, progress, chunk)
     return W.to(gram.device)
 
@@ -156,8 +156,9 @@ def working_memory(m: int, classes: int, distinct: int, solver: str) -> int:
 
 
 def check_working_memory(m: int, classes: int, distinct: int, solver: str, device: torch.device,
-                         given: str | int | None = None) -> None:
-    """Refuse, in one line, a fit whose working memory exceeds the budget (see vebi.core.memory.budget)."""
+                         given: str | int | None = None) -> int:
+    """Refuse, in one line, a fit whose working memory exceeds the budget (see vebi.core.memory.budget);
+    return the budget in bytes."""
     need = working_memory(m, classes, distinct, solver)
     limit, source = budget(device, given)
     if need > limit:
@@ -166,14 +167,14 @@ def check_working_memory(m: int, classes: int, distinct: int, solver: str, devic
             f"besides G, more than {format_size(limit)} ({source}); "
             + ("use --solver torch (no copy of G), " if solver == "spams" else "")
             + "restrict the layers (--layer, see `vebi layers`) and collect again, or free memory")
+    return limit
 
 
-def _chunk_bytes(m: int, classes: int, distinct: int, device: torch.device, given: str | int | None) -> int:
+def _chunk_bytes(m: int, classes: int, distinct: int, limit: int) -> int:
     """Bytes of working sets the CPU homotopy solves at once: _CPU_CHUNK_BYTES where the budget leaves room,
-    down to the _MIN_CHUNK_BYTES that working_memory counts. Larger batches of classes spread each step's
-    Python overhead: 64 MiB, 128, 256, 512 MiB, 1 and 2 GiB took 104, 77, 67, 58, 49 and 52 s on 60
-    classes at m = 4,224 (benchmarks/bench_lasso.py's problem)."""
-    limit, _ = budget(device, given)
+    down to the _MIN_CHUNK_BYTES that working_memory counts, in a budget of ``limit`` bytes. Larger batches
+    of classes spread each step's Python overhead: 64 MiB, 128, 256, 512 MiB, 1 and 2 GiB took 104, 77, 67,
+    58, 49 and 52 s on 60 classes at m = 4,224 (benchmarks/bench_lasso.py's problem)."""
     spare = limit - working_memory(m, classes, distinct, "torch")
     return int(min(_CPU_CHUNK_BYTES, _MIN_CHUNK_BYTES + max(spare, 0)))
 
