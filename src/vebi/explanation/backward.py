@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 from torch.overrides import TorchFunctionMode
 
 from vebi.errors import VebiError
@@ -151,31 +152,38 @@ def backward_rules(model: nn.Module, rules: RuleMap, capture: Sequence[str] = ()
     a later in-place operation cannot change the captured value). Forward values are exactly
     those of the plain model. All hooks are removed on exit, also after an exception.
     """
-    named_layers(model, capture)  # VebiError naming close matches for a wrong name
-    wanted = set(capture)
     trace = RuleTrace()
     stack: list[tuple[str, nn.Module]] = []
 
-    def pre_hook(name: str, module: nn.Module) -> Callable[..., None]:
-        def hook(_module: nn.Module, _inputs: Any) -> None:
+    names = {id(module): name for name, module in model.named_modules()}
+
+    def pre_hook(module: nn.Module, _inputs: Any) -> None:
+        name = names.get(id(module))
+        if name is not None:
             stack.append((name, module))
             trace.calls[name] += 1
+
+    def post_hook(module: nn.Module, _inputs: Any, _output: Any) -> None:
+        name = names.get(id(module))
+        if name is not None and stack and stack[-1][0] == name:
+            stack.pop()
+
+    def capture_hook(name: str) -> Callable[..., Tensor | None]:
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> Tensor | None:
+            if not isinstance(output, Tensor):
+                return None
+            trace.outputs[name] = output
+            return output.clone()
         return hook
 
-    def post_hook(name: str) -> Callable[..., Any]:
-        def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
-            if stack and stack[-1][0] == name:
-                stack.pop()
-            if name in wanted and isinstance(output, Tensor):
-                trace.outputs[name] = output
-                return output.clone()
-            return None
-        return hook
-
+    # The current module comes from two global hooks filtered by the model's modules (a third of the
+    # cost of two hooks on each module); captures from hooks on the captured layers, which run after
+    # the model's own hooks there.
     with HookHandles() as handles:
-        for name, module in model.named_modules():
-            handles.append(module.register_forward_pre_hook(pre_hook(name, module)))
-            handles.append(module.register_forward_hook(post_hook(name), always_call=True))
+        handles.append(register_module_forward_pre_hook(pre_hook))
+        handles.append(register_module_forward_hook(post_hook, always_call=True))
+        for name, module in named_layers(model, capture).items():
+            handles.append(module.register_forward_hook(capture_hook(name)))
         with _RuleMode(rules, stack, trace):
             yield trace
     if not rules.functional:
@@ -233,15 +241,18 @@ class RuleForward:
         return torch.zeros_like(self.inputs) if grad is None else grad
 
 
-def forward_with_rules(model: nn.Module, images: Tensor, rules: RuleMap, layers: Sequence[str] = ()) -> RuleForward:
+def forward_with_rules(model: nn.Module, images: Tensor, rules: RuleMap, layers: Sequence[str] = (), *,
+                       guard: bool = True) -> RuleForward:
     """Run ``model(images)`` once under ``rules``, capturing ``layers`` for seeded backward passes.
 
     The pass runs in eval mode (batch norm uses, and does not update, its running statistics);
     the model's training flags and everything else are restored afterwards, also after an error.
+    ``guard=False`` leaves that to a caller that already holds :func:`vebi.hooks.preserve_model`
+    (with eval mode) on ``model``.
     """
     inputs = images.detach().clone().requires_grad_(True)
-    with (preserve_model(model, freeze=False, no_inplace=False), torch.enable_grad(),
-          backward_rules(model, rules, capture=layers) as trace):
+    held = preserve_model(model, freeze=False, no_inplace=False) if guard else contextlib.nullcontext()
+    with held, torch.enable_grad(), backward_rules(model, rules, capture=layers) as trace:
         output = model(inputs)
     missing = [layer for layer in layers if layer not in trace.outputs]
     if missing:
