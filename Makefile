@@ -15,8 +15,8 @@ $(VENV)/.installed: requirements.txt pyproject.toml scripts/setup.sh
 # The numeric tests run a second time on PyTorch's portable CPU kernels (no AVX2/AVX512): a tolerance
 # must hold for any accumulation order, not only this machine's.
 test: setup
-	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
-	ATEN_CPU_CAPABILITY=default $(BIN)/python -m pytest -n 2 --dist loadgroup -q -m numeric
+	$(BIN)/python -m pytest -n 2 --dist loadscope -q
+	ATEN_CPU_CAPABILITY=default $(BIN)/python -m pytest -n 2 --dist loadscope -q -m numeric
 
 demo: setup
 	$(BIN)/vebi demo
