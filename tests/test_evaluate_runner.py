@@ -255,7 +255,7 @@ def test_method_options_reach_the_method_and_are_recorded(tiny):
         evaluate_run(run, method_options={"guided_backprop": {}}, **kw)
     with pytest.raises(VebiError, match="has no option sharpness"):
         evaluate_run(run, method_options={"integrated_gradients": {"sharpness": 2}}, **kw)
-    with pytest.raises(VebiError, match="takes a int"):
+    with pytest.raises(VebiError, match="option steps of method 'integrated_gradients' takes an integer, got 'many'"):
         evaluate_run(run, method_options={"integrated_gradients": {"steps": "many"}}, **kw)
 
 

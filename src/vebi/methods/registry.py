@@ -151,7 +151,9 @@ def check_options(name: str, options: dict[str, Any]) -> None:
     for option, value in options.items():
         kinds = (type(known[option]), type(value))
         if known[option] is not None and kinds[0] is not kinds[1] and kinds != (float, int):
-            raise VebiError(f"option {option} of method {name!r} takes a {kinds[0].__name__}, got {value!r}")
+            kind = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}.get(
+                kinds[0].__name__, f"a {kinds[0].__name__}")
+            raise VebiError(f"option {option} of method {name!r} takes {kind}, got {value!r}")
 
 
 def build_method(name: str, relevance: Relevance | None = None, *, strict: bool = True, **options: Any) -> Method:
