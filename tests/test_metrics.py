@@ -57,6 +57,25 @@ def test_iou_threshold_is_inclusive():
     assert iou_curve(h, m, (0.5,)).item() == 0.5
 
 
+def test_iou_by_counting_equals_thresholding_each_map():
+    """The one-pass count (levels and suffix sums) against the definition, threshold by threshold,
+    with pixels exactly at thresholds, an unsorted and repeated threshold list and an empty mask."""
+    g = torch.Generator().manual_seed(0)
+    h = torch.rand(6, 9, 11, generator=g, dtype=torch.float64) ** 2
+    h[0, :3] = 0.5  # exactly at a threshold
+    h[1] = (h[1] > 0.3).double()  # a map of two values
+    h[:, 0, 0], h[:, -1, -1] = 0.0, 1.0  # already min-max'd, so the definition below reads the same maps
+    m = torch.rand(6, 9, 11, generator=g) > 0.6
+    m[2] = False
+    thresholds = (0.9, 0.05, 0.5, 0.5, 0.25, 0.95)
+    want = torch.empty(6, len(thresholds), dtype=torch.float64)
+    for i, t in enumerate(thresholds):
+        p = h >= t
+        inter, union = (p & m).sum(dim=(1, 2)).double(), (p | m).sum(dim=(1, 2)).double()
+        want[:, i] = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
+    assert torch.equal(iou_curve(h, m, thresholds), want)
+
+
 def test_iou_empty_mask_and_constant_map():
     assert torch.equal(iou_curve(CONSTANT, BOTTOM, THRESHOLDS), torch.zeros(1, 3, dtype=torch.float64))
     assert torch.equal(iou_curve(RAMP, EMPTY, THRESHOLDS), torch.zeros(1, 3, dtype=torch.float64))

@@ -93,20 +93,42 @@ def binarize_masks(masks: Tensor, size: tuple[int, ...] | None = None) -> Tensor
 def iou_curve(heatmaps: Tensor, masks: Tensor, thresholds: Sequence[float], *, empty_iou: float = 1.0) -> Tensor:
     """IoU_t per image and threshold, (B, T) float64 (see the module docstring for the definition)."""
     h = normalize_heatmaps(heatmaps)
-    m = binarize_masks(masks, tuple(h.shape)).to(h.device)
-    out = torch.empty(h.shape[0], len(thresholds), dtype=torch.float64, device=h.device)
-    for i, t in enumerate(thresholds):
-        p = h >= t
-        inter = (p & m).sum(dim=(1, 2)).to(torch.float64)
-        union = (p | m).sum(dim=(1, 2)).to(torch.float64)
-        out[:, i] = torch.where(union > 0, inter / union.clamp_min(1), torch.full_like(union, float(empty_iou)))
-    return out
+    return _iou(h, binarize_masks(masks, tuple(h.shape)).to(h.device), thresholds, empty_iou)
 
 
 def pointing_hits(heatmaps: Tensor, masks: Tensor) -> Tensor:
     """1.0 where the first maximum of the map lies inside the mask, else 0.0; (B,) float64."""
     h = normalize_heatmaps(heatmaps)
-    m = binarize_masks(masks, tuple(h.shape)).to(h.device)
+    return _pointing(h, binarize_masks(masks, tuple(h.shape)).to(h.device))
+
+
+def mass_in_mask(heatmaps: Tensor, masks: Tensor) -> Tensor:
+    """sum(h * M) / sum(h) of the normalised map (0 for an all-zero map); (B,) float64."""
+    h = normalize_heatmaps(heatmaps)
+    return _mass(h, binarize_masks(masks, tuple(h.shape)).to(h.device))
+
+
+def _iou(h: Tensor, m: Tensor, thresholds: Sequence[float], empty_iou: float) -> Tensor:
+    """:func:`iou_curve` of normalised maps h and boolean masks m.
+
+    One pass instead of one per threshold: level(x) = #{t_i <= h(x)}, so [h(x) >= t_i] = [level(x) > i],
+    and |P_i| and |P_i & M| are suffix sums of the per-image histograms of the levels (integer counts,
+    the same as thresholding each map T times)."""
+    ts, order = torch.tensor([float(t) for t in thresholds], dtype=torch.float64, device=h.device).sort()
+    b, count = h.shape[0], ts.numel()
+    level = torch.bucketize(h.reshape(b, -1), ts, right=True)
+    level += torch.arange(b, device=h.device)[:, None] * (count + 1)
+    bins = b * (count + 1)
+    flat_m = m.reshape(b, -1)
+    predicted = torch.bincount(level.flatten(), minlength=bins).view(b, count + 1).flip(1).cumsum(1).flip(1)[:, 1:]
+    inter = torch.bincount(level[flat_m], minlength=bins).view(b, count + 1).flip(1).cumsum(1).flip(1)[:, 1:]
+    union = predicted + flat_m.sum(dim=1, keepdim=True) - inter
+    inter, union = inter.to(torch.float64), union.to(torch.float64)
+    out = torch.where(union > 0, inter / union.clamp_min(1), torch.full_like(union, float(empty_iou)))
+    return out[:, order.argsort()]
+
+
+def _pointing(h: Tensor, m: Tensor) -> Tensor:
     flat = h.flatten(1)
     peak = flat.argmax(dim=1)
     inside = m.flatten(1).gather(1, peak[:, None])[:, 0]
@@ -114,10 +136,7 @@ def pointing_hits(heatmaps: Tensor, masks: Tensor) -> Tensor:
     return (inside & informative).to(torch.float64)
 
 
-def mass_in_mask(heatmaps: Tensor, masks: Tensor) -> Tensor:
-    """sum(h * M) / sum(h) of the normalised map (0 for an all-zero map); (B,) float64."""
-    h = normalize_heatmaps(heatmaps)
-    m = binarize_masks(masks, tuple(h.shape)).to(h.device)
+def _mass(h: Tensor, m: Tensor) -> Tensor:
     total = h.sum(dim=(1, 2))
     inside = (h * m).sum(dim=(1, 2))
     return torch.where(total > 0, inside / total.clamp_min(torch.finfo(torch.float64).tiny), torch.zeros_like(total))
@@ -194,7 +213,8 @@ class _PerImage:
     def _row_shape(self) -> tuple[int, ...]:
         return ()
 
-    def _score(self, heatmaps: Tensor, masks: Tensor) -> Tensor:
+    def _score(self, h: Tensor, m: Tensor) -> Tensor:
+        """Per-image values of normalised maps h (B, H, W) float64 and boolean masks m on h's device."""
         raise VebiError(f"{type(self).__name__} cannot score")
 
     def _same_setup(self, other: _PerImage) -> bool:
@@ -202,9 +222,12 @@ class _PerImage:
 
     def update(self, heatmaps: Tensor, masks: Tensor) -> None:
         """Score a batch: heatmaps (B, H, W) or (B, 1, H, W), masks of the same size."""
-        values = self._score(heatmaps, masks)
-        self._rows.append(values.detach().to("cpu", torch.float64))
-        self._empty_masks += int((~binarize_masks(masks).flatten(1).any(dim=1)).sum())
+        h = normalize_heatmaps(heatmaps)
+        self._update(h, binarize_masks(masks, tuple(h.shape)).to(h.device))
+
+    def _update(self, h: Tensor, m: Tensor) -> None:
+        self._rows.append(self._score(h, m).detach().to("cpu", torch.float64))
+        self._empty_masks += int((~m.flatten(1).any(dim=1)).sum())
 
     def merge(self: _M, other: _M) -> _M:
         """A new metric holding this one's images followed by ``other``'s (both left unchanged)."""
@@ -265,8 +288,8 @@ class IoUSweep(_PerImage):
     def _row_shape(self) -> tuple[int, ...]:
         return (len(self.thresholds),)
 
-    def _score(self, heatmaps: Tensor, masks: Tensor) -> Tensor:
-        return iou_curve(heatmaps, masks, self.thresholds, empty_iou=self.empty_iou)
+    def _score(self, h: Tensor, m: Tensor) -> Tensor:
+        return _iou(h, m, self.thresholds, self.empty_iou)
 
     def _same_setup(self, other: _PerImage) -> bool:
         return (
@@ -294,8 +317,8 @@ class IoUSweep(_PerImage):
 class PointingGame(_PerImage):
     """Streaming pointing game: share of images whose map's maximum lies inside the mask."""
 
-    def _score(self, heatmaps: Tensor, masks: Tensor) -> Tensor:
-        return pointing_hits(heatmaps, masks)
+    def _score(self, h: Tensor, m: Tensor) -> Tensor:
+        return _pointing(h, m)
 
     def compute(self, confidence: float = 0.95) -> Estimate:
         return estimate(self.per_image(), confidence)
@@ -304,8 +327,8 @@ class PointingGame(_PerImage):
 class MassInMask(_PerImage):
     """Streaming share of the (normalised) heatmap's mass that falls inside the mask."""
 
-    def _score(self, heatmaps: Tensor, masks: Tensor) -> Tensor:
-        return mass_in_mask(heatmaps, masks)
+    def _score(self, h: Tensor, m: Tensor) -> Tensor:
+        return _mass(h, m)
 
     def compute(self, confidence: float = 0.95) -> Estimate:
         return estimate(self.per_image(), confidence)
@@ -367,10 +390,9 @@ class Localization:
     def update(self, heatmaps: Tensor, masks: Tensor) -> None:
         """Score a batch: heatmaps (B, H, W) or (B, 1, H, W), masks of the same size."""
         h = normalize_heatmaps(heatmaps)
-        m = binarize_masks(masks, tuple(h.shape))
-        self.iou.update(h, m)
-        self.pointing.update(h, m)
-        self.mass.update(h, m)
+        m = binarize_masks(masks, tuple(h.shape)).to(h.device)
+        for metric in (self.iou, self.pointing, self.mass):
+            metric._update(h, m)
 
     def merge(self, other: Localization) -> Localization:
         """A new accumulator with this one's images followed by ``other``'s."""
