@@ -176,9 +176,9 @@ def backward_rules(model: nn.Module, rules: RuleMap, capture: Sequence[str] = ()
             return output.clone()
         return hook
 
-    # The current module comes from two global hooks filtered by the model's modules (a third of the
-    # cost of two hooks on each module); captures from hooks on the captured layers, which run after
-    # the model's own hooks there.
+    # The current module comes from two global hooks filtered by the model's modules (cheaper than two
+    # hooks on every module: MobileNetV2's forward under rules 80.6 -> 74.6 ms, plain 64.5 ms); captures
+    # from hooks on the captured layers, which run after the model's own hooks there.
     with HookHandles() as handles:
         handles.append(register_module_forward_pre_hook(pre_hook))
         handles.append(register_module_forward_hook(post_hook, always_call=True))
