@@ -14,7 +14,8 @@ is called as the library is normally used (parameters keep
 column is the same call with parameters frozen, as vebi's own passes run. Interleaved repeats,
 medians of per-repeat times; every method is warmed up first. The FLOP columns
 (``torch.utils.flop_counter``: convolutions and matrix products, forward and backward) give the
-same ratios independently of the machine's load.
+same ratios independently of the machine's load. The last two columns time the explanation's forward
+pass under the backward rules alone and a plain graph-recording forward: the rules' bookkeeping.
 
     python benchmarks/bench_explain.py [--model resnet18] [--size 112] [--batches 1 16] [--repeats 5]
         [--threads N] [--device cpu] [--upsample nearest]
@@ -37,6 +38,7 @@ from torch.utils.flop_counter import flop_registry
 
 from vebi.core.features import FeatureSpace
 from vebi.core.relevance import Relevance
+from vebi.explanation.backward import forward_with_rules
 from vebi.explanation.explainer import Explainer
 from vebi.layers import capture_outputs, default_layers
 from vebi.methods.cam import default_cam_layer
@@ -122,8 +124,15 @@ def measure(batch: int, size: int, repeats: int, device: torch.device, last_only
                 p.requires_grad_(True)
                 p.grad = None
 
+    def rules_forward() -> None:  # the explanation's forward pass alone: hooks, rule dispatch, captures
+        forward_with_rules(model, images, explainer.rules, explainer.relevance.space.layers)
+
+    def plain_forward() -> None:  # the same forward without rules, recording a graph to the input
+        with torch.enable_grad():
+            model(images.clone().requires_grad_(True))
+
     methods = {"explain": explain, "gradcam": lambda: grad_cam(False), "gradcam_frozen": lambda: grad_cam(True),
-               "captum_gbp": captum_gbp}
+               "captum_gbp": captum_gbp, "rules_forward": rules_forward, "plain_forward": plain_forward}
     times: dict[str, list[float]] = {name: [] for name in methods}
     result: dict[str, float] = {}
     with warnings.catch_warnings():
@@ -156,7 +165,7 @@ def main() -> None:
           f"median of {args.repeats} interleaved repeats, stride fix upsampling {args.upsample}")
     header = (f"{'model':<13} {'features':<10} {'batch':>5} {'explain s':>10} {'GradCAM s':>10} {'GC frozen s':>11} "
               f"{'Captum GBP s':>12} {'/GradCAM':>9} {'/GC frozen':>10} {'/GBP':>6} {'FLOPs /GC':>10} "
-              f"{'/GC frozen':>10} {'/GBP':>6}")
+              f"{'/GC frozen':>10} {'/GBP':>6} {'fwd rules ms':>12} {'fwd plain ms':>12}")
     print(header)
     print("-" * len(header))
     rows = [(arch, last_only, batch) for arch in args.model for last_only in (False, True) for batch in args.batches]
@@ -167,7 +176,8 @@ def main() -> None:
               f"{t['gradcam']:>10.4f} {t['gradcam_frozen']:>11.4f} {t['captum_gbp']:>12.4f} "
               f"{t['explain'] / t['gradcam']:>9.2f} {t['explain'] / t['gradcam_frozen']:>10.2f} "
               f"{t['explain'] / t['captum_gbp']:>6.2f} {f['explain'] / f['gradcam']:>10.2f} "
-              f"{f['explain'] / f['gradcam_frozen']:>10.2f} {f['explain'] / f['captum_gbp']:>6.2f}")
+              f"{f['explain'] / f['gradcam_frozen']:>10.2f} {f['explain'] / f['captum_gbp']:>6.2f} "
+              f"{t['rules_forward'] * 1e3:>12.1f} {t['plain_forward'] * 1e3:>12.1f}")
     print("targets (issue 17): explain / GradCAM <= 1.6 and explain / Captum GBP <= 1.6 at batch 1 on MobileNetV2 and "
           "ResNet-50 at 224 px, batch 8+ no worse (time ratios; FLOP ratios for reference)")
 
