@@ -28,6 +28,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.numeric)
 
 
+def torchvision_model(name: str, num_classes: int) -> nn.Module:
+    """``torchvision.models.<name>(weights=None, num_classes=...)``; VGG with a 64-wide classifier.
+
+    VGG's classifier (25088 -> 4096 -> 4096 -> classes, 120 M weights) made its tests cost about 30 s of
+    the suite (kaiming init, float64 copies, matrix products) while the tests are about the module
+    structure, which stays: the same Linear-ReLU-Dropout modules under the same names, only narrower.
+    """
+    import torchvision
+
+    model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    if name.startswith("vgg"):
+        c = model.classifier
+        c[0], c[3], c[6] = nn.Linear(c[0].in_features, 64), nn.Linear(64, 64), nn.Linear(64, num_classes)
+    return model
+
+
 def tiny_cnn(num_classes: int = 3, in_channels: int = 3, seed: int = 0) -> nn.Module:
     """Conv-ReLU-Pool-Conv-ReLU-GAP-Linear, seeded."""
     torch.manual_seed(seed)

@@ -17,6 +17,7 @@ from vebi.explanation import backward as bp
 from vebi.explanation import rules, stride_fix
 from vebi.explanation.postprocess import postprocess_gradient
 from vebi.errors import VebiError
+from conftest import torchvision_model
 
 
 def row(*values: float) -> torch.Tensor:
@@ -588,7 +589,7 @@ def test_guided_backprop_without_fix_agrees_with_captum(name, layer):
     from captum.attr import NeuronDeconvolution, NeuronGuidedBackprop
 
     torch.manual_seed(1)
-    model = getattr(torchvision.models, name)(weights=None, num_classes=3).eval()
+    model = torchvision_model(name, 3).eval()
     x = torch.randn(2, 3, 48, 48)
     channels = torch.tensor([3, 7])
 

@@ -18,6 +18,7 @@ from vebi.methods.relevant_features import ActivationMap
 from vebi.errors import VebiError
 from vebi.core.features import FeatureSpace
 from vebi.core.relevance import Relevance
+from conftest import torchvision_model
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -198,10 +199,10 @@ def _tiny_cnn() -> nn.Module:
 
 MODELS = {
     "tiny": (_tiny_cnn, 32),
-    "resnet18": (lambda: torchvision.models.resnet18(weights=None, num_classes=4), 64),
-    "vgg11": (lambda: torchvision.models.vgg11(weights=None, num_classes=4), 64),
+    "resnet18": (lambda: torchvision_model("resnet18", 4), 64),
+    "vgg11": (lambda: torchvision_model("vgg11", 4), 64),
 }
-OPTIONS = {"integrated_gradients": {"steps": 2}}  # the protocol, not the integral: vgg11 in float64 is costly
+OPTIONS = {"integrated_gradients": {"steps": 2}}  # the protocol, not the integral
 
 
 @pytest.fixture(scope="module", params=sorted(MODELS))

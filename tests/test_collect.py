@@ -1,9 +1,8 @@
 import pytest
 import torch
-import torchvision
 from torch import nn
 
-from conftest import tiny_cnn
+from conftest import tiny_cnn, torchvision_model
 from vebi.core.collect import collect
 from vebi.errors import VebiError
 
@@ -53,7 +52,7 @@ def test_model_unchanged_after_exception_inside_the_pass():
 @pytest.mark.parametrize("name", ["vgg11", "resnet18", "mobilenet_v2"])
 def test_default_layers_on_torchvision_models(name):
     torch.manual_seed(0)
-    model = torchvision.models.get_model(name, weights=None, num_classes=4)
+    model = torchvision_model(name, 4)
     images = torch.rand(2, 3, 32, 32)
     stats = collect(model, [(images, torch.tensor([0, 3]))], top_k=2, progress=False)
     assert stats.count == 2 and stats.space.size > 0

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torchvision
 from PIL import Image
 from torch import nn
 
@@ -20,6 +19,7 @@ from vebi.core.features import FeatureSpace
 from vebi.layers import capture_outputs
 from vebi.layers import default_layers
 from vebi.core.relevance import Relevance
+from conftest import torchvision_model
 
 FACTORY = "conftest:tiny_cnn"
 
@@ -174,7 +174,7 @@ def test_torchvision_models_batch_of_four_equals_one_at_a_time(name):
     # float64: in float32 the batch size changes the CPU kernels' accumulation order, and a guided
     # ReLU's gate [x > 0] can flip on an activation within rounding of 0, so batch and single maps
     # may differ by far more than eps; in float64 they agree to the final float32 rounding.
-    model = getattr(torchvision.models, name)(weights=None, num_classes=4).eval().double()
+    model = torchvision_model(name, 4).eval().double()
     images = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     layers = default_layers(model)
     with torch.no_grad(), capture_outputs(model, layers) as acts:
