@@ -285,3 +285,48 @@ def test_bad_inputs():
     with pytest.raises(VebiError, match="target"):
         grad_cam(model, X_CAM, torch.tensor([0, 1]))
     assert torch.equal(grad_cam(model, torch.zeros(1, 1, 2, 2), torch.tensor([0])), torch.zeros(1, 2, 2))  # no NaN
+
+
+# ----------------------------------------------------------------------------- memory layout
+
+
+class _ViewNet(nn.Module):
+    """Conv - ReLU - pool - ``.view`` - linear: a ``.view`` of channels-last maps raises, ``flatten`` does not."""
+
+    def __init__(self, view: bool) -> None:
+        super().__init__()
+        self.view, self.calls = view, 0
+        self.conv, self.relu, self.pool, self.fc = nn.Conv2d(3, 6, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Linear(6 * 6 * 6, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        y = self.pool(self.relu(self.conv(x)))
+        return self.fc(y.view(y.shape[0], -1) if self.view else y.flatten(1))
+
+
+def test_a_model_that_views_its_maps_gets_the_plain_layout_and_the_same_results():
+    from vebi.evaluate.ablation import class_accuracies
+    from vebi.evaluate.faithfulness import perturbation_curves
+
+    torch.manual_seed(0)
+    viewing, flattening = _ViewNet(view=True).eval(), _ViewNet(view=False).eval()
+    flattening.load_state_dict(viewing.state_dict())
+    images, target = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1, 2])
+    for name, options in (("guided_backprop", {}), ("grad_cam", {"layer": "conv"}),
+                          ("integrated_gradients", {"steps": 2})):
+        method = build_method(name, **options)
+        torch.testing.assert_close(method(viewing, images, target), method(flattening, images, target),
+                                   rtol=0, atol=1e-5)
+    heat = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(2))
+    for got, want in zip(perturbation_curves(viewing, images, heat, target, steps=2),
+                         perturbation_curves(flattening, images, heat, target, steps=2), strict=True):
+        torch.testing.assert_close(got, want)
+    sets = [[("conv", 0)], [("conv", 1), ("conv", 2)]]
+    data = [(images, target)]
+    for got, want in zip(class_accuracies(viewing, data, sets, 4, progress=False),
+                         class_accuracies(flattening, data, sets, 4, progress=False), strict=True):
+        assert torch.equal(got, want)
+    # the first channels-last try failed once; from then on the model runs in its own layout
+    viewing.calls = 0
+    build_method("guided_backprop")(viewing, images, target)
+    assert viewing.calls == 1

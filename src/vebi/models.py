@@ -19,14 +19,17 @@ import inspect
 import itertools
 import json
 import sys
+import weakref
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from vebi.errors import VebiError
+
+T = TypeVar("T")
 
 
 def model_device(model: nn.Module, fallback: torch.device | str = "cpu") -> torch.device:
@@ -48,6 +51,27 @@ def fast_layout(images: Tensor) -> Tensor:
     if images.dim() == 4 and images.device.type == "cpu":
         return images.contiguous(memory_format=torch.channels_last)
     return images
+
+
+_PLAIN_LAYOUT: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
+
+
+def in_fast_layout(model: nn.Module, run: Callable[[Tensor], T], images: Tensor) -> T:
+    """``run(images)`` with the images in channels-last order on a CPU (:func:`fast_layout`), or as given
+    for a model that cannot take that order (a ``.view`` of its maps raises): that call is run again
+    with the given layout, and the model keeps it from then on. A leaf that requires grad stays a leaf."""
+    fast = fast_layout(images)
+    if fast is images or _PLAIN_LAYOUT.get(model, False):
+        return run(images)
+    if images.is_leaf and images.requires_grad:
+        fast = fast.detach().requires_grad_(True)
+    try:
+        return run(fast)
+    except RuntimeError as exc:
+        if "view size is not compatible" not in str(exc):
+            raise
+    _PLAIN_LAYOUT[model] = True
+    return run(images)
 
 
 def parse_model_args(items: list[str] | None) -> dict[str, Any]:

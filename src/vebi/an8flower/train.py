@@ -34,7 +34,7 @@ from tqdm import tqdm
 from vebi.io.atomic import write_bytes, write_text
 from vebi.errors import VebiError
 from vebi.an8flower.net import An8Net
-from vebi.models import fast_layout
+from vebi.models import in_fast_layout
 
 FACTORY = "vebi.an8flower.net:an8net"
 
@@ -127,8 +127,8 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
     try:
         correct = 0
         for start in range(0, len(images), batch_size):
-            x = fast_layout(images[start : start + batch_size].to(device).float() / 255.0)
-            correct += int((model(x).argmax(1).cpu() == labels[start : start + batch_size]).sum())
+            x = images[start : start + batch_size].to(device).float() / 255.0
+            correct += int((in_fast_layout(model, model, x).argmax(1).cpu() == labels[start : start + batch_size]).sum())
     finally:
         model.train(was_training)
     return correct / len(images)
@@ -185,7 +185,7 @@ def _train(data, out, config: TrainConfig, device, progress: bool) -> TrainResul
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = An8Net(**args)
-    layout = torch.channels_last if device.type == "cpu" else torch.contiguous_format  # CPU convs: see fast_layout
+    layout = torch.channels_last if device.type == "cpu" else torch.contiguous_format  # CPU convs: see vebi.models.fast_layout
     model.to(device, memory_format=layout).train()
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps = config.epochs * math.ceil(len(x_train) / config.batch_size)

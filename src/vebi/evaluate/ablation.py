@@ -49,7 +49,7 @@ from vebi.core.relevance import Relevance
 from vebi.errors import VebiError
 from vebi.hooks import HookHandles, preserve_model
 from vebi.layers import named_layers
-from vebi.models import fast_layout, model_device, model_dtype
+from vebi.models import in_fast_layout, model_device, model_dtype
 
 FeatureKey = tuple[str, int]
 KINDS = ("positive", "negative", "reference")
@@ -208,11 +208,14 @@ def _ablated_logits(model: nn.Module, x: Tensor, sets: Sequence[Sequence[Feature
 
         return hook
 
-    with HookHandles() as handles:
-        for layer, members in by_layer.items():
-            handles.append(modules[layer].register_forward_hook(make_hook(layer, members)))
-        inputs = x if expand_at is not None else torch.cat([x] * s_count)
-        logits = model(fast_layout(inputs))
+    def run(inputs: Tensor) -> Any:
+        expanded[0] = expand_at is None  # afresh when a first try in channels-last order is run again
+        with HookHandles() as handles:
+            for layer, members in by_layer.items():
+                handles.append(modules[layer].register_forward_hook(make_hook(layer, members)))
+            return model(inputs if expand_at is not None else torch.cat([inputs] * s_count))
+
+    logits = in_fast_layout(model, run, x)
     if not expanded[0] or logits.dim() != 2 or logits.shape[0] != s_count * b:
         if expand_at is not None:
             raise _NotACut

@@ -35,7 +35,7 @@ from torchvision.transforms.functional import gaussian_blur
 from vebi.hooks import preserve_model
 from vebi.errors import VebiError
 from vebi.evaluate.metrics import Estimate, estimate
-from vebi.models import fast_layout, model_device, model_dtype
+from vebi.models import in_fast_layout, model_device, model_dtype
 
 BASELINES: tuple[str, ...] = ("blur", "mean", "zero")
 MIN_ROWS = 64  # images per forward pass of the curves, at least (more for large batches: 2B)
@@ -134,7 +134,7 @@ def perturbation_curves(
     with preserve_model(model, freeze=False, no_inplace=False), torch.no_grad():
         for first in range(0, len(jobs), per_pass):
             group = jobs[first:first + per_pass]
-            logits = model(fast_layout(torch.cat([make() for _, make in group])))
+            logits = in_fast_layout(model, model, torch.cat([make() for _, make in group]))
             if int(t.max()) >= logits.shape[1]:
                 raise VebiError(
                     f"target class {int(t.max())} is out of range for a model with {logits.shape[1]} outputs"

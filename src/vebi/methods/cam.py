@@ -18,7 +18,7 @@ from vebi.explanation.postprocess import postprocess_map
 from vebi.hooks import HookHandles, preserve_model
 from vebi.layers import get_module
 from vebi.methods.registry import Method, class_range_errors, model_inputs, register_method
-from vebi.models import model_device, model_dtype
+from vebi.models import in_fast_layout, model_device, model_dtype
 
 __all__ = ["GradCAM", "GradCAMPlusPlus", "default_cam_layer"]
 
@@ -75,7 +75,8 @@ def _cam(kind: str, model: nn.Module, images: Tensor, target: Tensor, layer: str
         cam = (GradCAM if kind == "gradcam" else GradCAMPlusPlus)(model=model, target_layers=[module])
         try:
             with class_range_errors(model, x, t):
-                maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(c)) for c in t])
+                targets = [ClassifierOutputTarget(int(c)) for c in t]
+                maps = in_fast_layout(model, lambda inputs: cam(input_tensor=inputs, targets=targets), x)
         finally:
             cam.activations_and_grads.release()
     return postprocess_map(torch.from_numpy(maps)).to(images.device)

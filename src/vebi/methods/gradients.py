@@ -19,6 +19,7 @@ from vebi.errors import VebiError
 from vebi.explanation.postprocess import postprocess_gradient
 from vebi.hooks import preserve_model
 from vebi.methods.registry import Method, class_range_errors, model_inputs, register_method
+from vebi.models import in_fast_layout
 
 __all__ = ["Deconvnet", "GuidedBackprop", "IntegratedGradients"]
 
@@ -31,7 +32,7 @@ def _captum(kind: str, model: nn.Module, images: Tensor, target: Tensor, **optio
     with preserve_model(model), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
         with class_range_errors(model, x, t):
-            attributions = cls(model).attribute(x, target=t, **options)
+            attributions = in_fast_layout(model, lambda inputs: cls(model).attribute(inputs, target=t, **options), x)
     return postprocess_gradient(attributions.detach()).to(images.device)
 
 

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from vebi.errors import VebiError
 from vebi.hooks import preserve_model
-from vebi.models import fast_layout, model_device, model_dtype
+from vebi.models import model_device, model_dtype
 
 if TYPE_CHECKING:
     from vebi.classes import ClassMap
@@ -204,11 +204,10 @@ def check_inputs(images: Tensor, target: Tensor) -> None:
 
 
 def model_inputs(model: nn.Module, images: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-    """A private copy of the images on the model's device (requires grad; channels-last on a CPU,
-    see :func:`vebi.models.fast_layout`) and the target there."""
+    """A private copy of the images on the model's device (requires grad) and the target there."""
     check_inputs(images, target)
     device = model_device(model, images.device)
-    x = fast_layout(images.detach().to(device, model_dtype(model, images.dtype), copy=True)).requires_grad_(True)
+    x = images.detach().to(device, model_dtype(model, images.dtype), copy=True).requires_grad_(True)
     return x, target.detach().to(device, torch.long)
 
 
