@@ -60,8 +60,10 @@ def in_fast_layout(model: nn.Module, run: Callable[[Tensor], T], images: Tensor)
     """``run(images)`` with the images in channels-last order on a CPU (:func:`fast_layout`), or as given
     for a model that cannot take that order (a ``.view`` of its maps raises): that call is run again
     with the given layout, and the model keeps it from then on. A leaf that requires grad stays a leaf."""
+    if _PLAIN_LAYOUT.get(model, False):
+        return run(images)
     fast = fast_layout(images)
-    if fast is images or _PLAIN_LAYOUT.get(model, False):
+    if fast is images:
         return run(images)
     if images.is_leaf and images.requires_grad:
         fast = fast.detach().requires_grad_(True)

@@ -92,20 +92,23 @@ def binarize_masks(masks: Tensor, size: tuple[int, ...] | None = None) -> Tensor
 
 def iou_curve(heatmaps: Tensor, masks: Tensor, thresholds: Sequence[float], *, empty_iou: float = 1.0) -> Tensor:
     """IoU_t per image and threshold, (B, T) float64 (see the module docstring for the definition)."""
-    h = normalize_heatmaps(heatmaps)
-    return _iou(h, binarize_masks(masks, tuple(h.shape)).to(h.device), thresholds, empty_iou)
+    return _iou(*_prepared(heatmaps, masks), thresholds, empty_iou)
 
 
 def pointing_hits(heatmaps: Tensor, masks: Tensor) -> Tensor:
     """1.0 where the first maximum of the map lies inside the mask, else 0.0; (B,) float64."""
-    h = normalize_heatmaps(heatmaps)
-    return _pointing(h, binarize_masks(masks, tuple(h.shape)).to(h.device))
+    return _pointing(*_prepared(heatmaps, masks))
 
 
 def mass_in_mask(heatmaps: Tensor, masks: Tensor) -> Tensor:
     """sum(h * M) / sum(h) of the normalised map (0 for an all-zero map); (B,) float64."""
+    return _mass(*_prepared(heatmaps, masks))
+
+
+def _prepared(heatmaps: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
+    """Normalised maps (B, H, W) float64 and boolean masks of the same size on their device."""
     h = normalize_heatmaps(heatmaps)
-    return _mass(h, binarize_masks(masks, tuple(h.shape)).to(h.device))
+    return h, binarize_masks(masks, tuple(h.shape)).to(h.device)
 
 
 def _iou(h: Tensor, m: Tensor, thresholds: Sequence[float], empty_iou: float) -> Tensor:
@@ -120,8 +123,11 @@ def _iou(h: Tensor, m: Tensor, thresholds: Sequence[float], empty_iou: float) ->
     level += torch.arange(b, device=h.device)[:, None] * (count + 1)
     bins = b * (count + 1)
     flat_m = m.reshape(b, -1)
-    predicted = torch.bincount(level.flatten(), minlength=bins).view(b, count + 1).flip(1).cumsum(1).flip(1)[:, 1:]
-    inter = torch.bincount(level[flat_m], minlength=bins).view(b, count + 1).flip(1).cumsum(1).flip(1)[:, 1:]
+
+    def above(levels: Tensor) -> Tensor:  # (B, T): per image, how many of ``levels`` exceed i
+        return torch.bincount(levels, minlength=bins).view(b, count + 1).flip(1).cumsum(1).flip(1)[:, 1:]
+
+    predicted, inter = above(level.flatten()), above(level[flat_m])
     union = predicted + flat_m.sum(dim=1, keepdim=True) - inter
     inter, union = inter.to(torch.float64), union.to(torch.float64)
     out = torch.where(union > 0, inter / union.clamp_min(1), torch.full_like(union, float(empty_iou)))
@@ -222,8 +228,7 @@ class _PerImage:
 
     def update(self, heatmaps: Tensor, masks: Tensor) -> None:
         """Score a batch: heatmaps (B, H, W) or (B, 1, H, W), masks of the same size."""
-        h = normalize_heatmaps(heatmaps)
-        self._update(h, binarize_masks(masks, tuple(h.shape)).to(h.device))
+        self._update(*_prepared(heatmaps, masks))
 
     def _update(self, h: Tensor, m: Tensor) -> None:
         self._rows.append(self._score(h, m).detach().to("cpu", torch.float64))
@@ -389,8 +394,7 @@ class Localization:
 
     def update(self, heatmaps: Tensor, masks: Tensor) -> None:
         """Score a batch: heatmaps (B, H, W) or (B, 1, H, W), masks of the same size."""
-        h = normalize_heatmaps(heatmaps)
-        m = binarize_masks(masks, tuple(h.shape)).to(h.device)
+        h, m = _prepared(heatmaps, masks)
         for metric in (self.iou, self.pointing, self.mass):
             metric._update(h, m)
 
