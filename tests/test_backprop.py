@@ -563,6 +563,40 @@ def test_captures_see_the_models_own_forward_hooks_and_the_rules_still_apply():
         handle.remove()
 
 
+class _ChangesCapturesInPlace(nn.Module):
+    """conv (captured) -> its output changed in place by ``how`` -> ReLU -> conv."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.conv, self.relu, self.out, self.how = nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 1, 1), how
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        if self.how == "relu_":
+            y = self.relu(y.relu_())
+        elif self.how == "iadd":
+            y += 1.0
+        elif self.how == "view":
+            y[:, :, :2] *= -1.0
+        return self.out(self.relu(y))
+
+
+@pytest.mark.parametrize("how", ["relu_", "iadd", "view"])
+def test_a_captured_output_changed_in_place_later_keeps_its_values_and_its_place_in_the_graph(how):
+    torch.manual_seed(0)
+    model = _ChangesCapturesInPlace(how)
+    x = torch.randn(2, 2, 6, 6)
+    with torch.no_grad():
+        expected = model.conv(x)
+    fw = bp.forward_with_rules(model, x, bp.guided_rules(), ["conv"])
+    torch.testing.assert_close(fw.activations["conv"], expected, rtol=0, atol=0)
+    seed = torch.randn_like(expected)
+    # a seed at the conv's output goes back through the conv alone: its plain transposed conv
+    reference = torch.nn.grad.conv2d_input(x.shape, model.conv.weight.detach(), seed, padding=1)
+    torch.testing.assert_close(fw.backward({"conv": seed}), reference)
+    torch.testing.assert_close(fw.output, model.eval()(x))
+
+
 def test_bad_layer_names_and_seeds_raise_vebi_errors():
     model = nn.Sequential(nn.Conv2d(1, 2, 1), nn.ReLU())
     with pytest.raises(VebiError, match="no layer named 'relu'"):

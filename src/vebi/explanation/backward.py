@@ -117,12 +117,21 @@ class _RuleMode(TorchFunctionMode):
         super().__init__()
         self.rules, self.stack, self.trace = rules, stack, trace
         self.watch = SupportWatch()
+        self.captured: dict[int, list[str]] = {}  # storage -> names of captured outputs not yet copied
+
+    def capture(self, name: str, output: Tensor) -> None:
+        """Keep ``output`` as the capture of ``name``; it is copied only if something changes it in place."""
+        self.trace.outputs[name] = output
+        self.captured.setdefault(output.untyped_storage().data_ptr(), []).append(name)
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Mapping | None = None) -> Any:
         kwargs = kwargs or {}
         target = mutated_tensor(func, args, kwargs)
         if target is not None:
             self.watch.before_inplace(target)
+            for name in self.captured.pop(target.untyped_storage().data_ptr(), ()):
+                # the clone is recorded on the graph before the change, so seeds still enter it there
+                self.trace.outputs[name] = self.trace.outputs[name].clone()
         entry = OPERATIONS.get(func) if self.stack else None
         if entry is None:
             return func(*args, **kwargs)
@@ -148,12 +157,13 @@ def backward_rules(model: nn.Module, rules: RuleMap, capture: Sequence[str] = ()
     """Record forward passes of ``model`` so that their backward follows ``rules``.
 
     Yields a :class:`RuleTrace`; the outputs of the layers named in ``capture`` land in
-    ``trace.outputs`` (attached to the graph; a clone is passed on to the next module so that
-    a later in-place operation cannot change the captured value). Forward values are exactly
-    those of the plain model. All hooks are removed on exit, also after an exception.
+    ``trace.outputs`` (attached to the graph; copied just before an operation would change them
+    in place, so they keep the layer's values). Forward values are exactly those of the plain
+    model. All hooks are removed on exit, also after an exception.
     """
     trace = RuleTrace()
     stack: list[tuple[str, nn.Module]] = []
+    mode = _RuleMode(rules, stack, trace)
 
     names = {id(module): name for name, module in model.named_modules()}
 
@@ -168,12 +178,10 @@ def backward_rules(model: nn.Module, rules: RuleMap, capture: Sequence[str] = ()
         if name is not None and stack and stack[-1][0] == name:
             stack.pop()
 
-    def capture_hook(name: str) -> Callable[..., Tensor | None]:
-        def hook(_module: nn.Module, _inputs: Any, output: Any) -> Tensor | None:
-            if not isinstance(output, Tensor):
-                return None
-            trace.outputs[name] = output
-            return output.clone()
+    def capture_hook(name: str) -> Callable[..., None]:
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            if isinstance(output, Tensor):
+                mode.capture(name, output)
         return hook
 
     # The current module comes from two global hooks filtered by the model's modules (cheaper than two
@@ -184,7 +192,7 @@ def backward_rules(model: nn.Module, rules: RuleMap, capture: Sequence[str] = ()
         handles.append(register_module_forward_hook(post_hook, always_call=True))
         for name, module in named_layers(model, capture).items():
             handles.append(module.register_forward_hook(capture_hook(name)))
-        with _RuleMode(rules, stack, trace):
+        with mode:
             yield trace
     if not rules.functional:
         missed = sorted({name for (name, op) in trace.functional if op == "relu"})
