@@ -16,6 +16,7 @@ belongs. Two upsamplings (per axis, stride-1 position j, u the upsampled signal)
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,10 +105,10 @@ def stride_fixed_conv_input_grad(
     conv = (weight, (ph, pw), (dh, dw), groups)
     full_rows = (first_h, sh * (ho - 1) + first_h + len(taps_h))
     for rows in _border_ranges(sh, ho, h1, upsample, first_h):  # (exact rows) - (unbounded rows), exact columns
-        band = _upsampled(g, -2, sh, upsample, rows, h1) - _upsampled(g, -2, sh, upsample, rows)
+        band = _upsampled(g, -2, sh, upsample, rows, h1, minus_unbounded=True)
         _add_transposed(gx, _upsampled(band, -1, sw, upsample, (0, w1), w1), (rows[0], 0), *conv)
     for cols in _border_ranges(sw, wo, w1, upsample, first_w):  # unbounded rows, (exact - unbounded) columns
-        band = _upsampled(g, -1, sw, upsample, cols, w1) - _upsampled(g, -1, sw, upsample, cols)
+        band = _upsampled(g, -1, sw, upsample, cols, w1, minus_unbounded=True)
         _add_transposed(gx, _upsampled(band, -2, sh, upsample, full_rows), (full_rows[0], cols[0]), *conv)
     return gx
 
@@ -204,28 +205,44 @@ def _border_ranges(s: int, cells: int, length: int, mode: str, first: int) -> li
     return [(a, b) for a, b in ((first, 0), (start, stop)) if b > a]
 
 
-def _upsampled(x: Tensor, dim: int, s: int, mode: str, positions: tuple[int, int], length: int | None = None) -> Tensor:
-    """x upsampled by s along ``dim`` at stride-1 positions [start, stop).
+def _upsampled(x: Tensor, dim: int, s: int, mode: str, positions: tuple[int, int], length: int | None = None,
+               minus_unbounded: bool = False) -> Tensor:
+    """x upsampled by s along ``dim`` (-2 or -1) at stride-1 positions [start, stop).
 
     ``length`` None: on the unbounded grid (cells outside x are zero); else the fix's
-    upsampling to [0, length) (zero outside it; linear holds the last cell beyond its position).
+    upsampling to [0, length) (zero outside it; linear holds the last cell beyond its position);
+    ``minus_unbounded``: that minus the unbounded grid's. Position j is sum_t w[t, j] x[cell[t, j]]
+    with taps cached per layout: a border band is a few rows or columns, so building the taps op by
+    op cost more than the band itself.
     """
-    n = x.shape[dim]
-    j = torch.arange(*positions, device=x.device)
+    cells, weights = _upsampling_taps(x.shape[dim], s, mode, positions, length, minus_unbounded, x.dtype, x.device)
+    picked = x.index_select(dim, cells.flatten()).unflatten(dim, tuple(cells.shape))
+    return (picked * weights).sum(-2) if dim == -1 else (picked * weights[..., None]).sum(-3)
+
+
+@functools.lru_cache(maxsize=256)
+def _upsampling_taps(n: int, s: int, mode: str, positions: tuple[int, int], length: int | None,
+                     minus_unbounded: bool, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    """(cells, weights), both (taps, positions): the nonzero entries of each row of the (positions, n)
+    matrix M with (M x)[j] = :func:`_upsampled`'s value at stride-1 position j."""
+    j = torch.arange(*positions)
     q = torch.div(j, s, rounding_mode="floor")
     t = (j - s * q).to(torch.float64) / s
     taps = [(q, torch.ones_like(t))] if mode == "nearest" else [(q, 1 - t), (q + 1, t)]
-    shape = [1] * x.dim()
-    shape[dim] = j.numel()
-    out = None
-    for cell, weight in taps:
-        if length is None:
-            weight = weight * ((cell >= 0) & (cell < n))
-        else:
-            weight = weight * ((j >= 0) & (j < length))
-        part = x.index_select(dim, cell.clamp(0, n - 1)) * weight.to(x.dtype).view(shape)
-        out = part if out is None else out + part
-    return out
+
+    def matrix(bounded: bool) -> Tensor:
+        m = torch.zeros(j.numel(), n, dtype=torch.float64)
+        for cell, weight in taps:
+            inside = (j >= 0) & (j < length) if bounded else (cell >= 0) & (cell < n)
+            m.index_put_((torch.arange(j.numel()), cell.clamp(0, n - 1)), weight * inside, accumulate=True)
+        return m
+
+    m = matrix(length is not None)
+    if minus_unbounded:
+        m -= matrix(False)
+    width = max(int((m != 0).sum(dim=1).max()), 1) if m.numel() else 1
+    cells = m.abs().topk(min(width, n), dim=1).indices
+    return cells.T.to(device), m.gather(1, cells).T.to(dtype=dtype, device=device)
 
 
 def _add_transposed(gx: Tensor, patch: Tensor, origin: tuple[int, int], weight: Tensor, padding: tuple[int, int],
