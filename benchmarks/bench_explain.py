@@ -22,14 +22,24 @@ pass under the backward rules alone and a plain graph-recording forward: the rul
     python benchmarks/bench_explain.py --model mobilenet_v2 resnet50 --size 224 --batches 1 8   # issue 17's targets
 
 ``--upsample``: the stride fix's upsampling (default linear; nearest is the authors' demo).
+``--before SRC`` (the ``src`` folder of an earlier checkout, e.g. a ``git worktree``) times the
+explanation and Captum GBP in both trees instead, each tree in its own process, call by call alternately:
+
+    python benchmarks/bench_explain.py --model mobilenet_v2 resnet50 --size 224 --batches 1 --threads 1 \
+        --repeats 15 --before /tmp/vebi-before/src
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
+import sys
 import time
 import warnings
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torchvision
@@ -88,8 +98,9 @@ def _time(fn, device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
-def measure(batch: int, size: int, repeats: int, device: torch.device, last_only: bool,
-            upsample: str = "linear", arch: str = "resnet18") -> dict[str, float]:
+def methods(batch: int, size: int, device: torch.device, last_only: bool, upsample: str = "linear",
+            arch: str = "resnet18") -> dict[str, Callable[[], None]]:
+    """The timed calls on one model and batch: explanation, Grad-CAM (plain and frozen), Captum GBP, forwards."""
     from captum.attr import GuidedBackprop
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -131,21 +142,76 @@ def measure(batch: int, size: int, repeats: int, device: torch.device, last_only
         with torch.enable_grad():
             model(images.clone().requires_grad_(True))
 
-    methods = {"explain": explain, "gradcam": lambda: grad_cam(False), "gradcam_frozen": lambda: grad_cam(True),
-               "captum_gbp": captum_gbp, "rules_forward": rules_forward, "plain_forward": plain_forward}
-    times: dict[str, list[float]] = {name: [] for name in methods}
+    return {"explain": explain, "gradcam": lambda: grad_cam(False), "gradcam_frozen": lambda: grad_cam(True),
+            "captum_gbp": captum_gbp, "rules_forward": rules_forward, "plain_forward": plain_forward}
+
+
+def measure(batch: int, size: int, repeats: int, device: torch.device, last_only: bool,
+            upsample: str = "linear", arch: str = "resnet18") -> dict[str, float]:
+    calls = methods(batch, size, device, last_only, upsample, arch)
+    times: dict[str, list[float]] = {name: [] for name in calls}
     result: dict[str, float] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for name, fn in methods.items():  # warm-up, and the FLOPs of one call (machine-independent)
+        for name, fn in calls.items():  # warm-up, and the FLOPs of one call (machine-independent)
             with _FlopCount() as counter:
                 fn()
             result[f"{name}_flops"] = float(counter.total)
         for _ in range(repeats):
-            for name, fn in methods.items():
+            for name, fn in calls.items():
                 times[name].append(_time(fn, device))
     result.update({name: statistics.median(values) for name, values in times.items()})
     return result
+
+
+def worker(args: argparse.Namespace) -> None:
+    """``--worker``: set up one row's calls, then time the call named on each stdin line (seconds on stdout)."""
+    calls = methods(args.batches[0], args.size, torch.device(args.device), args.last_only, args.upsample, args.model[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in ("explain", "captum_gbp"):
+            calls[name]()
+        print("ready", flush=True)
+        for line in sys.stdin:
+            print(_time(calls[line.strip()], torch.device(args.device)), flush=True)
+
+
+def compare(args: argparse.Namespace) -> None:
+    """``--before SRC``: the explanation and Captum GBP in this checkout and an earlier one, each in its own
+    worker process, call by call alternately (the machine's drift hits both trees alike)."""
+    trees = {"before": args.before.resolve(), "now": Path(__file__).resolve().parents[1] / "src"}
+    print(f"{args.size}x{args.size}, {args.device}, {args.threads or 'default'} threads, median of {args.repeats} "
+          f"calls alternating between the trees, stride fix upsampling {args.upsample}")
+    header = (f"{'model':<13} {'features':<10} {'batch':>5} {'explain before s':>16} {'explain now s':>13} "
+              f"{'now / before':>12} {'/GBP before':>11} {'/GBP now':>8}")
+    print(header)
+    print("-" * len(header))
+    for arch in args.model:
+        for last_only in (False, True):
+            for batch in args.batches:
+                procs = {}
+                for name, src in trees.items():
+                    command = [sys.executable, __file__, "--worker", "--model", arch, "--batches", str(batch),
+                               "--size", str(args.size), "--device", args.device, "--upsample", args.upsample,
+                               "--threads", str(args.threads), *(["--last-only"] if last_only else [])]
+                    procs[name] = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                                   env={**os.environ, "PYTHONPATH": str(src)})
+                    if procs[name].stdout.readline().strip() != "ready":
+                        raise SystemExit(f"the {name} worker failed")
+                times = {(tree, call): [] for tree in trees for call in ("explain", "captum_gbp")}
+                for r in range(args.repeats):
+                    for tree in (list(trees) if r % 2 == 0 else list(trees)[::-1]):
+                        for call in ("explain", "captum_gbp"):
+                            procs[tree].stdin.write(call + "\n")
+                            procs[tree].stdin.flush()
+                            times[(tree, call)].append(float(procs[tree].stdout.readline()))
+                for proc in procs.values():
+                    proc.stdin.close()
+                    proc.wait()
+                t = {key: statistics.median(values) for key, values in times.items()}
+                b, n = t[("before", "explain")], t[("now", "explain")]
+                print(f"{arch:<13} {'last only' if last_only else 'all layers':<10} {batch:>5} {b:>16.4f} {n:>13.4f} "
+                      f"{n / b:>12.3f} {b / t[('before', 'captum_gbp')]:>11.2f} {n / t[('now', 'captum_gbp')]:>8.2f}")
 
 
 def main() -> None:
@@ -157,9 +223,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--upsample", default="linear", choices=("linear", "nearest"))
+    parser.add_argument("--before", type=Path, help="the src folder of an earlier checkout: compare explanation times")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--last-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.worker:
+        return worker(args)
+    if args.before:
+        return compare(args)
     device = torch.device(args.device)
     print(f"{args.size}x{args.size}, {device}, {torch.get_num_threads()} threads, "
           f"median of {args.repeats} interleaved repeats, stride fix upsampling {args.upsample}")
