@@ -34,13 +34,24 @@ def torchvision_model(name: str, num_classes: int) -> nn.Module:
     VGG's classifier (25088 -> 4096 -> 4096 -> classes, 120 M weights) made its tests cost about 30 s of
     the suite (kaiming init, float64 copies, matrix products) while the tests are about the module
     structure, which stays: the same Linear-ReLU-Dropout modules under the same names, only narrower.
+    The wide classifier is not even initialised (2 s per model): VGG is built on the meta device, then
+    its features get real tensors with VGG's own initialisation of convolutions (He, fan-out) and norms.
     """
     import torchvision
 
-    model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
-    if name.startswith("vgg"):
-        c = model.classifier
-        c[0], c[3], c[6] = nn.Linear(c[0].in_features, 64), nn.Linear(64, 64), nn.Linear(64, num_classes)
+    if not name.startswith("vgg"):
+        return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    with torch.device("meta"):
+        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    model.features.to_empty(device="cpu")
+    for m in model.features.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            m.reset_parameters()
+    c = model.classifier
+    c[0], c[3], c[6] = nn.Linear(c[0].in_features, 64), nn.Linear(64, 64), nn.Linear(64, num_classes)
     return model
 
 

@@ -10,7 +10,8 @@ from vebi.layers import capture_outputs, default_layers, list_layers, resolve_la
 
 def test_defaults_sequential_and_vgg():
     assert default_layers(tiny_cnn()) == ["1", "4"]
-    vgg = torchvision.models.vgg16(weights=None)
+    with torch.device("meta"):  # the module structure alone: skip initialising 138 M weights
+        vgg = torchvision.models.vgg16(weights=None)
     names = default_layers(vgg)
     assert len(names) == 13 and names[-1] == "features.29"
     # VGG-16's 13 conv layers give the m = 4224 features of the method's paper
@@ -25,7 +26,8 @@ def test_defaults_resnet_and_mobilenet():
 
 
 def test_resolver_names_patterns_modules_and_errors():
-    model = torchvision.models.vgg11(weights=None)
+    with torch.device("meta"):
+        model = torchvision.models.vgg11(weights=None)
     assert resolve_layers(model, "features.1") == ["features.1"]
     assert resolve_layers(model, ["features.4", model.features[1]]) == ["features.1", "features.4"]
     assert resolve_layers(model, "classifier.*") == [f"classifier.{i}" for i in range(7)]
