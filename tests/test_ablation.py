@@ -11,6 +11,9 @@ from vebi.errors import VebiError
 from vebi.core.features import Feature, FeatureSpace
 from vebi.core.relevance import Relevance, RelevantFeature
 from vebi.evaluate.ablation import (
+    MAX_BATCH,
+    PASS_BYTES,
+    _sets_per_pass,
     _NotACut,
     _ablated_logits,
     ablate,
@@ -287,3 +290,14 @@ def test_experiment_errors():
         class_accuracies(model, [(torch.zeros(1, 6, 1, 1), torch.tensor([5]))], [[]], 2, progress=False)
     with pytest.raises(VebiError, match="max_batch"):
         class_accuracies(model, _data(), [[]], 2, max_batch=0, progress=False)
+
+
+def test_the_default_pass_keeps_its_largest_activation_within_pass_bytes(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setenv("VEBI_MEMORY_BUDGET", "64GiB")  # a machine where free memory does not bind
+    for per_image in (4 << 20, 8 << 20, 300 << 20):  # a 224 px ImageNet model's largest maps, and a huge one
+        sets = _sets_per_pass(cpu, 32, per_image, None)
+        assert sets >= 1 and (sets == 1 or sets * 32 * per_image <= PASS_BYTES)
+    assert _sets_per_pass(cpu, 32, 4 << 20, None) * 32 * (4 << 20) > PASS_BYTES // 2  # not far below it either
+    assert _sets_per_pass(cpu, 32, 1 << 10, None) == MAX_BATCH // 32  # small maps: the row bound
+    assert _sets_per_pass(cpu, 32, 8 << 20, 4096) == 128  # an explicit max_batch is the caller's

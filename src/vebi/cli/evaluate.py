@@ -78,7 +78,8 @@ def evaluate_command(
     ablation_curves: bool = typer.Option(False, "--ablation-curves/--no-ablation-curves", help="ablate every "
                                          "k = 0..n features of each set, not only all n"),
     ablation_batch: int | None = typer.Option(None, "--ablation-batch", help="images per forward pass of the "
-                                              "ablation, feature sets stacked (default: from free memory, <= 1024)"),
+                                              "ablation, feature sets stacked (default: from free memory, <= 1024, "
+                                              "the largest map <= 512 MiB)"),
     sanity: bool = typer.Option(False, "--sanity/--no-sanity", help="cascading randomisation test of every method's "
                                 "maps (layers re-initialised from the output down; Spearman and SSIM)"),
     sanity_images: int = typer.Option(16, "--sanity-images", help="images of the sanity checks (class-balanced)"),

@@ -29,7 +29,8 @@ in its own rows by a (S*B, C, 1, ...) mask at every ablated layer. In eval mode 
 independent, so each row equals the one-set-at-a-time result up to float summation order. If the
 layer's output is not the only path onward (a skip connection around it makes the shapes
 disagree), the images themselves are repeated instead. S*B is bounded by ``max_batch`` (default:
-from the free memory and the largest activation per image, at most 1024).
+from the free memory and the largest activation per image: at most 1024 rows and 512 MiB
+for that activation).
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ from vebi.models import in_fast_layout, model_device, model_dtype
 FeatureKey = tuple[str, int]
 KINDS = ("positive", "negative", "reference")
 MAX_BATCH = 1024
+# bytes of one pass's largest activation: MobileNetV2 at 224 px ran no faster in larger passes, which
+# only took more memory and paged it in anew (see vebi.allocator)
+PASS_BYTES = 512 << 20
 
 __all__ = [
     "KINDS",
@@ -171,8 +175,9 @@ def _sets_per_pass(device: torch.device, batch: int, per_image: int, max_batch: 
         from vebi.core.memory import budget
 
         free, _ = budget(device)
-        # a no-grad forward holds a few activations at once; keep it within a quarter of the budget
-        max_batch = min(MAX_BATCH, max(1, free // 4 // max(4 * per_image, 1)))
+        # a no-grad forward holds a few activations at once; keep it within a quarter of the budget, and
+        # its largest activation within PASS_BYTES
+        max_batch = min(MAX_BATCH, max(1, free // 4 // max(4 * per_image, 1)), max(1, PASS_BYTES // max(per_image, 1)))
     return max(1, int(max_batch) // max(batch, 1))
 
 
