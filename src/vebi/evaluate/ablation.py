@@ -56,7 +56,7 @@ FeatureKey = tuple[str, int]
 KINDS = ("positive", "negative", "reference")
 MAX_BATCH = 1024
 # bytes of one pass's largest activation: MobileNetV2 at 224 px ran no faster in larger passes, which
-# only took more memory and paged it in anew (see vebi.allocator)
+# only took more memory, paged in anew each pass by glibc's malloc (benchmarks/bench_allocator.py)
 PASS_BYTES = 512 << 20
 
 __all__ = [
@@ -177,7 +177,8 @@ def _sets_per_pass(device: torch.device, batch: int, per_image: int, max_batch: 
         free, _ = budget(device)
         # a no-grad forward holds a few activations at once; keep it within a quarter of the budget, and
         # its largest activation within PASS_BYTES
-        max_batch = min(MAX_BATCH, max(1, free // 4 // max(4 * per_image, 1)), max(1, PASS_BYTES // max(per_image, 1)))
+        per_image = max(per_image, 1)
+        max_batch = min(MAX_BATCH, max(1, free // 4 // (4 * per_image)), max(1, PASS_BYTES // per_image))
     return max(1, int(max_batch) // max(batch, 1))
 
 
