@@ -296,6 +296,7 @@ def test_cli_writes_the_folder_and_is_reproducible(tiny, tmp_path, capsys):
     first = (tmp_path / "a" / "results.json").read_bytes()
     assert first == (tmp_path / "b" / "results.json").read_bytes()
     saved = json.loads(first)
+    assert saved["run"] == str(run) and saved["data"].startswith(str(data)) and saved["masks"].startswith(str(data))
     assert saved["settings"]["thresholds"] == [0.3, 0.6] and saved["settings"]["ablation_seeds"] == [1, 2]
     assert saved["images"] == 6 and set(saved["methods"]) == {"vebi", "vebi_feature1", "vebi_feature2",
                                                                "vebi_feature3", "grad_cam"}

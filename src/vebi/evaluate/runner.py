@@ -516,7 +516,7 @@ def evaluate_run(
         "random_label_weights": None if random_label_weights is None else str(random_label_weights),
     }
     return EvaluationResult(
-        run=str(run), data=str(images_root), masks=None if masks_root is None else str(masks_root),
+        run=str(run.root), data=str(images_root), masks=None if masks_root is None else str(masks_root),
         class_names=tuple(relevance.class_names),
         images=len(indices), correct=int(correct_mask.sum()), accuracy=float(correct_mask.double().mean()),
         class_accuracy=tuple(per_class), network=_network_info(info["model"]), settings=settings,
