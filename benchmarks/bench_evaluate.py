@@ -10,7 +10,9 @@ check and the total. ``--before SRC`` is the ``src`` folder of an earlier checko
     python benchmarks/bench_evaluate.py runs/demo --before /tmp/vebi-before/src [--repeats 3] [--threads 2]
 
 Each tree evaluates with its own demo settings, so the table shows what a user of each version
-waits for.
+waits for. ``--preload LIB`` adds, per tree, a column of the same run with ``LD_PRELOAD=LIB`` (the
+allocator the ``vebi`` command chooses itself, see ``vebi.cli._malloc``; the other columns run on
+the system's malloc).
 """
 
 from __future__ import annotations
@@ -40,8 +42,11 @@ print(json.dumps({"timings": result.timings, "settings": {k: result.settings.get
 """
 
 
-def run(src: Path, demo: Path, threads: int) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(src)}
+def run(src: Path, demo: Path, threads: int, preload: str | None) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    env["PYTHONPATH"] = str(src)
+    if preload:
+        env["LD_PRELOAD"] = preload
     out = subprocess.run([sys.executable, "-c", CHILD, str(demo), str(threads)], env=env, check=True,
                          capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -53,12 +58,17 @@ def main() -> None:
     parser.add_argument("--before", type=Path, help="the src folder of an earlier checkout")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
+    parser.add_argument("--preload", help="a malloc library (e.g. libtcmalloc_minimal.so.4's path): one more "
+                        "column per tree with it preloaded")
     args = parser.parse_args()
-    trees = {"before": args.before, "now": HERE} if args.before else {"now": HERE}
+    sources = {"before": args.before, "now": HERE} if args.before else {"now": HERE}
+    trees = {name: (src, None) for name, src in sources.items()}
+    if args.preload:
+        trees.update({f"{name}+pre": (src, args.preload) for name, src in sources.items()})
     runs: dict[str, list[dict]] = {name: [] for name in trees}
     for _ in range(args.repeats):
-        for name, src in trees.items():
-            runs[name].append(run(src, args.demo, args.threads))
+        for name, (src, preload) in trees.items():
+            runs[name].append(run(src, args.demo, args.threads, preload))
     for name, results in runs.items():
         print(f"{name}: {json.dumps(results[0]['settings'])}")
     keys = list(dict.fromkeys(k for results in runs.values() for r in results for k in r["timings"]))

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import typer
 
+from vebi.cli._malloc import reexec_on_tcmalloc
 from vebi.errors import VebiError, VebiWarning
 
 app = typer.Typer(
@@ -82,5 +83,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    """``console_scripts`` target."""
+    """``console_scripts`` target: on tcmalloc when the machine has it (:mod:`vebi.cli._malloc`)."""
+    reexec_on_tcmalloc(sys.argv[1:])
     sys.exit(main())
