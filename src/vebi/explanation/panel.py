@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 from vebi.explanation.result import Explanation
-from vebi.interpretation.drawing import to_pil
+from vebi.interpretation.drawing import colored, to_pil
 from vebi.io.atomic import write_bytes
 
 __all__ = ["CELL", "HEATMAP_COLORMAP", "cell_box", "panel_image", "write_panel"]
@@ -75,10 +75,7 @@ def write_panel(path: str | Path, image: Tensor, explanation: Explanation) -> No
 
 def _heatmap(values: Tensor) -> Image.Image:
     """(H, W) in [0, 1] through :data:`HEATMAP_COLORMAP`."""
-    from matplotlib import colormaps
-
-    colors = colormaps[HEATMAP_COLORMAP](np.clip(values.detach().float().cpu().numpy(), 0, 1), bytes=True)
-    return Image.fromarray(np.ascontiguousarray(colors[..., :3]))
+    return colored(np.clip(values.detach().float().cpu().numpy(), 0, 1), HEATMAP_COLORMAP)
 
 
 @functools.lru_cache(maxsize=8)

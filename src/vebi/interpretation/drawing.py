@@ -6,13 +6,14 @@ import io
 import re
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from vebi.interpretation.crops import Interpretation
 from vebi.io.atomic import write_bytes
 
-__all__ = ["crop_strip", "save_pil", "slug", "to_pil", "write_grid", "write_png"]
+__all__ = ["colored", "crop_strip", "save_pil", "slug", "to_pil", "write_grid", "write_png"]
 
 _GRID_COLUMNS = 8
 
@@ -27,6 +28,13 @@ def to_pil(image: torch.Tensor) -> Image.Image:
     if array.shape[0] < 3:
         return Image.fromarray(array[0].numpy())
     return Image.fromarray(array[:3].permute(1, 2, 0).contiguous().numpy())
+
+
+def colored(values: np.ndarray, colormap: str) -> Image.Image:
+    """An (H, W) array in [0, 1] through matplotlib's ``colormap`` as an RGB picture."""
+    from matplotlib import colormaps
+
+    return Image.fromarray(np.ascontiguousarray(colormaps[colormap](values, bytes=True)[..., :3]))
 
 
 def write_png(path: Path, image: torch.Tensor) -> None:

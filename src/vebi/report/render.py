@@ -31,6 +31,7 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from vebi import __version__
+from vebi.interpretation.drawing import colored
 from vebi.io.atomic import replace_folder, write_text
 from vebi.errors import VebiError
 from vebi.report import plots
@@ -162,7 +163,7 @@ class _Assets:
         if heat is None:
             self.urls[source] = None
             return
-        Image.fromarray(colormaps[HEATMAP_COLORMAP](heat, bytes=True)[..., :3]).save(self.folder / f"{name}.png")
+        colored(heat, HEATMAP_COLORMAP).save(self.folder / f"{name}.png")
         self.urls[source] = f"{self.prefix}/{name}.png"
 
     def add_overlay(self, source: MapRef | None, image: Path | None, name: str) -> None:
