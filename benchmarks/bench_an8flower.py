@@ -8,15 +8,23 @@
     already in --data) and train the default An8Net on each; prints test accuracy and times
     (target >= 0.95 on both). Takes minutes.
 
+(c) with --before SRC (the ``src`` folder of an earlier checkout): only the 2-process rate, this tree
+    and that one alternately, each in its own process, ``--repeats`` times; prints both and their ratio.
+
     python benchmarks/bench_an8flower.py [--images 240] [--train --data DIR --threads 1]
+    python benchmarks/bench_an8flower.py --before /tmp/vebi-before/src --images 300 --repeats 3
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import shutil
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -47,6 +55,26 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
+def side_by_side(before: Path, images: int, size: int, repeats: int) -> None:
+    """The 2-process rate of this tree and of ``before``, alternately, each in a fresh process."""
+    trees = {"this tree": Path(__file__).resolve().parents[1] / "src", "before": before.resolve()}
+    rates: dict[str, list[float]] = {name: [] for name in trees}
+    cpu: dict[str, list[float]] = {name: [] for name in trees}
+    for _ in range(repeats):
+        for name, src in trees.items():
+            env = {**os.environ, "PYTHONPATH": str(src)}
+            out = subprocess.run([sys.executable, __file__, "--child", "--images", str(images), "--size", str(size)],
+                                 env=env, check=True, capture_output=True, text=True)
+            rate, seconds = json.loads(out.stdout.strip().splitlines()[-1])
+            rates[name].append(rate)
+            cpu[name].append(seconds)
+    print(f"\n{f'{size} px + masks, 2 processes, median of {repeats}':<44}{'images/s':>10}{'CPU ms/image':>14}")
+    for name in trees:
+        print(f"{name:<44}{statistics.median(rates[name]):>10.1f}{1000 * statistics.median(cpu[name]):>14.1f}")
+    ratio = statistics.median(rates["this tree"]) / statistics.median(rates["before"])
+    print(f"{'rate, this tree / before':<44}{ratio:>10.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=240, help="images rendered per throughput run")
@@ -54,7 +82,19 @@ def main() -> None:
     parser.add_argument("--train", action="store_true", help="also generate the default datasets and train (minutes)")
     parser.add_argument("--data", type=Path, default=Path("an8flower-bench"), help="where the --train datasets go")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for training")
+    parser.add_argument("--before", type=Path, help="src folder of an earlier checkout: rates side by side")
+    parser.add_argument("--repeats", type=int, default=3, help="alternations with --before")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+
+    if args.child:
+        print(json.dumps(throughput(args.images, 2, args.size)))
+        return
+    if args.before is not None:
+        print(f"load average before: {' '.join(f'{v:.1f}' for v in os.getloadavg())} on {os.cpu_count()} CPUs")
+        side_by_side(args.before, args.images, args.size, args.repeats)
+        print(f"load average after: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
+        return
 
     print(f"load average before: {' '.join(f'{v:.1f}' for v in os.getloadavg())} on {os.cpu_count()} CPUs")
     two, two_cpu = throughput(args.images, 2, args.size)

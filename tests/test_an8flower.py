@@ -26,7 +26,9 @@ from vebi.an8flower import (
     sample_params,
 )
 from vebi.an8flower.contact import GAP, LABEL_WIDTH, mask_overlay
-from vebi.an8flower.render import probe, render, render_labels
+from vebi.an8flower import render as render_module
+from vebi.an8flower.render import facing, probe, render, render_labels
+from vebi.an8flower.scene import build_scene, scalar_variant
 from vebi.an8flower.variants import variant_from_dict
 from vebi.cli import main
 from vebi.errors import VebiError
@@ -115,6 +117,51 @@ def test_masks_are_exactly_the_visible_pixels_of_each_part(variant, index):
         np.testing.assert_array_equal(changed, expected, err_msg=part)
     # the production render's label map is the same pass
     np.testing.assert_array_equal(render(params, size, spp=4).labels, labels)
+
+
+def _aov_pass(params, size):
+    with scalar_variant() as mi:
+        return render_module._aov_labels(mi, build_scene(params, size, 1), params, size)
+
+
+def _count_fallbacks(monkeypatch) -> list[int]:
+    calls: list[int] = []
+    aov = render_module._aov_labels
+
+    def counted(*args):
+        calls.append(1)
+        return aov(*args)
+
+    monkeypatch.setattr(render_module, "_aov_labels", counted)
+    return calls
+
+
+@pytest.mark.parametrize("variant,index", [(SINGLE_6C, 0), (DOUBLE_12C, 5), (DOUBLE_12C, 17)])
+def test_emitted_labels_equal_mitsubas_shape_index_pass_without_falling_back(variant, index, monkeypatch):
+    params = sample_params(variant, index % len(variant.classes), np.random.default_rng([11, index]))
+    expected = _aov_pass(params, 40)
+    calls = _count_fallbacks(monkeypatch)
+    np.testing.assert_array_equal(render_labels(params, 40), expected)
+    np.testing.assert_array_equal(render(params, 40, spp=4).labels, expected)
+    assert calls == []
+
+
+def test_a_hit_that_emits_no_label_falls_back_to_the_shape_index_pass(monkeypatch):
+    """Without turning the triangles to the camera, back faces are seen and emit nothing."""
+    params = sample_params(SINGLE_6C, 0, np.random.default_rng([11, 0]))
+    expected = _aov_pass(params, 40)
+    calls = _count_fallbacks(monkeypatch)
+    monkeypatch.setattr(render_module, "facing", lambda verts, faces, eye: faces.reshape(-1, 3))
+    np.testing.assert_array_equal(render_labels(params, 40), expected)
+    assert calls == [1]
+
+
+def test_facing_reverses_exactly_the_triangles_that_look_away():
+    verts = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=np.float32)
+    faces = np.array([[0, 1, 2], [0, 2, 1], [0, 1, 3], [0, 3, 1]], dtype=np.uint32)  # normals +z, -z, -y, +y
+    out = facing(verts, faces, np.array([0.2, 0.3, 5.0]))  # eye above the z = 0 plane, on the +y side
+    np.testing.assert_array_equal(out, [[0, 1, 2], [0, 1, 2], [0, 3, 1], [0, 3, 1]])
+    np.testing.assert_array_equal(faces[1], [0, 2, 1])  # the input is left as it was
 
 
 def test_occluded_part_pixels_are_not_in_the_mask():
