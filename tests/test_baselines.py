@@ -330,3 +330,81 @@ def test_a_model_that_views_its_maps_gets_the_plain_layout_and_the_same_results(
     viewing.calls = 0
     build_method("guided_backprop")(viewing, images, target)
     assert viewing.calls == 1
+
+
+# ----------------------------------------------------------------------------- pytorch-grad-cam as reference
+
+def _layer_terms(model: nn.Module, layer: str, x: torch.Tensor, target: torch.Tensor):
+    """The layer's float32 activations and gradients d y_target / d A, as both implementations see them."""
+    from vebi.hooks import preserve_model
+    from vebi.models import in_fast_layout
+
+    module = dict(model.named_modules())[layer]
+    captured = []
+    with preserve_model(model):
+        handle = module.register_forward_hook(lambda _m, _i, out: captured.append(out))
+        try:
+            def run(inputs):
+                logits = model(inputs)
+                return torch.autograd.grad(logits.gather(1, target[:, None]).sum(), captured[-1])[0]
+
+            grads = in_fast_layout(model, run, x.clone().requires_grad_(True))
+        finally:
+            handle.remove()
+    return captured[-1].detach(), grads
+
+
+@pytest.mark.numeric
+@pytest.mark.parametrize("kind", ["gradcam", "gradcampp"])
+@pytest.mark.parametrize("name, layer, size", [("resnet18", "layer4", 96), ("vgg11", "features.17", 64),
+                                               ("an8net", "features.relu5", 112)])
+def test_cam_maps_equal_pytorch_grad_cams_to_float32_rounding(kind, name, layer, size):
+    """Error bound: both sides sum C products per pixel and H*W terms per weight in float32, each sum off
+    by at most gamma_n = n u / (1 - n u) of its sum of |terms| (u = 2^-24), and Grad-CAM++'s per-term
+    ratio by a few u; the min-max to [0, 1] then divides the error by the map's range (at most 4x: the
+    value, its minimum and the range move), and the bilinear resize adds a few u."""
+    from pytorch_grad_cam import GradCAM as TheirGradCAM, GradCAMPlusPlus as TheirGradCAMPlusPlus
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    from vebi.an8flower.net import An8Net
+    from vebi.hooks import preserve_model
+    from vebi.methods.cam import cam_weights
+    from vebi.models import in_fast_layout
+
+    torch.manual_seed(3)
+    model = (An8Net(num_classes=5) if name == "an8net" else torchvision_model(name, 5)).eval()
+    x = torch.rand(3, 3, size, size)
+    target = torch.tensor([0, 3, 4])
+    ours = (grad_cam if kind == "gradcam" else grad_cam_plus_plus)(model, x, target, layer=layer)
+
+    module = dict(model.named_modules())[layer]
+    with preserve_model(model):
+        cam = (TheirGradCAM if kind == "gradcam" else TheirGradCAMPlusPlus)(model=model, target_layers=[module])
+        try:
+            theirs = in_fast_layout(model, lambda inputs: cam(
+                input_tensor=inputs, targets=[ClassifierOutputTarget(int(c)) for c in target]), x.clone().requires_grad_(True))
+        finally:
+            cam.activations_and_grads.release()
+    theirs = minmax(torch.from_numpy(theirs).clamp_min(0))
+
+    a, g = (t.double() for t in _layer_terms(model, layer, x, target))
+    c, hw = a.shape[1], a.shape[2] * a.shape[3]
+    u = 2.0**-24
+    gamma = lambda n: n * u / (1 - n * u)  # noqa: E731
+    weights = cam_weights(kind, a, g)
+    if kind == "gradcam":
+        weight_error = gamma(hw) * g.abs().mean(dim=(2, 3))
+    else:
+        g2 = g.square()
+        ratio = g2 / (2 * g2 + a.sum(dim=(2, 3), keepdim=True) * g2 * g + 1e-6)
+        weight_error = (gamma(hw) + 8 * u) * (g.clamp_min(0) * ratio.abs()).sum(dim=(2, 3))
+    a_abs = a.abs()
+    layer_error = 2 * ((weight_error[:, :, None, None] * a_abs).sum(1)
+                       + gamma(c) * (weights.abs()[:, :, None, None] * a_abs).sum(1)).flatten(1).amax(1)
+    exact = (weights[:, :, None, None] * a).sum(1).clamp_min(0).flatten(1)
+    span = exact.amax(1) - exact.amin(1)
+    compared = span > 100 * layer_error  # a map that is all zero up to rounding has no shape to compare
+    assert int(compared.sum()) >= 2
+    tolerance = 4 * layer_error / span + 8 * u
+    difference = (ours.double() - theirs.double()).flatten(1).abs().amax(1)
+    assert bool((difference <= tolerance)[compared].all()), (difference, tolerance)
+    assert bool((ours.flatten(1).amax(1) == 1)[compared].all())

@@ -1,5 +1,5 @@
 """Explanation methods behind one contract (:mod:`vebi.methods.registry`): vebi's own, and the
-baselines computed by their reference libraries (Captum, pytorch-grad-cam).
+baselines: gradients by Captum, Grad-CAM and Grad-CAM++ here, equal to pytorch-grad-cam's.
 
 Registration order is the order of :func:`method_names`: vebi's methods first.
 """

@@ -1,8 +1,11 @@
-"""Grad-CAM and Grad-CAM++ computed by pytorch-grad-cam, at one layer of the model.
+"""Grad-CAM and Grad-CAM++ at one layer of the model.
 
 Maps are layer-space class activation maps, bilinearly resized to the image and post-processed
 by :func:`vebi.explanation.postprocess.postprocess_map` (positive part, min-max). ``layer=None``
-uses :func:`default_cam_layer`.
+uses :func:`default_cam_layer`. The weights follow pytorch-grad-cam 1.5 (``GradCAM``,
+``GradCAMPlusPlus``), and the maps equal its maps to float32 rounding (tests/test_baselines.py);
+they are computed here because importing that package takes 2-3 s (it loads scikit-learn for
+other CAMs), and here the gradients stop at the layer and the maps stay on the model's device.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vebi.errors import VebiError
@@ -20,7 +24,7 @@ from vebi.layers import get_module
 from vebi.methods.registry import Method, class_range_errors, model_inputs, register_method
 from vebi.models import in_fast_layout, model_device, model_dtype
 
-__all__ = ["GradCAM", "GradCAMPlusPlus", "default_cam_layer"]
+__all__ = ["GradCAM", "GradCAMPlusPlus", "cam_weights", "default_cam_layer"]
 
 _RESAMPLING = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Upsample)
 
@@ -65,27 +69,53 @@ def _module(model: nn.Module, layer: str | nn.Module) -> nn.Module:
     return get_module(model, layer)
 
 
-def _cam(kind: str, model: nn.Module, images: Tensor, target: Tensor, layer: str | nn.Module | None) -> Tensor:
-    from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+def cam_weights(kind: str, activations: Tensor, grads: Tensor) -> Tensor:
+    """(B, C) channel weights from a layer's activations A and gradients g = d y_target / d A, (B, C, H, W).
 
+    ``"gradcam"``: alpha_c = mean_(u,v) g_c. ``"gradcampp"`` (Grad-CAM++, eq. 19 of Chattopadhyay et
+    al.): alpha_c = sum_(u,v) relu(g) a, a = g^2 / (2 g^2 + (sum_(u,v) A_c) g^3 + 1e-6), a = 0 where g = 0.
+    """
+    if kind == "gradcam":
+        return grads.mean(dim=(2, 3))
+    g2 = grads.square()
+    alpha = g2 / (2 * g2 + activations.sum(dim=(2, 3), keepdim=True) * (g2 * grads) + 1e-6)
+    alpha = torch.where(grads != 0, alpha, torch.zeros_like(alpha))
+    return (grads.clamp_min(0) * alpha).sum(dim=(2, 3))
+
+
+def _cam(kind: str, model: nn.Module, images: Tensor, target: Tensor, layer: str | nn.Module | None) -> Tensor:
+    """relu(sum_c alpha_c A_c) at ``layer``, bilinearly resized to the images, then post-processed."""
     x, t = model_inputs(model, images, target)
-    module = _module(model, layer if layer is not None else default_cam_layer(model, images))
-    with preserve_model(model):
-        cam = (GradCAM if kind == "gradcam" else GradCAMPlusPlus)(model=model, target_layers=[module])
-        try:
-            with class_range_errors(model, x, t):
-                targets = [ClassifierOutputTarget(int(c)) for c in t]
-                maps = in_fast_layout(model, lambda inputs: cam(input_tensor=inputs, targets=targets), x)
-        finally:
-            cam.activations_and_grads.release()
-    return postprocess_map(torch.from_numpy(maps)).to(images.device)
+    name = layer if layer is not None else default_cam_layer(model, images)
+    module = _module(model, name)
+    captured: list[Any] = []
+
+    def run(inputs: Tensor) -> Tensor:
+        captured.clear()
+        logits = model(inputs)
+        score = logits.gather(1, t[:, None]).sum()
+        if not captured or not isinstance(captured[0], Tensor) or captured[0].dim() != 4:
+            shape = tuple(captured[0].shape) if captured and isinstance(captured[0], Tensor) else None
+            raise VebiError(f"Grad-CAM needs a (B, C, H, W) output at layer {name!r}, got {shape}")
+        activations = captured[0]
+        if not activations.requires_grad:
+            raise VebiError(f"the output of layer {name!r} does not depend on the input through autograd")
+        (grads,) = torch.autograd.grad(score, activations)
+        activations = activations.detach()
+        cam = (cam_weights(kind, activations, grads)[:, :, None, None] * activations).sum(dim=1).clamp_min(0)
+        return F.interpolate(cam[:, None], size=tuple(inputs.shape[-2:]), mode="bilinear", align_corners=False)[:, 0]
+
+    with preserve_model(model), HookHandles() as handles:
+        handles.append(module.register_forward_hook(lambda _m, _i, output: captured.append(output)))
+        with class_range_errors(model, x, t):
+            maps = in_fast_layout(model, run, x)
+    return postprocess_map(maps).to(images.device)
 
 
 @register_method("grad_cam")
 @dataclass(frozen=True)
 class GradCAM(Method):
-    """Grad-CAM (Selvaraju et al. 2017) via ``pytorch_grad_cam.GradCAM`` at ``layer``.
+    """Grad-CAM (Selvaraju et al. 2017) at ``layer`` (as ``pytorch_grad_cam.GradCAM``).
 
     h = relu(sum_c alpha_c A_c), alpha_c = mean over (u, v) of d y_target / d A_c(u, v), bilinearly
     resized to the image.
@@ -100,8 +130,8 @@ class GradCAM(Method):
 @register_method("grad_cam_plus_plus")
 @dataclass(frozen=True)
 class GradCAMPlusPlus(Method):
-    """Grad-CAM++ (Chattopadhyay et al. 2018) via ``pytorch_grad_cam.GradCAMPlusPlus`` at ``layer``
-    (second-order weighting of positive gradients)."""
+    """Grad-CAM++ (Chattopadhyay et al. 2018) at ``layer`` (as ``pytorch_grad_cam.GradCAMPlusPlus``):
+    second-order weighting of positive gradients, :func:`cam_weights`."""
 
     layer: str | nn.Module | None = None
 
