@@ -423,3 +423,30 @@ def test_error_bars_of_equal_control_accuracies_are_never_negative():
         down, up = error_bar(s.mean, (s.low, s.high))
         assert 0 <= down <= 1e-15 and 0 <= up <= 1e-15
     assert error_bar(0.5, (0.4, 0.7)) == pytest.approx((0.1, 0.2)) and error_bar(0.5, None) == (0.0, 0.0)
+
+
+def test_images_are_read_once_and_the_scores_equal_those_of_reading_them_every_pass(tiny, test_methods, monkeypatch):
+    """The loaded batches serve the methods and the ablation (re-batched to its batch size) when they fit
+    in KEEP_BYTES; with nothing kept every pass reads the files again, with the same results."""
+    import vebi.evaluate.runner as runner
+
+    run, data = tiny
+    reads = [0]
+    original = runner._Subset.__getitem__
+
+    def counted(self, i):
+        reads[0] += 1
+        return original(self, i)
+
+    monkeypatch.setattr(runner._Subset, "__getitem__", counted)
+    kw = dict(trust_model=True, data=data, masks=data, methods=["vebi", "grad_cam", "oracle"], steps=2,
+              batch_size=5, progress=False)
+    kept = evaluate_run(run, **kw)
+    n = kept.images
+    assert reads[0] == n
+    reads[0] = 0
+    monkeypatch.setattr(runner, "KEEP_BYTES", 0)
+    again = evaluate_run(run, **kw)
+    assert reads[0] >= 3 * n  # predictions, methods, ablation (evidence, accuracies, union)
+    assert kept.to_dict() == again.to_dict()
+    assert kept.ablation is not None and kept.ablation == again.ablation

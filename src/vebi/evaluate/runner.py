@@ -63,6 +63,9 @@ from vebi.models import model_device
 __all__ = ["EvaluationResult", "MethodScores", "default_methods", "evaluate_run", "resolve_split"]
 
 SUBSETS = ("correct", "wrong", "all")
+# decoded images and masks kept in memory after the first pass over them, for the other passes
+# (methods, ablation); more than this and every pass reads the files again
+KEEP_BYTES = 1 << 30
 MASK_SUFFIXES = (".png", ".bmp", ".gif", ".tif", ".tiff", ".jpg", ".jpeg", ".webp")
 
 
@@ -238,6 +241,18 @@ class _Subset(Dataset):
         return image, label, i, _load_mask(self.mask_files[i], self.size, tuple(image.shape[-2:]), self.resize)
 
 
+def _batch_bytes(batch: Sequence[Any]) -> int:
+    return sum(t.numel() * t.element_size() for t in batch if isinstance(t, Tensor))
+
+
+def _rebatched(batches: Sequence[Sequence[Any]], size: int) -> list[tuple[Tensor, Tensor]]:
+    """(images, labels) batches of ``size`` (the last one shorter) from loaded batches, in order: the
+    batches a ``DataLoader(..., batch_size=size, shuffle=False)`` over the same images would give."""
+    images = torch.cat([b[0] for b in batches])
+    labels = torch.cat([torch.as_tensor(b[1]) for b in batches])
+    return [(images[i:i + size], labels[i:i + size]) for i in range(0, len(images), size)]
+
+
 def _balanced_subset(labels: Sequence[int], max_images: int | None, seed: int) -> list[int]:
     """All indices, or ``max_images`` of them: classes take turns, each in a seeded random order."""
     n = len(labels)
@@ -403,8 +418,16 @@ def evaluate_run(
     predictions: list[Tensor] = []
     labels: list[Tensor] = []
     first_batch: Tensor | None = None
+    kept: list[Any] | None = []
+    kept_bytes = 0
     with preserve_model(model, freeze=False, no_inplace=False), torch.no_grad():
         for batch in tqdm(loader, desc="predict", unit="batch", disable=not progress):
+            kept_bytes += _batch_bytes(batch)
+            if kept is not None:
+                if kept_bytes <= KEEP_BYTES:
+                    kept.append(batch)
+                else:
+                    kept = None
             x = batch[0].to(dev)
             first_batch = x if first_batch is None else first_batch
             logits = model(x)
@@ -437,7 +460,7 @@ def evaluate_run(
         timings[method.name] = 0.0
     overall = tqdm(total=len(loader), desc=f"evaluate {len(built)} methods", unit="batch", disable=not progress)
     offset = 0
-    for batch in loader:
+    for batch in kept if kept is not None else loader:
         images = batch[0].to(dev)
         b = images.shape[0]
         target = explained[offset:offset + b].to(dev)
@@ -482,8 +505,10 @@ def evaluate_run(
     seeds = tuple(range(int(seed), int(seed) + int(ablation_seeds)))
     study = union = None
     if ablation:
-        ablation_loader = DataLoader(_Subset(dataset, indices, None, size), batch_size=max(batch_size, 64),
-                                     shuffle=False, num_workers=0)
+        ablation_batch_size = max(batch_size, 64)
+        ablation_loader = (_rebatched(kept, ablation_batch_size) if kept is not None else
+                           DataLoader(_Subset(dataset, indices, None, size), batch_size=ablation_batch_size,
+                                      shuffle=False, num_workers=0))
         began = time.perf_counter()
         study = ablation_study(model, ablation_loader, relevance, seeds=seeds, max_features=max_ablation_features,
                                curves=ablation_curves, max_batch=ablation_batch, outputs=outputs,
