@@ -75,13 +75,14 @@ def main() -> None:
     med = {name: {k: statistics.median(r["timings"].get(k, float("nan")) for r in results) for k in keys}
            for name, results in runs.items()}
     print(f"median of {args.repeats} run(s), threads {args.threads or 'default'}; seconds")
-    header = f"{'':<22}" + "".join(f"{n:>10}" for n in trees)
+    width = max(10, *(len(n) + 2 for n in trees))
+    header = f"{'':<22}" + "".join(f"{n:>{width}}" for n in trees)
     print(header)
     print("-" * len(header))
     for key in keys:
-        print(f"{key:<22}" + "".join(f"{med[n][key]:>10.1f}" for n in trees))
+        print(f"{key:<22}" + "".join(f"{med[n][key]:>{width}.1f}" for n in trees))
     first = next(iter(trees))
-    print(f"{'total / ' + first:<22}" + "".join(f"{med[n]['total'] / med[first]['total']:>10.2f}" for n in trees))
+    print(f"{'total / ' + first:<22}" + "".join(f"{med[n]['total'] / med[first]['total']:>{width}.2f}" for n in trees))
 
 
 if __name__ == "__main__":
