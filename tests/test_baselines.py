@@ -285,6 +285,10 @@ def test_bad_inputs():
     with pytest.raises(VebiError, match="target"):
         grad_cam(model, X_CAM, torch.tensor([0, 1]))
     assert torch.equal(grad_cam(model, torch.zeros(1, 1, 2, 2), torch.tensor([0])), torch.zeros(1, 2, 2))  # no NaN
+    with pytest.raises(VebiError, match=r"needs a \(B, C, H, W\) output at layer 3, got \(1, 2\)"):
+        grad_cam(model, X_CAM, torch.tensor([0]), layer="3")  # the Flatten
+    with pytest.raises(VebiError, match=r"layer Linear, got \(1, 2\)"):
+        grad_cam(model, X_CAM, torch.tensor([0]), layer=model[4])
 
 
 # ----------------------------------------------------------------------------- memory layout

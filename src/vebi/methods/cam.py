@@ -86,8 +86,9 @@ def cam_weights(kind: str, activations: Tensor, grads: Tensor) -> Tensor:
 def _cam(kind: str, model: nn.Module, images: Tensor, target: Tensor, layer: str | nn.Module | None) -> Tensor:
     """relu(sum_c alpha_c A_c) at ``layer``, bilinearly resized to the images, then post-processed."""
     x, t = model_inputs(model, images, target)
-    name = layer if layer is not None else default_cam_layer(model, images)
-    module = _module(model, name)
+    layer = layer if layer is not None else default_cam_layer(model, images)
+    module = _module(model, layer)
+    name = layer if isinstance(layer, str) else type(module).__name__
     captured: list[Any] = []
 
     def run(inputs: Tensor) -> Tensor:
@@ -96,10 +97,10 @@ def _cam(kind: str, model: nn.Module, images: Tensor, target: Tensor, layer: str
         score = logits.gather(1, t[:, None]).sum()
         if not captured or not isinstance(captured[0], Tensor) or captured[0].dim() != 4:
             shape = tuple(captured[0].shape) if captured and isinstance(captured[0], Tensor) else None
-            raise VebiError(f"Grad-CAM needs a (B, C, H, W) output at layer {name!r}, got {shape}")
+            raise VebiError(f"Grad-CAM needs a (B, C, H, W) output at layer {name}, got {shape}")
         activations = captured[0]
         if not activations.requires_grad:
-            raise VebiError(f"the output of layer {name!r} does not depend on the input through autograd")
+            raise VebiError(f"the output of layer {name} does not depend on the input through autograd")
         (grads,) = torch.autograd.grad(score, activations)
         activations = activations.detach()
         cam = (cam_weights(kind, activations, grads)[:, :, None, None] * activations).sum(dim=1).clamp_min(0)
