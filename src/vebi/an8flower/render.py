@@ -43,11 +43,15 @@ def part_mask(labels: np.ndarray, parts: tuple[str, ...] | list[str]) -> np.ndar
     return np.isin(labels, [PART_LABELS[p] for p in parts])
 
 
+def _centre_render(mi, scene, params: RenderParams, size: int, integrator: dict) -> np.ndarray:
+    """``integrator``'s output from one ray through each pixel centre."""
+    sensor = mi.load_dict(sensor_dict(params, size, 1, centred=True))
+    return np.asarray(mi.render(scene, integrator=mi.load_dict(integrator), sensor=sensor, spp=1), dtype=np.float64)
+
+
 def _centre_aovs(mi, scene, params: RenderParams, size: int, aovs: str) -> np.ndarray:
     """Mitsuba ``aov`` channels from one ray through each pixel centre."""
-    integrator = mi.load_dict({"type": "aov", "aovs": aovs})
-    sensor = mi.load_dict(sensor_dict(params, size, 1, centred=True))
-    return np.asarray(mi.render(scene, integrator=integrator, sensor=sensor, spp=1), dtype=np.float64)
+    return _centre_render(mi, scene, params, size, {"type": "aov", "aovs": aovs})
 
 
 def _aov_labels(mi, scene, params: RenderParams, size: int) -> np.ndarray:
@@ -63,13 +67,12 @@ def facing(verts: np.ndarray, faces: np.ndarray, eye: np.ndarray) -> np.ndarray:
     """``faces`` (M, 3) with the winding of each triangle whose front side (see
     :func:`vebi.an8flower.meshes.face_normals`) looks away from ``eye`` reversed: n . (eye - v0) >= 0 for all."""
     v = verts.reshape(-1, 3).astype(np.float64)
-    f = faces.reshape(-1, 3).astype(np.uint32)
+    f = faces.reshape(-1, 3).astype(np.uint32)  # a copy: the caller's faces stay as they are
     v0 = v[f[:, 0]]
     normals = np.cross(v[f[:, 1]] - v0, v[f[:, 2]] - v0)
     away = np.einsum("ij,ij->i", normals, np.asarray(eye, dtype=np.float64) - v0) < 0
-    out = f.copy()
-    out[away, 1], out[away, 2] = f[away, 2], f[away, 1]
-    return out
+    f[away, 1:] = f[away][:, [2, 1]]
+    return f
 
 
 def _labels(mi, scene, params: RenderParams, size: int) -> np.ndarray:
@@ -84,9 +87,7 @@ def _labels(mi, scene, params: RenderParams, size: int) -> np.ndarray:
         faces = facing(np.asarray(values[f"{name}.vertex_positions"]), np.asarray(values[f"{name}.faces"]), eye)
         values[f"{name}.faces"] = dr.scalar.ArrayXu(faces.ravel())
     values.update()
-    integrator = mi.load_dict({"type": "path", "max_depth": 1})
-    sensor = mi.load_dict(sensor_dict(params, size, 1, centred=True))
-    rgba = np.asarray(mi.render(scene, integrator=integrator, sensor=sensor, spp=1), dtype=np.float64)
+    rgba = _centre_render(mi, scene, params, size, {"type": "path", "max_depth": 1})
     labels = np.rint(rgba[..., 0])
     whole = np.abs(rgba[..., 0] - labels).max() < 1e-3 and labels.max() <= max(PART_LABELS.values())
     if whole and np.array_equal(labels > 0, rgba[..., 3] > 0.5):
