@@ -178,6 +178,23 @@ def test_constant_maps_and_bad_input():
         cascading_randomisation(tiny_cnn(), _images(0), [Gradient()])
 
 
+def test_average_ranks_equal_scipy_rankdata_with_ties():
+    from scipy.stats import rankdata
+
+    from vebi.evaluate.sanity import average_ranks
+
+    g = torch.Generator().manual_seed(3)
+    values = torch.rand(6, 50, generator=g)
+    values[0] = 0.0  # one tie group of all
+    values[1] = (values[1] * 4).floor()  # few large groups
+    values[2, :40] = 0.0  # a map that is mostly zero, as thresholded heatmaps are
+    values[3] = torch.arange(50, 0, -1)  # strictly descending
+    values[4, ::7] = float("-inf")
+    got = average_ranks(values)
+    assert got.dtype == torch.float64
+    assert torch.equal(got, torch.from_numpy(rankdata(values.numpy(), axis=1)))
+
+
 def test_spearman_of_all_images_at_once_equals_scipy_image_by_image():
     from scipy.stats import spearmanr
 

@@ -40,7 +40,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -98,25 +97,39 @@ def ssim(x: Tensor, y: Tensor, *, data_range: float = 1.0, window: int = 11, sig
     return index.reshape(batch, -1).mean(dim=1)
 
 
-def _spearman(reference: Tensor, other: Tensor) -> Tensor:
-    """Per image rank correlation of two (B, H, W) maps; NaN where ``reference`` is constant, 0 where
-    only ``other`` is. The Pearson correlation of the rows' average ranks (:func:`scipy.stats.rankdata`),
-    all images at once: equal to :func:`scipy.stats.spearmanr` image by image."""
-    from scipy.stats import rankdata
+def average_ranks(values: Tensor) -> Tensor:
+    """Ranks 1..N of each row of (B, N) ``values`` in float64, ties sharing their mean rank (as
+    :func:`scipy.stats.rankdata`): a tie group at sorted positions s..e (0-based) ranks (s + e) / 2 + 1."""
+    v = values.detach().to(torch.float64)
+    ordered, order = v.sort(dim=1, stable=True)
+    n = v.shape[1]
+    starts = torch.ones_like(ordered, dtype=torch.bool)
+    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    ends = torch.ones_like(starts)
+    ends[:, :-1] = starts[:, 1:]
+    index = torch.arange(n, device=v.device).expand_as(order)
+    first = torch.where(starts, index, 0).cummax(dim=1).values
+    last = torch.where(ends, index, n).flip(1).cummin(dim=1).values.flip(1)
+    return torch.empty_like(v).scatter_(1, order, (first + last).to(torch.float64) / 2 + 1)
 
-    ref = reference.detach().to("cpu", torch.float64).flatten(1).numpy()
-    oth = other.detach().to("cpu", torch.float64).flatten(1).numpy()
+
+def _spearman(reference: Tensor, other: Tensor, reference_ranks: Tensor | None = None) -> Tensor:
+    """Per image rank correlation of two (B, H, W) maps; NaN where ``reference`` is constant, 0 where
+    only ``other`` is. The Pearson correlation of the rows' average ranks (:func:`average_ranks`; pass
+    ``reference_ranks`` to rank the reference once for many others), all images at once: equal to
+    :func:`scipy.stats.spearmanr` image by image."""
+    ref = reference.detach().to("cpu", torch.float64).flatten(1)
+    oth = other.detach().to("cpu", torch.float64).flatten(1)
     if ref.shape[0] == 0:
         return torch.zeros(0, dtype=torch.float64)
-    rr, ro = rankdata(ref, axis=1), rankdata(oth, axis=1)
-    rr -= rr.mean(axis=1, keepdims=True)
-    ro -= ro.mean(axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rho = (rr * ro).sum(axis=1) / np.sqrt((rr * rr).sum(axis=1) * (ro * ro).sum(axis=1))
-    rho = np.clip(rho, -1.0, 1.0)
-    rho[oth.max(axis=1) <= oth.min(axis=1)] = 0.0
-    rho[ref.max(axis=1) <= ref.min(axis=1)] = math.nan
-    return torch.from_numpy(rho)
+    rr = average_ranks(ref) if reference_ranks is None else reference_ranks
+    ro = average_ranks(oth)
+    rr = rr - rr.mean(dim=1, keepdim=True)
+    ro = ro - ro.mean(dim=1, keepdim=True)
+    rho = ((rr * ro).sum(dim=1) / ((rr * rr).sum(dim=1) * (ro * ro).sum(dim=1)).sqrt()).clamp(-1.0, 1.0)
+    rho[oth.amax(dim=1) <= oth.amin(dim=1)] = 0.0
+    rho[ref.amax(dim=1) <= ref.amin(dim=1)] = math.nan
+    return rho
 
 
 # ----------------------------------------------------------------------------- randomisation
@@ -272,7 +285,8 @@ def _compare(kind: str, trained: dict[str, Tensor], others: Sequence[dict[str, T
     side = min(next(iter(trained.values())).shape[-2:])
     window = min(11, side if side % 2 else side - 1)
     for name, reference in trained.items():
-        rhos = [_spearman(reference, other[name]) for other in others]
+        ranks = average_ranks(reference.detach().to("cpu").flatten(1))
+        rhos = [_spearman(reference, other[name], ranks) for other in others]
         valid = ~torch.isnan(rhos[0])
         compared[name] = int(valid.sum())
         spearman[name] = tuple(_estimate(r) for r in rhos)
