@@ -118,6 +118,8 @@ def test_estimate_student_t_interval():
     assert e.mean == 2.5 and e.n == 4
     assert e.std == pytest.approx(std)
     assert e.low == pytest.approx(2.5 - half) and e.high == pytest.approx(2.5 + half)
+    narrow = estimate(torch.tensor([1.0, 2.0, 3.0, 4.0]), 0.9)  # t_{0.95, 3} = 2.353363...
+    assert narrow.high == pytest.approx(2.5 + 2.353363434801823 * std / 2)
     single = estimate(torch.tensor([0.25]))
     assert (single.mean, single.low, single.high, single.std, single.n) == (0.25, None, None, None, 1)
     with pytest.raises(VebiError):
