@@ -289,7 +289,19 @@ def test_curves_score_each_distinct_image_once_in_few_passes(deletion_baseline, 
     deletion, insertion = perturbation_curves(model, images, maps, target, steps=6,
                                               deletion_baseline=deletion_baseline,
                                               insertion_baseline=insertion_baseline)
-    assert sum(model.rows) == 3 * distinct and max(model.rows) <= 64 and len(model.rows) == 1
+    # one pass for the endpoints (x and the baselines), one for the 2 (K - 1) perturbed images
+    assert sum(model.rows) == 3 * distinct and max(model.rows) <= 64 and len(model.rows) == 2
+    # endpoints scored once for many maps: each map then costs only its perturbed images
+    ends = DeletionInsertion(6, deletion_baseline=deletion_baseline,
+                             insertion_baseline=insertion_baseline).endpoints(model, images, target)
+    assert ends.shape == (3, 3) and model.rows[-1] == 3 * (3 if insertion_baseline != deletion_baseline else 2)
+    model.rows.clear()
+    again = perturbation_curves(model, images, maps, target, steps=6, deletion_baseline=deletion_baseline,
+                                insertion_baseline=insertion_baseline, endpoints=ends)
+    assert model.rows == [3 * 2 * 5]
+    assert torch.equal(again[0], deletion) and torch.equal(again[1], insertion)
+    with pytest.raises(VebiError, match="endpoints"):
+        perturbation_curves(model, images, maps, target, steps=6, endpoints=ends[:, :2])
     # the same curves as scoring every (curve, step) image on its own
     base_del = baseline_images(images, deletion_baseline)
     base_ins = baseline_images(images, insertion_baseline)

@@ -24,7 +24,7 @@ every map, random ones included.)
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +46,7 @@ __all__ = [
     "FaithfulnessResult",
     "baseline_images",
     "curve_auc",
+    "endpoint_scores",
     "perturbation_curves",
 ]
 
@@ -77,6 +78,57 @@ def curve_auc(curves: Tensor) -> Tensor:
 
 
 
+def _check_target(target: Tensor, b: int) -> None:
+    if target.shape != (b,) or target.is_floating_point():
+        raise VebiError(f"target must be an integer tensor of shape ({b},), got {tuple(target.shape)}")
+
+
+def _probabilities(model: nn.Module, batch: Tensor, target: Tensor) -> Tensor:
+    """Softmax probability of class ``target[b]`` in rows b, B + b, 2B + b, ... of ``batch`` (R blocks of
+    B = len(target) images): (R, B) float64 on the CPU."""
+    logits = in_fast_layout(model, model, batch)
+    if int(target.max()) >= logits.shape[1]:
+        raise VebiError(f"target class {int(target.max())} is out of range for a model with {logits.shape[1]} outputs")
+    b = target.shape[0]
+    probs = logits.float().softmax(dim=1).to(torch.float64).view(-1, b, logits.shape[1])
+    return probs.gather(2, target.view(1, b, 1).expand(probs.shape[0], b, 1))[..., 0].cpu()
+
+
+def _inputs(model: nn.Module, images: Tensor, deletion_baseline: str, insertion_baseline: str,
+            sigma: float | None) -> tuple[Tensor, Tensor, Tensor]:
+    """x on the model's device and dtype, the deletion baseline and the insertion baseline (the same
+    tensor when both are one kind)."""
+    device, dtype = model_device(model, images.device), model_dtype(model, images.dtype)
+    x = images.detach().to(device=device, dtype=dtype)
+    removed = baseline_images(x, deletion_baseline, sigma=sigma)
+    start = removed if insertion_baseline == deletion_baseline else baseline_images(x, insertion_baseline, sigma=sigma)
+    return x, removed, start
+
+
+def endpoint_scores(
+    model: nn.Module,
+    images: Tensor,
+    target: Tensor,
+    *,
+    deletion_baseline: str = "zero",
+    insertion_baseline: str = "zero",
+    sigma: float | None = None,
+) -> Tensor:
+    """The curves' points that do not depend on the heatmap, (3, B) float64 on the CPU: the score of x
+    (deletion at step 0, insertion at K), of the deletion baseline (deletion at K) and of the insertion
+    baseline (insertion at 0). Every heatmap of a batch shares them, so an evaluation of many methods
+    scores them once (``endpoints`` of :func:`perturbation_curves`). One forward pass."""
+    if images.dim() != 4:
+        raise VebiError(f"images must be (B, C, H, W), got {tuple(images.shape)}")
+    b = images.shape[0]
+    _check_target(target, b)
+    x, removed, start = _inputs(model, images, deletion_baseline, insertion_baseline, sigma)
+    t = target.to(device=x.device, dtype=torch.long)
+    with preserve_model(model, freeze=False, no_inplace=False), torch.no_grad():
+        scores = _probabilities(model, torch.cat([x, removed] if start is removed else [x, removed, start]), t)
+    return torch.cat([scores, scores[1:]]) if start is removed else scores
+
+
 def perturbation_curves(
     model: nn.Module,
     images: Tensor,
@@ -87,13 +139,14 @@ def perturbation_curves(
     deletion_baseline: str = "zero",
     insertion_baseline: str = "zero",
     sigma: float | None = None,
+    endpoints: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Deletion and insertion curves, each (B, steps + 1) float64 on the CPU.
 
-    The model runs in eval mode without gradients (its state is restored afterwards). The endpoints
-    are shared: deletion at k = 0 and insertion at k = K both see x, and with one baseline for both
-    curves deletion at K and insertion at 0 both see it, so 2K (not 2K + 2) images per input are
-    scored. Several steps go through one forward pass of at most max(2B, ``MIN_ROWS``) images.
+    The model runs in eval mode without gradients (its state is restored afterwards). The points at
+    fractions 0 and 1 are :func:`endpoint_scores` (computed here unless ``endpoints`` gives them), so
+    2 (K - 1) perturbed images per input are scored, several steps in one forward pass of at most
+    max(2B, ``MIN_ROWS``) images.
     """
     if images.dim() != 4:
         raise VebiError(f"images must be (B, C, H, W), got {tuple(images.shape)}")
@@ -105,14 +158,16 @@ def perturbation_curves(
         raise VebiError(f"heatmaps of shape {tuple(heatmaps.shape)} do not match images of shape {tuple(images.shape)}")
     if not torch.isfinite(h).all():
         raise VebiError("heatmaps contain NaN or infinite values")
-    if target.shape != (b,) or target.is_floating_point():
-        raise VebiError(f"target must be an integer tensor of shape ({b},), got {tuple(target.shape)}")
+    _check_target(target, b)
     if steps < 1:
         raise VebiError(f"steps must be >= 1, got {steps}")
-    device, dtype = model_device(model, images.device), model_dtype(model, images.dtype)
-    x = images.detach().to(device=device, dtype=dtype)
-    removed = baseline_images(x, deletion_baseline, sigma=sigma)
-    start = removed if insertion_baseline == deletion_baseline else baseline_images(x, insertion_baseline, sigma=sigma)
+    if endpoints is None:
+        endpoints = endpoint_scores(model, images, target, deletion_baseline=deletion_baseline,
+                                    insertion_baseline=insertion_baseline, sigma=sigma)
+    elif tuple(endpoints.shape) != (3, b):
+        raise VebiError(f"endpoints must be (3, {b}) scores, got {tuple(endpoints.shape)}")
+    x, removed, start = _inputs(model, images, deletion_baseline, insertion_baseline, sigma)
+    device = x.device
     pixels = height * width
     order = torch.sort(h.to(device).flatten(1), dim=1, descending=True, stable=True).indices
     rank = torch.empty_like(order)
@@ -120,30 +175,24 @@ def perturbation_curves(
     rank = rank.view(b, 1, height, width)
     t = target.to(device=device, dtype=torch.long)
 
-    # each distinct image set once: (the curve points it gives, how to make it); points are (curve, step)
-    jobs: list[tuple[list[tuple[int, int]], Callable[[], Tensor]]] = [([(0, 0), (1, steps)], lambda: x)]
-    jobs.append(([(0, steps), (1, 0)] if start is removed else [(0, steps)], lambda: removed))
-    if start is not removed:
-        jobs.append(([(1, 0)], lambda: start))
-    for k in range(1, steps):
-        changed = rank < (k * pixels) // steps
-        jobs.append(([(0, k)], lambda c=changed: torch.where(c, removed, x)))
-        jobs.append(([(1, k)], lambda c=changed: torch.where(c, x, start)))
-    per_pass = max(1, max(2 * b, MIN_ROWS) // b)
     curves = torch.empty(2, b, steps + 1, dtype=torch.float64)
+    ends = endpoints.to(torch.float64).cpu()
+    curves[0, :, 0] = curves[1, :, steps] = ends[0]
+    curves[0, :, steps], curves[1, :, 0] = ends[1], ends[2]
+    # the perturbed images, (curve, step) each: made a pass at a time
+    jobs = [(curve, k) for k in range(1, steps) for curve in (0, 1)]
+    per_pass = max(1, max(2 * b, MIN_ROWS) // b)
+
+    def make(curve: int, k: int) -> Tensor:
+        changed = rank < (k * pixels) // steps
+        return torch.where(changed, removed, x) if curve == 0 else torch.where(changed, x, start)
+
     with preserve_model(model, freeze=False, no_inplace=False), torch.no_grad():
         for first in range(0, len(jobs), per_pass):
             group = jobs[first:first + per_pass]
-            logits = in_fast_layout(model, model, torch.cat([make() for _, make in group]))
-            if int(t.max()) >= logits.shape[1]:
-                raise VebiError(
-                    f"target class {int(t.max())} is out of range for a model with {logits.shape[1]} outputs"
-                )
-            probs = logits.float().softmax(dim=1).to(torch.float64).view(len(group), b, -1)
-            scores = probs.gather(2, t.view(1, b, 1).expand(len(group), b, 1))[..., 0].cpu()
-            for (points, _), score in zip(group, scores, strict=True):
-                for curve, k in points:
-                    curves[curve, :, k] = score
+            scores = _probabilities(model, torch.cat([make(*job) for job in group]), t)
+            for (curve, k), score in zip(group, scores, strict=True):
+                curves[curve, :, k] = score
     deletion, insertion = curves[0], curves[1]
     return deletion, insertion
 
@@ -207,10 +256,17 @@ class DeletionInsertion:
         return (torch.cat(self._deletion) if self._deletion else empty,
                 torch.cat(self._insertion) if self._insertion else empty)
 
-    def update(self, model: nn.Module, images: Tensor, heatmaps: Tensor, target: Tensor) -> None:
+    def endpoints(self, model: nn.Module, images: Tensor, target: Tensor) -> Tensor:
+        """:func:`endpoint_scores` with this accumulator's baselines, for ``update`` of every map of a batch."""
+        return endpoint_scores(model, images, target, deletion_baseline=self.deletion_baseline,
+                               insertion_baseline=self.insertion_baseline, sigma=self.sigma)
+
+    def update(self, model: nn.Module, images: Tensor, heatmaps: Tensor, target: Tensor, *,
+               endpoints: Tensor | None = None) -> None:
+        """Score a batch; ``endpoints``: :meth:`endpoints` of this batch, if already computed."""
         deletion, insertion = perturbation_curves(
             model, images, heatmaps, target, steps=self.steps, deletion_baseline=self.deletion_baseline,
-            insertion_baseline=self.insertion_baseline, sigma=self.sigma,
+            insertion_baseline=self.insertion_baseline, sigma=self.sigma, endpoints=endpoints,
         )
         self._deletion.append(deletion)
         self._insertion.append(insertion)

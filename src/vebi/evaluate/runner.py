@@ -467,6 +467,8 @@ def evaluate_run(
         ok = correct_mask[offset:offset + b]
         scored = faithful[offset:offset + b]
         offset += b
+        on_curves = scored.to(dev)
+        ends = None  # the curves' endpoints: the same for every map of the batch, scored once
         for method in built:
             began = time.perf_counter()
             for name, maps in method.evaluation_maps(model, images, target).items():
@@ -477,11 +479,11 @@ def evaluate_run(
                     for subset_name, rows in (("correct", ok), ("wrong", ~ok)):
                         if bool(rows.any()):
                             localization[name][subset_name].update(maps[rows], m[rows])
-                if bool(scored.all()):
-                    faithfulness[name].update(model, images, maps.to(dev), target)
-                elif bool(scored.any()):
-                    rows = scored.to(dev)
-                    faithfulness[name].update(model, images[rows], maps.to(dev)[rows], target[rows])
+                if bool(scored.any()):
+                    if ends is None:
+                        ends = faithfulness[name].endpoints(model, images[on_curves], target[on_curves])
+                    faithfulness[name].update(model, images[on_curves], maps.to(dev)[on_curves], target[on_curves],
+                                              endpoints=ends)
             timings[method.name] += time.perf_counter() - began
         overall.update()
     overall.close()
