@@ -200,6 +200,27 @@ def test_many_sets_per_pass_equal_one_set_at_a_time(dtype):
     assert _same(before, _state(model))
 
 
+def test_a_pass_runs_each_set_only_from_its_own_first_layer():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+    sets = [[("1", 0)], [("1", 1), ("3", 2)], [("3", 0)], [("1", 2)], [("3", 1)], [("3", 3)]]
+    x = torch.rand(5, 3, 6, 6)
+    labels = model(x).argmax(dim=1)
+    seen: list[int] = []
+    handle = model[2].register_forward_hook(lambda _m, inputs, _o: seen.append(inputs[0].shape[0]))
+    try:
+        correct, _ = class_accuracies(model, [(x, labels)], sets, 3, max_batch=64, progress=False)
+    finally:
+        handle.remove()
+    # the three sets that start at "1" go through conv "2" in their own rows; the three that start at
+    # "3" share one pass whose rows are repeated only after "3", so "2" sees their 5 images once
+    # (and once more in the pass that finds the layers' execution order)
+    assert sorted(seen) == [5, 5, 3 * 5]
+    reference, _ = class_accuracies(model, [(x, labels)], sets, 3, batched=False, progress=False)
+    assert torch.equal(correct, reference)
+
+
 def test_layer_matched_draw():
     features = [("a", 0), ("b", 3), ("a", 1), ("a", 2)]
     candidates = {"a": [4, 5, 6, 7, 8], "b": [0, 1]}

@@ -22,8 +22,9 @@ class j with weights w_j (``Relevance.relevant(j)``, |w| order):
   classifier it is the pooled response times the classifier weight. It may overlap P_j.
 - for every set: class j's accuracy and the mean accuracy of the other classes (specificity).
 
-Many feature sets share one forward pass (:func:`class_accuracies`): the sets are sorted by the
-first of their layers in execution order and taken S at a time; the batch runs once up to that
+Many feature sets share one forward pass (:func:`class_accuracies`): the sets are grouped by the
+first of their layers in execution order and taken S at a time from a group (a set that starts at
+a later layer would otherwise be recomputed from the earlier one); the batch runs once up to that
 layer, whose output is repeated S times (set-major, S*B rows) and each set's channels are zeroed
 in its own rows by a (S*B, C, 1, ...) mask at every ablated layer. In eval mode the rows are
 independent, so each row equals the one-set-at-a-time result up to float summation order. If the
@@ -36,6 +37,7 @@ for that activation).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import statistics
 from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -278,9 +280,11 @@ def class_accuracies(
             if order is None:
                 order, per_image = _execution_order(model, layers, x)
                 first = [min((order[layer] for layer, _ in keys), default=len(order)) for keys in sets]
-                ranked = sorted(range(len(sets)), key=lambda s: first[s])
                 per_pass = _sets_per_pass(device, x.shape[0], per_image, max_batch)
-                chunks = [ranked[i:i + per_pass] for i in range(0, len(ranked), per_pass)]
+                # a pass never mixes first layers: a set that starts later would run from the earlier cut
+                groups = [list(g) for _, g in itertools.groupby(sorted(range(len(sets)), key=first.__getitem__),
+                                                               key=first.__getitem__)]
+                chunks = [g[i:i + per_pass] for g in groups for i in range(0, len(g), per_pass)]
             for chunk in chunks:
                 chunk_sets = [sets[s] for s in chunk]
                 used = [layer for keys in chunk_sets for layer, _ in keys]
