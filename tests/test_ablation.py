@@ -322,3 +322,20 @@ def test_the_default_pass_keeps_its_largest_activation_within_pass_bytes(monkeyp
     assert _sets_per_pass(cpu, 32, 4 << 20, None) * 32 * (4 << 20) > PASS_BYTES // 2  # not far below it either
     assert _sets_per_pass(cpu, 32, 1 << 10, None) == MAX_BATCH // 32  # small maps: the row bound
     assert _sets_per_pass(cpu, 32, 8 << 20, 4096) == 128  # an explicit max_batch is the caller's
+
+
+def test_printed_union_line_says_why_it_has_no_random_control():
+    from vebi.evaluate.ablation import Spread, UnionAblationResult
+    from vebi.evaluate.output import format_ablation
+
+    def union(random: Spread | None) -> str:
+        result = UnionAblationResult(
+            class_names=("a", "b"), seeds=(0,), features=(("0", 0), ("0", 1)),
+            baseline_class_accuracy=(1.0, 0.5), baseline_mca=0.75, ablated_class_accuracy=(0.0, 0.5),
+            ablated_mca=0.25, random_class_accuracy=None if random is None else (random, random), random_mca=random)
+        (line,) = format_ablation(None, result)
+        return line
+
+    assert union(Spread.of([0.5, 0.7])).endswith("mCA 0.750 -> 0.250 (layer-matched random sets of that size: "
+                                                 "0.600 [0.505, 0.695])")
+    assert "fewer channels outside the union than in it" in union(None)

@@ -434,10 +434,11 @@ def format_ablation(ab: AblationResult | None, union: UnionAblationResult | None
                          f"{cells[0]} | {cells[1]} | "
                          f"{pair(row['reference_class_accuracy'], row['reference_other_accuracy']):>11}")
     if union is not None:
-        random = ("-" if union.random_mca is None else
+        random = ("no layer-matched random sets: a layer has fewer channels outside the union than in it"
+                  if union.random_mca is None else "layer-matched random sets of that size: "
                   f"{union.random_mca.mean:.3f} [{union.random_mca.low:.3f}, {union.random_mca.high:.3f}]")
         lines.append(f"union of {len(union.features)} relevant features ablated: mCA {union.baseline_mca:.3f} -> "
-                     f"{union.ablated_mca:.3f} (layer-matched random sets of that size: {random})")
+                     f"{union.ablated_mca:.3f} ({random})")
     return lines
 
 
