@@ -4,7 +4,8 @@ A small CNN (conv-bn-relu x 3 with two max pools, global average pool, linear) i
 on 60 % of the digits upsampled to 16 x 16; vebi collects the statistics of relu1..relu3 on the
 training images, fits the mu-LASSO (ground-truth labels), and ablates each class's positive and
 negative relevant sets, their layer-matched random controls and the last-layer reference set on
-the other 40 % (``vebi.evaluate.ablation_study``). About a minute of CPU.
+the other 40 % (``vebi.evaluate.ablation_study``). About a minute of CPU. Needs scikit-learn (the
+digits), which the test extra installs (``pip install -e '.[test]'``; ``make setup`` does).
 
     python scripts/ablation_digits.py [--mu 10] [--epochs 8] [--seeds 5] [--curves]
 """
