@@ -467,7 +467,8 @@ def evaluate_run(
         ok = correct_mask[offset:offset + b]
         scored = faithful[offset:offset + b]
         offset += b
-        on_curves = scored.to(dev)
+        every, on_curves = bool(scored.all()), scored.to(dev)
+        curve_images, curve_target = (images, target) if every else (images[on_curves], target[on_curves])
         ends = None  # the curves' endpoints: the same for every map of the batch, scored once
         for method in built:
             began = time.perf_counter()
@@ -481,9 +482,9 @@ def evaluate_run(
                             localization[name][subset_name].update(maps[rows], m[rows])
                 if bool(scored.any()):
                     if ends is None:
-                        ends = faithfulness[name].endpoints(model, images[on_curves], target[on_curves])
-                    faithfulness[name].update(model, images[on_curves], maps.to(dev)[on_curves], target[on_curves],
-                                              endpoints=ends)
+                        ends = faithfulness[name].endpoints(model, curve_images, curve_target)
+                    heat = maps.to(dev) if every else maps.to(dev)[on_curves]
+                    faithfulness[name].update(model, curve_images, heat, curve_target, endpoints=ends)
             timings[method.name] += time.perf_counter() - began
         overall.update()
     overall.close()
