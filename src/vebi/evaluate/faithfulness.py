@@ -77,7 +77,6 @@ def curve_auc(curves: Tensor) -> Tensor:
     return (curves.sum(dim=1) - (curves[:, 0] + curves[:, -1]) / 2) / k
 
 
-
 def _check_target(target: Tensor, b: int) -> None:
     if target.shape != (b,) or target.is_floating_point():
         raise VebiError(f"target must be an integer tensor of shape ({b},), got {tuple(target.shape)}")
@@ -123,7 +122,10 @@ def endpoint_scores(
     b = images.shape[0]
     _check_target(target, b)
     x, removed, start = _inputs(model, images, deletion_baseline, insertion_baseline, sigma)
-    t = target.to(device=x.device, dtype=torch.long)
+    return _endpoints(model, x, removed, start, target.to(device=x.device, dtype=torch.long))
+
+
+def _endpoints(model: nn.Module, x: Tensor, removed: Tensor, start: Tensor, t: Tensor) -> Tensor:
     with preserve_model(model, freeze=False, no_inplace=False), torch.no_grad():
         scores = _probabilities(model, torch.cat([x, removed] if start is removed else [x, removed, start]), t)
     return torch.cat([scores, scores[1:]]) if start is removed else scores
@@ -161,10 +163,7 @@ def perturbation_curves(
     _check_target(target, b)
     if steps < 1:
         raise VebiError(f"steps must be >= 1, got {steps}")
-    if endpoints is None:
-        endpoints = endpoint_scores(model, images, target, deletion_baseline=deletion_baseline,
-                                    insertion_baseline=insertion_baseline, sigma=sigma)
-    elif tuple(endpoints.shape) != (3, b):
+    if endpoints is not None and tuple(endpoints.shape) != (3, b):
         raise VebiError(f"endpoints must be (3, {b}) scores, got {tuple(endpoints.shape)}")
     x, removed, start = _inputs(model, images, deletion_baseline, insertion_baseline, sigma)
     device = x.device
@@ -176,7 +175,7 @@ def perturbation_curves(
     t = target.to(device=device, dtype=torch.long)
 
     curves = torch.empty(2, b, steps + 1, dtype=torch.float64)
-    ends = endpoints.to(torch.float64).cpu()
+    ends = (_endpoints(model, x, removed, start, t) if endpoints is None else endpoints).to(torch.float64).cpu()
     curves[0, :, 0] = curves[1, :, steps] = ends[0]
     curves[0, :, steps], curves[1, :, 0] = ends[1], ends[2]
     # the perturbed images, (curve, step) each: made a pass at a time

@@ -422,12 +422,12 @@ def evaluate_run(
     kept_bytes = 0
     with preserve_model(model, freeze=False, no_inplace=False), torch.no_grad():
         for batch in tqdm(loader, desc="predict", unit="batch", disable=not progress):
-            kept_bytes += _batch_bytes(batch)
             if kept is not None:
-                if kept_bytes <= KEEP_BYTES:
-                    kept.append(batch)
-                else:
+                kept_bytes += _batch_bytes(batch)
+                if kept_bytes > KEEP_BYTES:
                     kept = None
+                else:
+                    kept.append(batch)
             x = batch[0].to(dev)
             first_batch = x if first_batch is None else first_batch
             logits = model(x)
