@@ -16,10 +16,13 @@ and in any number of processes, comes out byte-identical: that is what makes res
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
+import multiprocessing.pool
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -238,34 +241,41 @@ def generate(
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise VebiError(f"output {root} exists and is not a directory")
-    records = plan(config)
-    data = manifest(config, records)
     manifest_path = root / "manifest.json"
     if manifest_path.exists():
-        old = read_manifest(root)
-        if old.get("config") != data["config"]:
+        if read_manifest(root).get("config") != config.to_dict():
             raise VebiError(
                 f"{root} holds an an8Flower dataset with a different configuration; choose another output folder"
             )
     elif root.exists() and any(root.iterdir()):
         raise VebiError(f"output folder {root} is not empty and has no an8Flower manifest")
     root.mkdir(parents=True, exist_ok=True)
-    write_text(manifest_path, json.dumps(data, separators=(",", ":")) + "\n")
-    _remove_leftovers(root)
-    pending = [r for r in records if not _is_done(root, r)]
-    skipped = len(records) - len(pending)
-    bar = tqdm(total=len(records), initial=skipped, unit="img", desc="an8flower", disable=not progress)
-    try:
-        if workers <= 1 or len(pending) <= 1:
-            for record in pending:
-                render_record(root, record, config.size, config.spp, config.variant.designated)
-                bar.update()
-        else:
-            tasks = [(str(root), r.to_dict(), config.size, config.spp, config.variant.designated) for r in pending]
-            context = multiprocessing.get_context("spawn")
-            with context.Pool(workers, initializer=_init_worker) as pool:
+    with _render_pool(workers) as pool:  # the workers start up while this process draws the plan
+        records = plan(config)
+        write_text(manifest_path, json.dumps(manifest(config, records), separators=(",", ":")) + "\n")
+        _remove_leftovers(root)
+        pending = [r for r in records if not _is_done(root, r)]
+        skipped = len(records) - len(pending)
+        bar = tqdm(total=len(records), initial=skipped, unit="img", desc="an8flower", disable=not progress)
+        try:
+            if pool is None or len(pending) <= 1:
+                for record in pending:
+                    render_record(root, record, config.size, config.spp, config.variant.designated)
+                    bar.update()
+            else:
+                tasks = [(str(root), r.to_dict(), config.size, config.spp, config.variant.designated) for r in pending]
                 for _ in pool.imap_unordered(_work, tasks, chunksize=4):
                     bar.update()
-    finally:
-        bar.close()
+        finally:
+            bar.close()
     return GenerateResult(root, len(records), len(pending), skipped, time.perf_counter() - start)
+
+
+@contextlib.contextmanager
+def _render_pool(workers: int) -> Iterator[multiprocessing.pool.Pool | None]:
+    """``workers`` spawned render processes (None for one worker: render in this process)."""
+    if workers <= 1:
+        yield None
+        return
+    with multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
+        yield pool
