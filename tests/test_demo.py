@@ -1,6 +1,8 @@
 """`vebi demo` end to end at a tiny size, and its stage cache."""
 
+import importlib
 import json
+import sys
 from dataclasses import replace
 
 import pytest
@@ -79,3 +81,18 @@ def test_quick_profile_is_smaller_and_explicit_options_win(tmp_path, monkeypatch
     (out, cfg), = seen
     assert out == tmp_path and cfg == replace(QUICK, epochs=2)
     assert QUICK.per_class < cli_demo._DEFAULT.per_class and QUICK.eval_images < cli_demo._DEFAULT.eval_images
+
+
+def test_background_imports_load_modules_and_leave_failures_to_their_stage(tmp_path, monkeypatch):
+    (tmp_path / "vebi_probe_module.py").write_text("VALUE = 7\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "vebi_probe_module", raising=False)
+    # the missing module first: its failure must not stop the others, and the block's end joins the thread
+    with demo_module._importing(["vebi_probe_missing_module", "vebi_probe_module"]):
+        pass
+    assert sys.modules.pop("vebi_probe_module").VALUE == 7
+
+
+@pytest.mark.parametrize("name", demo_module._LATER_IMPORTS)
+def test_render_stage_preloads_modules_that_exist(name):
+    assert importlib.import_module(name).__name__ == name

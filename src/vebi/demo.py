@@ -10,11 +10,14 @@ options reuses finished stages and a changed option reruns that stage and everyt
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib
 import json
 import shutil
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,10 +89,36 @@ def _sample_images(test_root: Path, per_class: int) -> list[str]:
     return out
 
 
+# what the stages after rendering import: torch, torchvision and matplotlib, ~5 s of one core
+_LATER_IMPORTS: tuple[str, ...] = ("vebi.an8flower.train", "vebi.pipeline", "vebi.evaluate.runner",
+                                   "vebi.evaluate.output", "vebi.report")
+
+
+@contextlib.contextmanager
+def _importing(modules: Sequence[str]) -> Iterator[None]:
+    """Import ``modules`` in a background thread for the duration of the block (joined at its end).
+
+    The block's work must not import them itself; the render stage's is done by worker processes.
+    A module that fails to import here is left to the stage that needs it, which reports the error.
+    """
+    def load() -> None:
+        for module in modules:
+            with contextlib.suppress(Exception):
+                importlib.import_module(module)
+
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join()
+
+
 def _render(out: str, variant: str, per_class: int, size: int, seed: int, sheet: str) -> None:
     from vebi.an8flower import DatasetConfig, contact_sheet, generate, load_variant
 
-    generate(out, DatasetConfig(load_variant(variant), per_class, size, seed))
+    with _importing(_LATER_IMPORTS):  # while the render processes work, this one loads what training needs
+        generate(out, DatasetConfig(load_variant(variant), per_class, size, seed))
     contact_sheet(out, sheet)
 
 
