@@ -32,19 +32,21 @@ BASELINES: tuple[str, ...] = ("grad_cam", "grad_cam_plus_plus", "guided_backprop
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Sizes of the demo run (defaults: the evaluation's image size, 250 renders per class,
-    ``vebi train``'s 12 epochs; :data:`QUICK` is a first look). The evaluate stage also runs the
-    cascading randomisation sanity check on ``sanity_images`` images (0: not at all)."""
+    """Sizes of the demo run (defaults: the evaluation's image size, 250 renders per class, 10
+    epochs where ``vebi train`` runs 12; :data:`QUICK` is a first look). The evaluate stage also runs
+    the cascading randomisation sanity check on ``sanity_images`` images (0: not at all)."""
 
     variant: str = "single-6c"
     per_class: int = 250
     size: int = 112
     seed: int = 0
-    epochs: int = 12
+    # 10 epochs: over seeds 0-2 the same test accuracy and mean IoUs as 12, 6 s sooner (see the README)
+    epochs: int = 10
     mu: float = 5.0
     top_k: int = 100
     explain_images: int = 12
-    eval_images: int = 300
+    # a class-balanced 240 of the 300 test images: mean IoUs within 0.003 of all 300's, 5 s sooner
+    eval_images: int = 240
     sanity_images: int = 6
     eval_methods: tuple[str, ...] | None = None  # None: every registered method
     eval_steps: int = 10  # steps of the deletion/insertion curves
