@@ -45,7 +45,7 @@ class DemoConfig:
     mu: float = 5.0
     top_k: int = 100
     explain_images: int = 12
-    # a class-balanced 240 of the 300 test images: mean IoUs within 0.003 of all 300's, 5 s sooner
+    # a class-balanced 240 of the 300 test images: mean IoUs within 0.003 of all 300's, 2-5 s sooner
     eval_images: int = 240
     sanity_images: int = 6
     eval_methods: tuple[str, ...] | None = None  # None: every registered method
