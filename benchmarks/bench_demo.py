@@ -67,10 +67,10 @@ def run(src: Path, quick: bool, per_class: int) -> dict:
             sys.exit(f"the demo of {src} failed:\n{child.stderr[-4000:]}")
         wall = time.perf_counter() - start
         busy1, total1 = _busy_and_total()
-        seconds = {json.loads(p.read_text())["step"]: 0.0 for p in (out / "stages").glob("*.json")}
-        for path in (out / "stages").glob("*.json"):
+        seconds: dict[str, float] = {}  # per step, in the order the stages finished
+        for path in sorted((out / "stages").glob("*.json"), key=lambda p: p.stat().st_mtime_ns):
             record = json.loads(path.read_text())
-            seconds[record["step"]] += record["seconds"]
+            seconds[record["step"]] = seconds.get(record["step"], 0.0) + record["seconds"]
         results = json.loads((out / "run" / "evaluation" / "results.json").read_text())
         iou = {row["method"]: row["iou_mean"] for row in results["summary"]}
         return {"stages": seconds, "wall": wall, "cores": (busy1 - busy0) / (total1 - total0) * os.cpu_count(),
@@ -108,7 +108,7 @@ def main() -> None:
     print(f"{'wall':<22}" + "".join(f"{median(n, lambda r: r['wall']):>10.1f}" for n in trees))
     print(f"{'busy cores (mean)':<22}" + "".join(f"{median(n, lambda r: r['cores']):>10.2f}" for n in trees))
     for key in ("accuracy", "vebi", "grad_cam"):
-        label = "test accuracy" if key == "accuracy" else f"{key} mean IoU"
+        label = "accuracy (evaluated)" if key == "accuracy" else f"{key} mean IoU"
         print(f"{label:<22}" + "".join(f"{median(n, lambda r: r[key]):>10.3f}" for n in trees))
 
 
