@@ -1,9 +1,12 @@
-"""Start-up cost of the command line: CPU seconds of `vebi --help` and `vebi collect --help`.
+"""Fixed cost of the command line: CPU seconds of `vebi --help`, `vebi collect --help`, and of a
+command that loads torch and does almost nothing else (`vebi layers` of the an8Flower network).
 
 Each command runs in a fresh interpreter; the table gives the median over --repeats runs of the
-child's user + system CPU time, warm (bytecode cached) and cold (an empty bytecode cache, as on
-the first run after installing). A source tree to compare against (an older checkout) can be
-given with --other SRC; its rows run from that tree's src/ folder side by side with this one's.
+child's user + system CPU time, warm (bytecode cached) and, for the help pages, cold (an empty
+bytecode cache, as on the first run after installing). The torch row is the floor of every real
+command: importing torch and torchvision, and leaving. A source tree to compare against (an older
+checkout) can be given with --other SRC; its rows run from that tree's src/ folder side by side
+with this one's, the two trees alternating run by run.
 
     .venv/bin/python benchmarks/bench_cli_start.py [--repeats 5] [--other /path/to/old/checkout]
 """
@@ -17,22 +20,27 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-COMMANDS = (["--help"], ["collect", "--help"])
+# (arguments, also measured cold)
+COMMANDS = ((["--help"], True), (["collect", "--help"], True), (["layers", "vebi.an8flower.net:an8net"], False))
 
 
-def cpu_seconds(src: Path, args: list[str], cold: bool) -> float:
+def cpu_seconds(src: Path, args: list[str], cold: bool) -> tuple[float, float]:
+    """(CPU seconds, wall seconds) of one run."""
     env = {**os.environ, "PYTHONPATH": str(src)}
     with tempfile.TemporaryDirectory() as cache:
         if cold:
             env["PYTHONPYCACHEPREFIX"] = cache
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.perf_counter()
         subprocess.run([sys.executable, "-c", "from vebi.cli import run; run()", *args], env=env,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+        wall = time.perf_counter() - start
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), wall
 
 
 def main() -> None:
@@ -41,14 +49,25 @@ def main() -> None:
     parser.add_argument("--other", type=Path, help="another checkout to compare (its src/ is used)")
     a = parser.parse_args()
     trees = [("this tree", ROOT / "src")] + ([("other tree", a.other / "src")] if a.other else [])
-    print(f"load average {os.getloadavg()[0]:.2f}; median of {a.repeats} runs, CPU seconds (user + sys)")
-    print(f"{'tree':<11} {'command':<22} {'warm':>7} {'cold':>7}")
-    for label, src in trees:
-        for args in COMMANDS:
+    print(f"load average {os.getloadavg()[0]:.2f}; median of {a.repeats} runs, CPU seconds (user + sys), "
+          "and the wall seconds of the warm runs")
+    print(f"{'tree':<11} {'command':<40} {'warm':>6} {'cold':>6} {'wall':>6}")
+    for args, with_cold in COMMANDS:
+        for _, src in trees:
             cpu_seconds(src, args, cold=False)  # fill the bytecode cache
-            warm = statistics.median(cpu_seconds(src, args, cold=False) for _ in range(a.repeats))
-            cold = statistics.median(cpu_seconds(src, args, cold=True) for _ in range(a.repeats))
-            print(f"{label:<11} {'vebi ' + ' '.join(args):<22} {warm:7.2f} {cold:7.2f}")
+        runs: dict[str, list[tuple[float, float]]] = {label: [] for label, _ in trees}
+        colds: dict[str, list[float]] = {label: [] for label, _ in trees}
+        for _ in range(a.repeats):
+            for label, src in trees:
+                runs[label].append(cpu_seconds(src, args, cold=False))
+                if with_cold:
+                    colds[label].append(cpu_seconds(src, args, cold=True)[0])
+        for label, _ in trees:
+            warm = statistics.median(cpu for cpu, _ in runs[label])
+            wall = statistics.median(w for _, w in runs[label])
+            cold = f"{statistics.median(colds[label]):6.2f}" if with_cold else f"{'-':>6}"
+            print(f"{label:<11} {'vebi ' + ' '.join(args):<40} {warm:6.2f} {cold} {wall:6.2f}")
+    print(f"load average {os.getloadavg()[0]:.2f} at the end")
 
 
 if __name__ == "__main__":
