@@ -1,7 +1,8 @@
 """`vebi demo` end to end, this checkout against an earlier one, side by side: seconds per stage.
 
-Each run is a fresh demo into a new temporary folder, in its own process (the ``vebi`` command's
-allocator, tcmalloc, preloaded when the machine has it, as the command does), the trees alternating
+Each run is a fresh ``vebi demo`` into a new temporary folder, the command run from the tree's
+sources in its own process (the allocator the command picks, tcmalloc, preloaded when the machine
+has it; the wall time ends when the process has exited), the trees alternating
 over ``--repeats``. Prints the median seconds of every stage as the demo recorded them
 (``OUT/stages/*.json``), the whole run's wall time and the mean number of busy cores during it
 (from ``/proc/stat``: how much of the machine the demo kept working, other jobs included), plus
@@ -32,13 +33,9 @@ sys.path.insert(0, str(HERE))
 
 CHILD = """
 import sys
-from dataclasses import replace
-from pathlib import Path
-from vebi.demo import QUICK, DemoConfig, run_demo
-cfg = QUICK if sys.argv[2] == "quick" else DemoConfig()
-if int(sys.argv[3]):
-    cfg = replace(cfg, per_class=int(sys.argv[3]))
-run_demo(Path(sys.argv[1]), cfg, echo=lambda line: None)
+from vebi.cli import run
+sys.argv = ["vebi", "demo", *sys.argv[1:]]
+run()
 """
 
 
@@ -61,8 +58,9 @@ def run(src: Path, quick: bool, per_class: int) -> dict:
     try:
         busy0, total0 = _busy_and_total()
         start = time.perf_counter()
-        child = subprocess.run([sys.executable, "-c", CHILD, str(out), "quick" if quick else "full", str(per_class)],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        args = ["-o", str(out)] + (["--quick"] if quick else []) + (["--per-class", str(per_class)] if per_class else [])
+        child = subprocess.run([sys.executable, "-c", CHILD, *args], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
         if child.returncode:
             sys.exit(f"the demo of {src} failed:\n{child.stderr[-4000:]}")
         wall = time.perf_counter() - start
