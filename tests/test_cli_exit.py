@@ -27,7 +27,7 @@ SCRIPT = textwrap.dedent("""
     threading.Thread(target=late_writer).start()  # not a daemon: the exit waits for it
     atexit.register(lambda: (out / "first").write_text((out / "thread").read_text()))
     atexit.register(lambda: print("handler", flush=False))  # registered last: runs first
-    sys.stdout.write("x" * 200_000 + "\\n")  # more than a pipe holds: flushed on the way out
+    sys.stdout.write("x" * 200_000 + "\\n")  # written in pieces as the buffer fills; its tail on the way out
     leave(int(sys.argv[2]))
 """)
 

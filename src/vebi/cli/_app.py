@@ -95,7 +95,7 @@ def leave(status: int) -> NoReturn:
     the atexit handlers run (logging, multiprocessing's children, temporary folders), the standard
     streams are flushed. Every output file is closed by then: all are written atomically.
     """
-    # the interpreter's own two calls at exit (private names, stable since Python 3.4)
+    # the interpreter's own two calls at exit (private names of CPython; the project pins 3.11)
     threading._shutdown()  # type: ignore[attr-defined]  # its exit hooks (executors), then joins the threads
     atexit._run_exitfuncs()  # runs the handlers, last registered first, and clears them
     for stream in (sys.stdout, sys.stderr):
