@@ -58,7 +58,8 @@ def run(src: Path, quick: bool, per_class: int) -> dict:
     try:
         busy0, total0 = _busy_and_total()
         start = time.perf_counter()
-        args = ["-o", str(out)] + (["--quick"] if quick else []) + (["--per-class", str(per_class)] if per_class else [])
+        args = ["-o", str(out), *(["--quick"] if quick else [])]
+        args += ["--per-class", str(per_class)] if per_class else []
         child = subprocess.run([sys.executable, "-c", CHILD, *args], env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
         if child.returncode:
