@@ -31,6 +31,13 @@ def test_importing_vebi_does_not_import_torch():
     assert out.stdout.strip() == "False"
 
 
+def test_the_report_and_the_fit_do_not_import_torchvision():
+    # torchvision brings in torch._dynamo: ~2 s of every command that imports it, a third of `vebi report`
+    code = "import sys, vebi.report, vebi.core.lasso; print('torchvision' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False"
+
+
 def test_cli_help_does_not_import_torch():
     code = ("import sys; from vebi.cli import main; "
             "codes = [main(['--help']), main(['collect', '--help']), main(['evaluate', '--help'])]; "

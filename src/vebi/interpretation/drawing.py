@@ -5,13 +5,16 @@ from __future__ import annotations
 import io
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from vebi.interpretation.crops import Interpretation
 from vebi.io.atomic import write_bytes
+
+if TYPE_CHECKING:  # crops imports torchvision (~2 s), which the report, drawing heatmaps, does not need
+    from vebi.interpretation.crops import Interpretation
 
 __all__ = ["colored", "crop_strip", "save_pil", "slug", "to_pil", "write_grid", "write_png"]
 
