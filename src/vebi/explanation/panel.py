@@ -9,7 +9,6 @@ show no axis.
 from __future__ import annotations
 
 import functools
-import io
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 from vebi.explanation.result import Explanation
-from vebi.interpretation.drawing import colored, to_pil
-from vebi.io.atomic import write_bytes
+from vebi.interpretation.drawing import colored, save_pil, to_pil
 
 __all__ = ["CELL", "HEATMAP_COLORMAP", "cell_box", "panel_image", "write_panel"]
 
@@ -68,9 +66,7 @@ def panel_image(image: Tensor, explanation: Explanation) -> Image.Image:
 
 def write_panel(path: str | Path, image: Tensor, explanation: Explanation) -> None:
     """Write the panel of ``explanation`` for ``image`` (C, H, W) in [0, 1] to ``path`` atomically."""
-    buffer = io.BytesIO()
-    panel_image(image, explanation).save(buffer, format="PNG", compress_level=3)  # 6: 2.5x the time, 15 % smaller
-    write_bytes(Path(path), buffer.getvalue())
+    save_pil(Path(path), panel_image(image, explanation))
 
 
 def _heatmap(values: Tensor) -> Image.Image:

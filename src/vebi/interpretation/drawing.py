@@ -16,8 +16,11 @@ from vebi.io.atomic import write_bytes
 if TYPE_CHECKING:  # crops imports torchvision (~2 s), which the report, drawing heatmaps, does not need
     from vebi.interpretation.crops import Interpretation
 
-__all__ = ["colored", "crop_strip", "save_pil", "slug", "to_pil", "write_grid", "write_png"]
+__all__ = ["PNG_LEVEL", "colored", "crop_strip", "save_pil", "slug", "to_pil", "write_grid", "write_png"]
 
+# zlib level of every PNG vebi draws: Pillow's default 6 took 2-2.5x the time of 3 for files 1-15 %
+# smaller (the report's 224 px heatmaps 1 %, the explanation panels 15 %); the pixels are the same
+PNG_LEVEL = 3
 _GRID_COLUMNS = 8
 
 
@@ -46,7 +49,7 @@ def write_png(path: Path, image: torch.Tensor) -> None:
 
 def save_pil(path: Path, picture: Image.Image) -> None:
     buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
+    picture.save(buffer, format="PNG", compress_level=PNG_LEVEL)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes(path, buffer.getvalue())
 

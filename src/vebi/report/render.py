@@ -31,7 +31,7 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from vebi import __version__
-from vebi.interpretation.drawing import colored
+from vebi.interpretation.drawing import PNG_LEVEL, colored
 from vebi.io.atomic import replace_folder, write_text
 from vebi.errors import VebiError
 from vebi.report import plots
@@ -140,7 +140,7 @@ class _Assets:
                     img = img.convert("RGBA" if "A" in img.getbands() else "RGB")
                     img.thumbnail((MAX_SIDE, MAX_SIDE))
                     (self.folder / name).parent.mkdir(parents=True, exist_ok=True)
-                    img.save(self.folder / f"{name}{suffix}")
+                    img.save(self.folder / f"{name}{suffix}", compress_level=PNG_LEVEL)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             self.warnings.append(f"{source} is not a readable image ({exc}); left out")
             self.urls[source] = None
@@ -163,7 +163,7 @@ class _Assets:
         if heat is None:
             self.urls[source] = None
             return
-        colored(heat, HEATMAP_COLORMAP).save(self.folder / f"{name}.png")
+        colored(heat, HEATMAP_COLORMAP).save(self.folder / f"{name}.png", compress_level=PNG_LEVEL)
         self.urls[source] = f"{self.prefix}/{name}.png"
 
     def add_overlay(self, source: MapRef | None, image: Path | None, name: str) -> None:
@@ -189,7 +189,8 @@ class _Assets:
         alpha = (low + (high - low) * heat)[..., None]
         color = colormaps[HEATMAP_COLORMAP](heat)[..., :3]
         blend = (1 - alpha) * np.asarray(base, dtype=np.float64) / 255 + alpha * color
-        Image.fromarray(np.round(255 * blend).astype(np.uint8)).save(self.folder / f"{name}.png")
+        Image.fromarray(np.round(255 * blend).astype(np.uint8)).save(self.folder / f"{name}.png",
+                                                                     compress_level=PNG_LEVEL)
         self.overlays[(source, image)] = f"{self.prefix}/{name}.png"
 
     def add_png(self, data: bytes, name: str) -> str:
