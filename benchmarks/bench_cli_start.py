@@ -6,9 +6,11 @@ child's user + system CPU time, warm (bytecode cached) and, for the help pages, 
 bytecode cache, as on the first run after installing). The torch row is the floor of every real
 command: importing torch and torchvision, and leaving. A source tree to compare against (an older
 checkout) can be given with --other SRC; its rows run from that tree's src/ folder side by side
-with this one's, the two trees alternating run by run.
+with this one's, the two trees alternating run by run. --command adds a row for any command line
+(repeatable; run in the current folder), e.g. a report of an existing run.
 
     .venv/bin/python benchmarks/bench_cli_start.py [--repeats 5] [--other /path/to/old/checkout]
+    .venv/bin/python benchmarks/bench_cli_start.py --other OLD --command report runs/photos
 """
 
 from __future__ import annotations
@@ -47,12 +49,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--other", type=Path, help="another checkout to compare (its src/ is used)")
+    parser.add_argument("--command", nargs="+", action="append", default=[], metavar="ARG",
+                        help="another vebi command line to time (warm only); repeatable")
     a = parser.parse_args()
     trees = [("this tree", ROOT / "src")] + ([("other tree", a.other / "src")] if a.other else [])
     print(f"load average {os.getloadavg()[0]:.2f}; median of {a.repeats} runs, CPU seconds (user + sys), "
           "and the wall seconds of the warm runs")
-    print(f"{'tree':<11} {'command':<40} {'warm':>6} {'cold':>6} {'wall':>6}")
-    for args, with_cold in COMMANDS:
+    commands = (*COMMANDS, *((list(c), False) for c in a.command))
+    width = max(len("vebi " + " ".join(args)) for args, _ in commands)
+    print(f"{'tree':<11} {'command':<{width}} {'warm':>6} {'cold':>6} {'wall':>6}")
+    for args, with_cold in commands:
         for _, src in trees:
             cpu_seconds(src, args, cold=False)  # fill the bytecode cache
         runs: dict[str, list[tuple[float, float]]] = {label: [] for label, _ in trees}
@@ -66,7 +72,7 @@ def main() -> None:
             warm = statistics.median(cpu for cpu, _ in runs[label])
             wall = statistics.median(w for _, w in runs[label])
             cold = f"{statistics.median(colds[label]):6.2f}" if with_cold else f"{'-':>6}"
-            print(f"{label:<11} {'vebi ' + ' '.join(args):<40} {warm:6.2f} {cold} {wall:6.2f}")
+            print(f"{label:<11} {'vebi ' + ' '.join(args):<{width}} {warm:6.2f} {cold} {wall:6.2f}")
     print(f"load average {os.getloadavg()[0]:.2f} at the end")
 
 
