@@ -18,8 +18,9 @@ if TYPE_CHECKING:  # crops imports torchvision (~2 s), which the report, drawing
 
 __all__ = ["PNG_LEVEL", "colored", "crop_strip", "save_pil", "slug", "to_pil", "write_grid", "write_png"]
 
-# zlib level of every PNG vebi draws: Pillow's default 6 took 2-2.5x the time of 3 for files 1-15 %
-# smaller (the report's 224 px heatmaps 1 %, the explanation panels 15 %); the pixels are the same
+# zlib level of the pictures vebi draws (interpretations, explanation panels, the report's maps):
+# Pillow's default 6 took 2-2.5x the time of 3 for files 1-15 % smaller (the report's 224 px maps 1 %,
+# the panels 15 %); the pixels are the same. The an8Flower renders keep 6: their files stay as they were
 PNG_LEVEL = 3
 _GRID_COLUMNS = 8
 
