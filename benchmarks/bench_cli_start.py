@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = ((["--help"], True), (["collect", "--help"], True), (["layers", "vebi.an8flower.net:an8net"], False))
 
 
-def cpu_seconds(src: Path, args: list[str], cold: bool) -> tuple[float, float]:
+def cpu_and_wall(src: Path, args: list[str], cold: bool) -> tuple[float, float]:
     """(CPU seconds, wall seconds) of one run."""
     env = {**os.environ, "PYTHONPATH": str(src)}
     with tempfile.TemporaryDirectory() as cache:
@@ -60,14 +60,14 @@ def main() -> None:
     print(f"{'tree':<11} {'command':<{width}} {'warm':>6} {'cold':>6} {'wall':>6}")
     for args, with_cold in commands:
         for _, src in trees:
-            cpu_seconds(src, args, cold=False)  # fill the bytecode cache
+            cpu_and_wall(src, args, cold=False)  # fill the bytecode cache
         runs: dict[str, list[tuple[float, float]]] = {label: [] for label, _ in trees}
         colds: dict[str, list[float]] = {label: [] for label, _ in trees}
         for _ in range(a.repeats):
             for label, src in trees:
-                runs[label].append(cpu_seconds(src, args, cold=False))
+                runs[label].append(cpu_and_wall(src, args, cold=False))
                 if with_cold:
-                    colds[label].append(cpu_seconds(src, args, cold=True)[0])
+                    colds[label].append(cpu_and_wall(src, args, cold=True)[0])
         for label, _ in trees:
             warm = statistics.median(cpu for cpu, _ in runs[label])
             wall = statistics.median(w for _, w in runs[label])
