@@ -390,13 +390,41 @@ def test_stride_fix_equals_its_definition_for_any_stride_padding_dilation_groups
 
 
 def test_stride_fix_routes_by_layer_kind():
-    # depthwise -> the definition itself; 1 x 1 -> mix then upsample; few inputs -> polyphase; else transposed
-    assert stride_fix._route(torch.zeros(96, 1, 3, 3), (1, 1), 96) == "direct"
-    assert stride_fix._route(torch.zeros(512, 256, 1, 1), (0, 0), 1) == "pointwise"
-    assert stride_fix._route(torch.zeros(512, 256, 1, 1), (1, 1), 1) == "transposed"
-    assert stride_fix._route(torch.zeros(64, 3, 7, 7), (3, 3), 1) == "polyphase"
-    assert stride_fix._route(torch.zeros(128, 128, 3, 3), (1, 1), 1) == "transposed"
-    assert stride_fix._route(torch.zeros(128, 64, 3, 3), (1, 1), 2) == "transposed"
+    # depthwise -> the definition; 1 x 1 -> mix then upsample; wide border bands -> the definition; few
+    # inputs and a kernel shorter than three strides -> polyphase; else transposed
+    route = stride_fix._route
+    assert route(torch.zeros(96, 1, 3, 3), (2, 2), (1, 1), 96, False) == "direct"
+    assert route(torch.zeros(512, 256, 1, 1), (2, 2), (0, 0), 1, True) == "pointwise"
+    assert route(torch.zeros(512, 256, 1, 1), (2, 2), (1, 1), 1, False) == "transposed"
+    assert route(torch.zeros(512, 512, 3, 3), (2, 2), (1, 1), 1, True) == "direct"
+    assert route(torch.zeros(32, 3, 3, 3), (2, 2), (1, 1), 1, False) == "polyphase"
+    assert route(torch.zeros(32, 3, 7, 7), (4, 4), (3, 3), 1, False) == "polyphase"
+    assert route(torch.zeros(64, 3, 7, 7), (2, 2), (3, 3), 1, False) == "transposed"
+    assert route(torch.zeros(64, 3, 7, 3), (2, 2), (3, 1), 1, False) == "polyphase"
+    assert route(torch.zeros(128, 128, 3, 3), (2, 2), (1, 1), 1, False) == "transposed"
+    assert route(torch.zeros(128, 64, 3, 3), (2, 2), (1, 1), 2, False) == "transposed"
+
+
+@pytest.mark.parametrize("size, inputs, kernel, stride, padding, expected", [
+    (14, 16, 3, 2, 1, "direct"),  # as ResNet-50's layer4.0.conv2 at 224 px: 7 x 7 output, 14 x 14 stride-1 grid
+    (28, 16, 3, 2, 1, "transposed"),  # as layer3.0.conv2: 14 x 14 output
+    (112, 3, 7, 4, 3, "polyphase"),  # the an8Flower net's first layer: 3 inputs, 28 x 28 output
+    (224, 3, 7, 2, 3, "transposed"),  # ResNet's stem: 3 inputs, a kernel of 3.5 strides
+])
+def test_stride_fix_weighs_the_border_bands_against_the_full_grid(size, inputs, kernel, stride, padding, expected,
+                                                                   monkeypatch):
+    taken = []
+    chosen = stride_fix._route
+
+    def spy(*args):
+        taken.append(chosen(*args))
+        return taken[-1]
+
+    monkeypatch.setattr(stride_fix, "_route", spy)
+    weight = torch.zeros(2, inputs, kernel, kernel)
+    out = (size + 2 * padding - kernel) // stride + 1
+    stride_fix.stride_fixed_conv_input_grad(torch.zeros(1, 2, out, out), weight, (size, size), stride, padding, 1, 1)
+    assert taken == [expected]
 
 
 def _averaging(model: nn.Module) -> nn.Module:

@@ -64,18 +64,23 @@ def stride_fixed_conv_input_grad(
 
     Four equal ways to compute it; :func:`_route` takes the fastest for the layer (CPU, measured):
 
-    * ``"direct"`` (depthwise convs): exactly the definition; the stride-1 transposed conv of a
-      depthwise kernel is cheap, so nothing is gained by avoiding it;
+    * ``"direct"``: exactly the definition. Depthwise convs take it (their stride-1 transposed
+      conv is cheap, so nothing is gained by avoiding it), and so does a conv whose border bands
+      (below) are wide for its size, H1 W1 <= H_out W_out + 3 (band positions): e.g. a 7 x 7 output
+      (ResNet-50's ``layer4.0.conv2`` at 224 px), as each thin band's transposed conv reads the whole
+      weight for a few rows;
     * ``"pointwise"`` (1 x 1 kernels without padding): a 1 x 1 conv acts on each position alone,
       so it commutes with the upsampling: the channel mix runs at the strided size, then the
       upsampling, with H1 = H;
-    * ``"polyphase"`` (few input channels, e.g. an image-input layer) and ``"transposed"`` (any
-      other conv) avoid the full-resolution conv: either upsampling is a stride-s transposed
-      conv with a small kernel u (:func:`upsample_kernel`; separable), so the two steps are one
-      stride-s transposed conv with the kernel K = u * dilate_d(w). Polyphase: output phase
-      (a, b) of a stride-s transposed conv with K is a stride-1 *forward* conv of g with the
-      flipped sub-kernel K[a::s, b::s], so one conv2d with C_in s_h s_w outputs and a pixel
-      shuffle give it (a backward-data conv that produces 3 channels is slow on CPUs).
+    * ``"polyphase"`` (few input channels, e.g. an image-input layer, and a kernel shorter than
+      three strides) and ``"transposed"`` (any other conv) avoid the full-resolution conv: either
+      upsampling is a stride-s transposed conv with a small kernel u (:func:`upsample_kernel`;
+      separable), so the two steps are one stride-s transposed conv with the kernel
+      K = u * dilate_d(w). Polyphase: output phase (a, b) of a stride-s transposed conv with K is a
+      stride-1 *forward* conv of g with the flipped sub-kernel K[a::s, b::s], so one conv2d with
+      C_in s_h s_w outputs and a pixel shuffle give it (a backward-data conv that produces 3
+      channels from a short kernel is slow on CPUs; from a kernel of three strides or more,
+      ResNet's 7 x 7 stride-2 stem, it is not).
       Transposed: convolutions commute, so it is the plain transposed conv Y = conv_T_s(g, w)
       followed by the separable filter u at input resolution, gx[i] = sum_m u[m] Y[i + p - m].
       Both compute the transposed conv of the upsampling on the unbounded grid; where it differs
@@ -84,17 +89,21 @@ def stride_fixed_conv_input_grad(
       the stride-1 transposed conv: thin bands.
     """
     (sh, sw), (ph, pw), (dh, dw) = as_pair(stride), as_pair(padding), as_pair(dilation)
-    (h, w), (kh, kw) = input_size, weight.shape[-2:]
+    (h, w), (kh, kw), (ho, wo) = input_size, weight.shape[-2:], g.shape[-2:]
     h1, w1 = h + 2 * ph - dh * (kh - 1), w + 2 * pw - dw * (kw - 1)
-    route = _route(weight, (ph, pw), groups)
+    (taps_h, first_h), (taps_w, first_w) = upsample_kernel(sh, upsample), upsample_kernel(sw, upsample)
+    full_rows = (first_h, sh * (ho - 1) + first_h + len(taps_h))
+    row_bands = _border_ranges(sh, ho, h1, upsample, first_h)
+    col_bands = _border_ranges(sw, wo, w1, upsample, first_w)
+    band_cells = (sum(b - a for a, b in row_bands) * w1
+                  + sum(b - a for a, b in col_bands) * (full_rows[1] - full_rows[0]))
+    route = _route(weight, (sh, sw), (ph, pw), groups, h1 * w1 <= ho * wo + _BAND_COST * band_cells)
     if route == "direct":
         up = _upsample(_upsample(g, -2, sh, upsample, h1), -1, sw, upsample, w1)
         return F.conv_transpose2d(up, weight, None, 1, (ph, pw), 0, groups, (dh, dw))
     if route == "pointwise":
         mixed = F.conv_transpose2d(g, weight, None, 1, 0, 0, groups)
         return _upsample(_upsample(mixed, -2, sh, upsample, h), -1, sw, upsample, w)
-    ho, wo = g.shape[-2:]
-    (taps_h, first_h), (taps_w, first_w) = upsample_kernel(sh, upsample), upsample_kernel(sw, upsample)
     if route == "polyphase":
         kernel = stride_fix_kernel(weight, (sh, sw), (dh, dw), upsample)
         gx = _polyphase_transposed_conv(g, kernel, (sh, sw))
@@ -103,27 +112,36 @@ def stride_fixed_conv_input_grad(
         y = F.conv_transpose2d(g, weight, None, (sh, sw), 0, 0, groups, (dh, dw))
         gx = _separable_sum(y, (taps_h, first_h, ph, h), (taps_w, first_w, pw, w))
     conv = (weight, (ph, pw), (dh, dw), groups)
-    full_rows = (first_h, sh * (ho - 1) + first_h + len(taps_h))
-    for rows in _border_ranges(sh, ho, h1, upsample, first_h):  # (exact rows) - (unbounded rows), exact columns
+    for rows in row_bands:  # (exact rows) - (unbounded rows), exact columns
         band = _upsampled(g, -2, sh, upsample, rows, h1, minus_unbounded=True)
         _add_transposed(gx, _upsampled(band, -1, sw, upsample, (0, w1), w1), (rows[0], 0), *conv)
-    for cols in _border_ranges(sw, wo, w1, upsample, first_w):  # unbounded rows, (exact - unbounded) columns
+    for cols in col_bands:  # unbounded rows, (exact - unbounded) columns
         band = _upsampled(g, -1, sw, upsample, cols, w1, minus_unbounded=True)
         _add_transposed(gx, _upsampled(band, -2, sh, upsample, full_rows), (full_rows[0], cols[0]), *conv)
     return gx
 
 
 _ROUTES = ("direct", "pointwise", "polyphase", "transposed")
-_POLYPHASE_MAX_IN = 8  # input channels up to which the polyphase route is the faster one (CPU, measured)
+_POLYPHASE_MAX_IN = 8  # input channels up to which the polyphase route can be the faster one (CPU, measured)
+_POLYPHASE_MAX_SPAN = 3  # ... when the kernel spans fewer strides than this along an axis (CPU, measured)
+_BAND_COST = 3  # a border band's position costs about this many strided cells: each thin band's transposed conv
+# reads the whole weight for a few rows (CPU, measured)
 
 
-def _route(weight: Tensor, padding: tuple[int, int], groups: int) -> str:
-    """Which of :data:`_ROUTES` computes the fix fastest for a conv with this weight (C_out, C_in / groups, kh, kw)."""
+def _route(weight: Tensor, stride: tuple[int, int], padding: tuple[int, int], groups: int, wide_bands: bool) -> str:
+    """Which of :data:`_ROUTES` computes the fix fastest for a conv with this weight (C_out, C_in / groups, kh, kw);
+    ``wide_bands``: the stride-1 grid has at most as many positions as the strided output has cells plus
+    :data:`_BAND_COST` times the border bands' positions (the direct route's work against the others').
+
+    Measured on a 2-core CPU (``benchmarks/bench_stride_fix.py``), batches 1 to 32, 1 and 2 threads."""
     if groups > 1 and weight.shape[1] == 1:
         return "direct"
     if tuple(weight.shape[-2:]) == (1, 1) and padding == (0, 0):
         return "pointwise"
-    if groups == 1 and weight.shape[1] <= _POLYPHASE_MAX_IN:
+    if wide_bands:
+        return "direct"
+    short = any(k < _POLYPHASE_MAX_SPAN * s for k, s in zip(weight.shape[-2:], stride))
+    if groups == 1 and weight.shape[1] <= _POLYPHASE_MAX_IN and short:
         return "polyphase"
     return "transposed"
 
