@@ -13,6 +13,7 @@ from typing import NoReturn
 
 import typer
 
+from vebi.cli._dynamo import deferred_dynamo
 from vebi.cli._malloc import reexec_on_tcmalloc
 from vebi.errors import VebiError, VebiWarning
 
@@ -105,8 +106,11 @@ def leave(status: int) -> NoReturn:
 
 
 def run() -> None:
-    """``console_scripts`` target: on tcmalloc when the machine has it (:mod:`vebi.cli._malloc`); leaves
-    without the interpreter's teardown (:func:`leave`). An exception that escapes :func:`main` (a bug)
-    takes Python's own way out, with its traceback."""
+    """``console_scripts`` target: on tcmalloc when the machine has it (:mod:`vebi.cli._malloc`), TorchDynamo
+    imported only if something uses it (:mod:`vebi.cli._dynamo`); leaves without the interpreter's teardown
+    (:func:`leave`). An exception that escapes :func:`main` (a bug) takes Python's own way out, with its
+    traceback."""
     reexec_on_tcmalloc(sys.argv[1:])
-    leave(main())
+    with deferred_dynamo():
+        status = main()
+    leave(status)
