@@ -20,7 +20,8 @@ EXPLAIN_THEN_USE = PRELUDE + textwrap.dedent("""
         import torch, torchvision
         from vebi.explanation.backward import channel_seed, forward_with_rules, guided_rules
         print("after torchvision", state(), "torch._dynamo" in sys.modules)
-        print("its loader", type(torchvision.__loader__).__name__, torchvision.__spec__.loader is torchvision.__loader__)
+        loader = torchvision.__loader__
+        print("its loader", type(loader).__name__, torchvision.__spec__.loader is loader)
         model = torchvision.models.resnet18(weights=None).eval()
         fw = forward_with_rules(model, torch.rand(1, 3, 32, 32), guided_rules(stride_fix=True), ["layer2"])
         signal = fw.backward({"layer2": channel_seed(fw.activations["layer2"], torch.tensor([3]))})
