@@ -53,10 +53,9 @@ def setup(arch: str, size: int) -> dict:
     model = getattr(torchvision.models, arch)(weights=None, num_classes=10).eval()
     relevance = _relevance(model, size, torch.device("cpu"), last_only=False)
     image = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(1))
-    explainer = Explainer(model, relevance, num_features=K)
-    (explanation,) = explainer(image)
+    (explanation,) = Explainer(model, relevance, num_features=K)(image)
     features = [(f.layer, f.channel) for f in explanation.features]
-    return {"model": model, "image": image, "explainer": explainer, "features": features}
+    return {"model": model, "image": image, "features": features}
 
 
 def seeded_runs(s: dict, stride_fix: bool) -> dict:
