@@ -15,6 +15,7 @@ from torchvision import datasets, transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from vebi.errors import VebiError, VebiWarning
+from vebi.io.folders import data_folder
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -141,11 +142,7 @@ def image_folder(path: str | Path, size: int | None = None, channels: int = 3, m
                  std: Sequence[float] | None = None, with_index: bool = True, resize: int | None = None,
                  interpolation: str = "bilinear") -> datasets.ImageFolder:
     """The images under ``path`` (class per sub-folder), converted to ``channels``; VebiError on problems."""
-    root = Path(path)
-    if not root.exists():
-        raise VebiError(f"data folder {root} not found")
-    if not root.is_dir():
-        raise VebiError(f"{root} is not a folder (expected one sub-folder per class)")
+    root = data_folder(path)
     cls = ImageFolderWithIndex if with_index else ImageFolderChecked
     try:
         return cls(str(root), transform=image_transform(size, channels, mean, std, resize, interpolation),

@@ -116,15 +116,16 @@ def fit_run(run_dir: str | Path, mu: float = 10.0, *, features_per_class: int | 
     (see :func:`vebi.core.relevance.fit_relevance`). Before the statistics are read, the memory of
     G and of the solver is checked against ``memory_budget`` (default $VEBI_MEMORY_BUDGET, else free memory).
     """
+    if not 0 < mu < float("inf"):
+        raise VebiError(f"mu must be a positive finite number, not {mu}")
+    run = Run.open(run_dir)  # before torch is imported: a wrong folder is told at once
+
     from vebi.core.lasso import SOLVERS
     from vebi.core.relevance import fit_relevance
     from vebi.io.artifacts import save_relevance
 
-    if not 0 < mu < float("inf"):
-        raise VebiError(f"mu must be a positive finite number, not {mu}")
     if solver not in SOLVERS:
         raise VebiError(f"solver must be one of {', '.join(SOLVERS)}, not {solver!r}")
-    run = Run.open(run_dir)
     dev = resolve_device(device)
     check_fit_memory(run.root, dev, memory_budget)
     relevance = fit_relevance(run.stats, mu, features_per_class=features_per_class, solver=solver, device=dev,
@@ -183,17 +184,17 @@ def interpret_run(run_dir: str | Path, data: str | Path, *, ignore_global: bool 
     :func:`vebi.interpretation.crops.interpret` (top_k, size, weighted, classes, max_features,
     keep_crops, progress). Returns the interpretations and their folder. ``trust_model``: see
     :func:`vebi.run.check_trusted`."""
-    from vebi.interpretation.crops import interpret
-    from vebi.interpretation.store import save_interpretations
-    from vebi.io.artifacts import relevance_hash
-    from vebi.interpretation.receptive import receptive_fields
-
     import warnings
+
+    run = Run.open(run_dir)  # before torch is imported: a wrong folder is told at once
 
     from vebi.classes import data_warnings
     from vebi.errors import VebiWarning
+    from vebi.interpretation.crops import interpret
+    from vebi.interpretation.receptive import receptive_fields
+    from vebi.interpretation.store import save_interpretations
+    from vebi.io.artifacts import relevance_hash
 
-    run = Run.open(run_dir)
     stats, relevance = run.stats, run.relevance
     top_k = min(options.get("top_k", 100), stats.top_k)
     for message in data_warnings(stats.class_counts.tolist(), run.classes.names, top_k, few=False):
@@ -242,6 +243,12 @@ def explain_files(
     :meth:`vebi.classes.ClassMap.output` (class name, ``index:N``, ``name:TEXT``); None explains the
     prediction. ``options`` go to the method where it declares them (num_features, pool_fix).
     ``trust_model``: see :func:`vebi.run.check_trusted`."""
+    if batch_size < 1:
+        raise VebiError(f"batch_size must be at least 1, not {batch_size}")
+    run = Run.open(run_dir)  # before torch is imported: a wrong folder or file name is told at once
+    for path in images:
+        if not Path(path).is_file():
+            raise VebiError(f"cannot read image {path}: no such file")
 
     from vebi.data import load_image
     from vebi.explanation.explainer import NotARunClass
@@ -249,9 +256,6 @@ def explain_files(
     from vebi.io.artifacts import relevance_hash
     from vebi.methods import build_method
 
-    if batch_size < 1:
-        raise VebiError(f"batch_size must be at least 1, not {batch_size}")
-    run = Run.open(run_dir)
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise VebiError(f"{out} exists and is not a folder; choose another output folder")
     folder = Path(out) if out is not None else run.root / "explanations" / ("" if method == "vebi" else method)

@@ -92,7 +92,7 @@ class Run:
     @classmethod
     def open(cls, root: str | Path) -> Run:
         """The run in ``root``; VebiError when it has no readable ``run.json``."""
-        from vebi.io.artifacts import load_run_info
+        from vebi.io.folders import load_run_info
 
         return cls(Path(root), load_run_info(root))
 
@@ -122,7 +122,8 @@ class Run:
 
     def check_model(self, model: nn.Module) -> None:
         """VebiError unless ``model`` (architecture and weights) is the one the statistics were collected with."""
-        from vebi.io.artifacts import model_fingerprint, read_json
+        from vebi.io.artifacts import model_fingerprint
+        from vebi.io.folders import read_json
 
         path = self.root / "stats.json"
         recorded = read_json(path, "statistics").get("model_fingerprint") if path.is_file() else None

@@ -85,16 +85,20 @@ def collect(
     Under `torchrun --nproc-per-node N vebi collect ...` each process takes every N-th image and
     process 0 writes the one result (gloo on CPU, nccl on GPUs).
     """
+    from vebi.io.folders import data_folder
+
+    if batch_size < 1 or top_k < 1 or checkpoint_every < 0:
+        raise VebiError("--batch-size and --top-k must be at least 1, --checkpoint-every at least 0")
+    if gram_dtype not in ("float64", "float32"):
+        raise VebiError(f"--gram-dtype must be float64 or float32, not {gram_dtype!r}")
+    data_folder(data)  # a wrong folder is told before torch is imported
+
     import torch
 
     from vebi.core import distributed
     from vebi.models import parse_model_args
     from vebi.pipeline import collect_run
 
-    if batch_size < 1 or top_k < 1 or checkpoint_every < 0:
-        raise VebiError("--batch-size and --top-k must be at least 1, --checkpoint-every at least 0")
-    if gram_dtype not in ("float64", "float32"):
-        raise VebiError(f"--gram-dtype must be float64 or float32, not {gram_dtype!r}")
     stats = collect_run(out, model, data, weights=weights, model_args=parse_model_args(model_arg), size=size,
                         normalize=normalize, classes=classes, batch_size=batch_size, workers=workers, device=device,
                         checkpoint_every=checkpoint_every, layers=layer or None, response=response, labels=labels,

@@ -8,7 +8,8 @@ import typer
 
 from vebi.cli._app import app
 from vebi.cli.common import DeviceOpt, ProgressOpt, TrustOpt, batch_size_option, seed_option
-from vebi.run import resolve_device
+from vebi.io.folders import data_folder
+from vebi.run import Run, resolve_device
 from vebi.errors import VebiError
 
 
@@ -95,9 +96,6 @@ def evaluate_command(
     Every method's heatmaps against the ground-truth masks (IoU sweep, pointing game, mass in mask),
     deletion/insertion curves, the feature ablation experiments and (with --sanity) the sanity checks.
     """
-    from vebi.evaluate.output import format_sanity, format_summary, write_evaluation
-    from vebi.evaluate.runner import evaluate_run
-
     names = _split_list(methods)
     chosen = None if not names else [] if names == ["none"] else names
     if chosen == [] and not ablation:
@@ -105,6 +103,12 @@ def evaluate_command(
 
     if masks is not None and not masks.exists():
         raise VebiError(f"mask folder {masks} not found")
+    Run.open(run)  # a wrong folder is told before torch is imported
+    data_folder(data)
+
+    from vebi.evaluate.output import format_sanity, format_summary, write_evaluation
+    from vebi.evaluate.runner import evaluate_run
+
     result = evaluate_run(
         run, data, masks=masks, methods=chosen, method_options=_method_options(method_option),
         thresholds=_thresholds(thresholds),

@@ -34,7 +34,6 @@ def interpret_command(
     The receptive-field crops of each relevant feature's top images of DATA, averaged; written to
     RUN/interpretation.
     """
-    from vebi.interpretation.store import grid_file
     from vebi.pipeline import interpret_run
 
     if top_k < 1 or tile_size < 1 or keep_crops < 0 or workers < 0 or (max_features is not None and max_features < 1):
@@ -43,6 +42,8 @@ def interpret_command(
                                     top_k=top_k, size=tile_size,
                                     weighted=weighted, classes=cls or None, max_features=max_features,
                                     keep_crops=keep_crops, progress=progress)
+    from vebi.interpretation.store import grid_file
+
     for interp in results:
         typer.echo(f"{interp.class_name}: {len(interp.features)} features -> {folder / grid_file(interp)}")
     typer.echo(f"interpretations -> {folder}")

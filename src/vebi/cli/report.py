@@ -26,6 +26,9 @@ def report(
 
     Summary, relevant features, explanations and evaluation of RUN; prints the page's path.
     """
+    from vebi.io.folders import run_folder
+
+    run_folder(run)  # a wrong folder is told before the report's imports (torch, matplotlib)
     from vebi.report import build_report
 
     result = build_report(run, out, explanations_dir=explanations, evaluation_dir=evaluation,

@@ -244,7 +244,7 @@ def _interpretation_links(folder: str | os.PathLike[str], relevance: Relevance) 
     meta_path = root / "interpretation.json"
     if not meta_path.is_file():
         return {}
-    from vebi.io.artifacts import read_json
+    from vebi.io.folders import read_json
 
     meta = read_json(meta_path, "interpretations")
     links: dict[tuple[int | None, int], str] = {}

@@ -85,7 +85,8 @@ def load_interpretations(run_dir: str | os.PathLike[str]) -> tuple[Interpretatio
     """The interpretations saved by ``save_interpretations`` under ``run_dir``."""
     folder = Path(run_dir) / INTERPRETATION_DIR
     meta_path = folder / "interpretation.json"
-    from vebi.io.artifacts import check_made_from, check_pair, load_tensors, read_json, relevance_hash
+    from vebi.io.artifacts import check_made_from, check_pair, load_tensors, relevance_hash
+    from vebi.io.folders import read_json
 
     meta = read_json(meta_path, "interpretations (run `vebi interpret` first)")
     check_pair(meta, meta_path, folder / "interpretation.safetensors")

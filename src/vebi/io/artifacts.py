@@ -33,14 +33,14 @@ from safetensors.torch import save_file
 from torch import nn
 
 from vebi import __version__
-from vebi.io.atomic import atomic_path, write_text
+from vebi.io.atomic import atomic_path
+from vebi.io.folders import SCHEMA_VERSION, read_json, write_json
 from vebi.errors import VebiError
 from vebi.core.features import FeatureSpace
 from vebi.layers import get_module
 from vebi.core.relevance import Relevance
 from vebi.core.stats import FeatureStats, StatsConfig
 
-SCHEMA_VERSION = 1
 STATS_FORMAT = 2
 
 
@@ -106,26 +106,6 @@ def relevance_hash(run_dir: str | Path) -> str | None:
     """The hash that identifies the run's relevance fit (None without one)."""
     path = Path(run_dir) / "relevance.json"
     return read_json(path, "a relevance fit").get("tensors_sha256") if path.is_file() else None
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
-
-
-def read_json(path: Path, kind: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise VebiError(f"{path} not found: is this a vebi run folder with {kind}?")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise VebiError(f"{path} is not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise VebiError(f"{path} holds {type(data).__name__ if data is not None else 'null'}, not a JSON object")
-    schema = data.get("schema")
-    if schema != SCHEMA_VERSION:
-        raise VebiError(f"{path} has schema version {schema}, this vebi reads version {SCHEMA_VERSION}; "
-                        "re-run the step that wrote it")
-    return data
 
 
 def _save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None) -> None:
@@ -268,21 +248,3 @@ def _entry(path: Path, build):  # noqa: ANN001, ANN202
 def save_run_info(run_dir: str | Path, info: dict[str, Any]) -> None:
     """``run.json``: how to rebuild the model and read the data (written by the CLI)."""
     write_json(Path(run_dir) / "run.json", {"schema": SCHEMA_VERSION, **info, "versions": versions()})
-
-
-def load_run_info(run_dir: str | Path) -> dict[str, Any]:
-    """``run.json``, checked to hold a model {spec, weights, args}, data {path, size, ...} and layers."""
-    path = Path(run_dir) / "run.json"
-    info = read_json(path, "run information (run `vebi collect` first)")
-    model, data = info.get("model"), info.get("data")
-    problems = [
-        not isinstance(model, dict) or not isinstance(model.get("spec"), str)
-        or not isinstance(model.get("weights"), (str, type(None))) or not isinstance(model.get("args", {}), dict),
-        not isinstance(data, dict) or not isinstance(data.get("path"), str)
-        or not isinstance(data.get("size"), (int, type(None))) or not isinstance(data.get("channels", 3), int),
-        not isinstance(info.get("layers", []), list),
-    ]
-    if any(problems):
-        part = ("model", "data", "layers")[problems.index(True)]
-        raise VebiError(f"{path} has a missing or malformed '{part}' entry; re-run `vebi collect`")
-    return info

@@ -82,7 +82,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vebi.io.artifacts import SCHEMA_VERSION, check_made_from, load_relevance, read_json, relevance_hash
+from vebi.io.artifacts import check_made_from, load_relevance, relevance_hash
+from vebi.io.folders import SCHEMA_VERSION, read_json, run_folder
 from vebi.errors import VebiError
 from vebi.core.relevance import Relevance
 from vebi.report import tables as table_format
@@ -240,11 +241,7 @@ class ReportData:
 def collect_run(run_dir: str | Path, *, explanations_dir: str | Path | None = None,
                 evaluation_dir: str | Path | None = None, max_explanations: int | None = None) -> ReportData:
     """Read the run folder (and the optional stage folders, defaults inside it) into a ``ReportData``."""
-    run = Path(run_dir)
-    if not run.is_dir():
-        raise VebiError(f"run folder {run} not found")
-    if not (run / "stats.json").is_file():
-        raise VebiError(f"{run} is not a vebi run folder (no stats.json; run `vebi collect` first)")
+    run = run_folder(run_dir)
     warnings: list[str] = []
     stats = read_json(run / "stats.json", "statistics")
     info = read_json(run / "run.json", "run information") if (run / "run.json").is_file() else {}
