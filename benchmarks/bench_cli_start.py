@@ -7,10 +7,13 @@ bytecode cache, as on the first run after installing). The torch row is the floo
 command: importing torch and torchvision, and leaving. A source tree to compare against (an older
 checkout) can be given with --other SRC; its rows run from that tree's src/ folder side by side
 with this one's, the two trees alternating run by run. --command adds a row for any command line
-(repeatable; run in the current folder), e.g. a report of an existing run.
+(repeatable; run in the current folder), e.g. a report of an existing run, or one that must fail
+(the exit column shows each command's exit status: 2 for a usage error or bad input).
 
     .venv/bin/python benchmarks/bench_cli_start.py [--repeats 5] [--other /path/to/old/checkout]
     .venv/bin/python benchmarks/bench_cli_start.py --other OLD --command report runs/photos
+    .venv/bin/python benchmarks/bench_cli_start.py --other OLD --command fit no/such/run
+    .venv/bin/python benchmarks/bench_cli_start.py --command "collect torchvision:resnet18 no/such -o x"
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -30,19 +34,21 @@ ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = ((["--help"], True), (["collect", "--help"], True), (["layers", "vebi.an8flower.net:an8net"], False))
 
 
-def cpu_and_wall(src: Path, args: list[str], cold: bool) -> tuple[float, float]:
-    """(CPU seconds, wall seconds) of one run."""
+def cpu_and_wall(src: Path, args: list[str], cold: bool) -> tuple[float, float, int]:
+    """(CPU seconds, wall seconds, exit status) of one run."""
     env = {**os.environ, "PYTHONPATH": str(src)}
     with tempfile.TemporaryDirectory() as cache:
         if cold:
             env["PYTHONPYCACHEPREFIX"] = cache
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "from vebi.cli import run; run()", *args], env=env,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+        done = subprocess.run([sys.executable, "-c", "from vebi.cli import run; run()", *args], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         wall = time.perf_counter() - start
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), wall
+    if done.returncode not in (0, 2):  # 2: the command's own clear error; anything else is a crash
+        raise SystemExit(f"vebi {' '.join(args)} exited with {done.returncode}:\n{done.stderr}")
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), wall, done.returncode
 
 
 def main() -> None:
@@ -55,13 +61,14 @@ def main() -> None:
     trees = [("this tree", ROOT / "src")] + ([("other tree", a.other / "src")] if a.other else [])
     print(f"load average {os.getloadavg()[0]:.2f}; median of {a.repeats} runs, CPU seconds (user + sys), "
           "and the wall seconds of the warm runs")
-    commands = (*COMMANDS, *((list(c), False) for c in a.command))
+    # one quoted argument is split as a shell would: the way to give options (-o X) to the timed command
+    commands = (*COMMANDS, *((shlex.split(c[0]) if len(c) == 1 else list(c), False) for c in a.command))
     width = max(len("vebi " + " ".join(args)) for args, _ in commands)
-    print(f"{'tree':<11} {'command':<{width}} {'warm':>6} {'cold':>6} {'wall':>6}")
+    print(f"{'tree':<11} {'command':<{width}} {'warm':>6} {'cold':>6} {'wall':>6} {'exit':>4}")
     for args, with_cold in commands:
         for _, src in trees:
             cpu_and_wall(src, args, cold=False)  # fill the bytecode cache
-        runs: dict[str, list[tuple[float, float]]] = {label: [] for label, _ in trees}
+        runs: dict[str, list[tuple[float, float, int]]] = {label: [] for label, _ in trees}
         colds: dict[str, list[float]] = {label: [] for label, _ in trees}
         for _ in range(a.repeats):
             for label, src in trees:
@@ -69,10 +76,10 @@ def main() -> None:
                 if with_cold:
                     colds[label].append(cpu_and_wall(src, args, cold=True)[0])
         for label, _ in trees:
-            warm = statistics.median(cpu for cpu, _ in runs[label])
-            wall = statistics.median(w for _, w in runs[label])
+            warm = statistics.median(cpu for cpu, _, _ in runs[label])
+            wall = statistics.median(w for _, w, _ in runs[label])
             cold = f"{statistics.median(colds[label]):6.2f}" if with_cold else f"{'-':>6}"
-            print(f"{label:<11} {'vebi ' + ' '.join(args):<{width}} {warm:6.2f} {cold} {wall:6.2f}")
+            print(f"{label:<11} {'vebi ' + ' '.join(args):<{width}} {warm:6.2f} {cold} {wall:6.2f} {runs[label][-1][2]:>4}")
     print(f"load average {os.getloadavg()[0]:.2f} at the end")
 
 
