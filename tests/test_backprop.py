@@ -634,6 +634,9 @@ def test_bad_layer_names_and_seeds_raise_vebi_errors():
         fw.backward({"0": torch.zeros(1, 2, 2, 2)})
     with pytest.raises(VebiError, match="channel index out of range"):
         bp.channel_seed(fw.activations["1"], torch.tensor([2]))
+    with pytest.raises(VebiError, match=r"seed of 1 has shape \(1, 2, 1, 1\), its output \(1, 2, 2, 2\)"):
+        fw.backward({"1": torch.ones(1, 2, 1, 1)})  # would broadcast: refused, not spread over the map
+    assert torch.equal(fw.backward({}), torch.zeros(1, 1, 2, 2))
 
 
 def test_channel_seed_keeps_only_each_images_own_channel():
