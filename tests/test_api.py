@@ -60,7 +60,8 @@ def test_a_wrong_folder_or_file_is_told_before_torch_is_imported(tmp_path):
                 ["fit", str(absent)], ["interpret", str(absent), str(tmp_path)],
                 ["explain", str(absent), "x.jpg"], ["evaluate", str(absent), str(tmp_path)], ["report", str(absent)],
                 ["report", str(run)], ["fit", str(run)],
-                ["explain", str(made), str(absent / "x.jpg")], ["evaluate", str(made), str(absent)]]
+                ["explain", str(made), str(absent / "x.jpg")], ["evaluate", str(made), str(absent)],
+                ["interpret", str(made), str(absent)]]
     code = ("import sys, json; from vebi.cli import main; "
             f"codes = [main(c) for c in json.loads(sys.argv[1])]; print(codes, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code, json.dumps(commands)], capture_output=True, text=True, check=True)
@@ -70,4 +71,4 @@ def test_a_wrong_folder_or_file_is_told_before_torch_is_imported(tmp_path):
     assert all(line.startswith("vebi: error: ") for line in errors), errors
     assert "data folder" in errors[0] and "not found" in errors[0]
     assert "no stats.json" in errors[6] and "schema version None" in errors[7]
-    assert "cannot read image" in errors[8] and "data folder" in errors[9]
+    assert "cannot read image" in errors[8] and "data folder" in errors[9] and "data folder" in errors[10]

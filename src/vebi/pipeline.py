@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vebi.errors import VebiError
+from vebi.io.folders import data_folder
 from vebi.run import Run, data_record, model_record, resolve_device
 
 if TYPE_CHECKING:
@@ -187,6 +188,7 @@ def interpret_run(run_dir: str | Path, data: str | Path, *, ignore_global: bool 
     import warnings
 
     run = Run.open(run_dir)  # before torch is imported: a wrong folder is told at once
+    data_folder(data)
 
     from vebi.classes import data_warnings
     from vebi.errors import VebiWarning
