@@ -3,7 +3,9 @@ command that loads torch and does almost nothing else (`vebi layers` of the an8F
 
 Each command runs in a fresh interpreter; the table gives the median over --repeats runs of the
 child's user + system CPU time, warm (bytecode cached) and, for the help pages, cold (an empty
-bytecode cache, as on the first run after installing). The torch row is the floor of every real
+bytecode cache, as on the first run after installing). Python may write bytecode even where
+PYTHONDONTWRITEBYTECODE is set (as on the machine these figures were taken on): otherwise every run
+would compile vebi's own modules, which an installed vebi does once. The torch row is the floor of every real
 command: importing torch and torchvision, and leaving. A source tree to compare against (an older
 checkout) can be given with --other SRC; its rows run from that tree's src/ folder side by side
 with this one's, the two trees alternating run by run. --command adds a row for any command line
@@ -37,6 +39,7 @@ COMMANDS = ((["--help"], True), (["collect", "--help"], True), (["layers", "vebi
 def cpu_and_wall(src: Path, args: list[str], cold: bool) -> tuple[float, float, int]:
     """(CPU seconds, wall seconds, exit status) of one run."""
     env = {**os.environ, "PYTHONPATH": str(src)}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # warm: every module's bytecode written once and read after
     with tempfile.TemporaryDirectory() as cache:
         if cold:
             env["PYTHONPYCACHEPREFIX"] = cache
