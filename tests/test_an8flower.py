@@ -28,6 +28,7 @@ from vebi.an8flower import (
 from vebi.an8flower.contact import GAP, LABEL_WIDTH, mask_overlay
 from vebi.an8flower import render as render_module
 from vebi.an8flower.render import facing, probe, render, render_labels
+from vebi.an8flower.scene import render_threads
 from vebi.an8flower.scene import build_scene, scalar_variant
 from vebi.an8flower.variants import variant_from_dict
 from vebi.cli import main
@@ -90,6 +91,27 @@ def test_same_seed_same_bytes_in_one_process_and_after_resume(tiny_dataset, tmp_
     assert files(other) == reference
 
     assert generate(other, TINY, workers=1, progress=False).rendered == 0
+
+
+def test_one_worker_renders_on_one_thread_and_restores_the_count(tmp_path, monkeypatch):
+    import drjit as dr
+
+    from vebi.an8flower import dataset
+
+    seen = []
+    real = dataset.render_record
+    monkeypatch.setattr(dataset, "render_record", lambda *a: seen.append(dr.thread_count()) or real(*a))
+    original = dr.thread_count()
+    dr.set_thread_count(2)
+    try:
+        generate(tmp_path / "one", DatasetConfig(SINGLE_6C, per_class=2, size=16, seed=3, spp=1), workers=1,
+                 progress=False)
+        assert seen == [1] * 12 and dr.thread_count() == 2
+        with pytest.raises(RuntimeError, match="inside"), render_threads(1):
+            raise RuntimeError("inside")
+        assert dr.thread_count() == 2
+    finally:
+        dr.set_thread_count(original)
 
 
 def test_other_seed_differs_and_config_clash_is_refused(tiny_dataset, tmp_path):

@@ -10,9 +10,16 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 
 from vebi.an8flower import DOUBLE_12C, PART_LABELS, PARTS, SINGLE_6C, sample_params
 from vebi.an8flower.render import render
+from vebi.an8flower.scene import render_threads
 
 SIZE = 32
 NEIGHBOURS = np.ones((3, 3), bool)  # a pixel and its 8 neighbours
+
+
+@pytest.fixture(autouse=True)
+def one_render_thread():
+    with render_threads(1):  # hundreds of tiny renders: a second thread would mostly wait
+        yield
 
 
 def test_changing_the_class_changes_only_pixels_at_the_designated_part():

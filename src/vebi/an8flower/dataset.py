@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from vebi.an8flower.meshes import PARTS
 from vebi.an8flower.render import PART_LABELS, render
-from vebi.an8flower.scene import RenderParams, sample_params
+from vebi.an8flower.scene import RenderParams, render_threads, sample_params
 from vebi.an8flower.variants import Variant, variant_from_dict
 from vebi.io.atomic import atomic_path, write_text
 from vebi.errors import VebiError
@@ -259,9 +259,10 @@ def generate(
         bar = tqdm(total=len(records), initial=skipped, unit="img", desc="an8flower", disable=not progress)
         try:
             if pool is None or len(pending) <= 1:
-                for record in pending:
-                    render_record(root, record, config.size, config.spp, config.variant.designated)
-                    bar.update()
+                with render_threads(1):  # one worker: one core, as asked
+                    for record in pending:
+                        render_record(root, record, config.size, config.spp, config.variant.designated)
+                        bar.update()
             else:
                 tasks = [(str(root), r.to_dict(), config.size, config.spp, config.variant.designated) for r in pending]
                 for _ in pool.imap_unordered(_work, tasks, chunksize=4):

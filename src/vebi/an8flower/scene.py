@@ -198,6 +198,20 @@ def scalar_variant() -> Iterator:
         yield mi
 
 
+@contextlib.contextmanager
+def render_threads(count: int) -> Iterator[None]:
+    """Mitsuba renders on ``count`` threads inside the block, on as many as before after it. On small
+    images a second thread mostly waits: at 32 px, two threads render 1.3x faster for 2x the CPU time."""
+    import drjit as dr
+
+    before = dr.thread_count()
+    dr.set_thread_count(count)
+    try:
+        yield
+    finally:
+        dr.set_thread_count(before)
+
+
 def _mesh(mi, name: str, verts: np.ndarray, faces: np.ndarray, rgb: RGB, ambient: np.ndarray):
     import drjit as dr
 
