@@ -21,7 +21,7 @@ def an8flower(
     seed: int = seed_option("the dataset: image i is drawn from (seed, i)"),
     test_fraction: float = typer.Option(0.2, "--test-fraction", help="share of each class in the test split"),
     spp: int = typer.Option(9, help="samples per pixel (a square: 4, 9, 16, ...)"),
-    workers: int = typer.Option(2, "--workers", help="render processes, one core each (1: render in this process)"),
+    workers: int = typer.Option(2, "--workers", help="worker processes; rendering in parallel, one core each (1: in this process)"),
     sheet: Path | None = typer.Option(None, "--sheet", help="also write a contact sheet PNG of test examples "
                                       "(default: none)"),
     sheet_only: bool = typer.Option(False, "--sheet-only", help="only write --sheet from the existing dataset OUT"),
