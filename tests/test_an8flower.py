@@ -28,8 +28,7 @@ from vebi.an8flower import (
 from vebi.an8flower.contact import GAP, LABEL_WIDTH, mask_overlay
 from vebi.an8flower import render as render_module
 from vebi.an8flower.render import facing, probe, render, render_labels
-from vebi.an8flower.scene import render_threads
-from vebi.an8flower.scene import build_scene, scalar_variant
+from vebi.an8flower.scene import build_scene, render_threads, scalar_variant
 from vebi.an8flower.variants import variant_from_dict
 from vebi.cli import main
 from vebi.errors import VebiError
