@@ -281,18 +281,18 @@ def explain_files(
     written: dict[int, ExplainedFile] = {}
     for members in groups.values():
         for start in range(0, len(members), batch_size):
-            chunk, pairs = members[start:start + batch_size], []
-            while chunk:  # each round explains the chunk or drops an image vebi cannot explain
-                try:
-                    pairs = list(zip(chunk, explainer.explain(model, _stack(loaded, chunk), target, classes),
-                                     strict=True))
-                    break
-                except NotARunClass as exc:
-                    if target is not None:
-                        raise
-                    for row, reason in zip(exc.rows, exc.reasons, strict=True):
-                        written[chunk[row]] = ExplainedFile(loaded[chunk[row]][0], None, None, reason)
-                    chunk = [i for row, i in enumerate(chunk) if row not in exc.rows]
+            chunk = members[start:start + batch_size]
+            try:
+                pairs = list(zip(chunk, explainer.explain(model, _stack(loaded, chunk), target, classes), strict=True))
+            except NotARunClass:
+                if target is not None:
+                    raise
+                pairs = []
+                for i in chunk:  # explain the images vebi can, say which it cannot
+                    try:
+                        pairs.append((i, explainer.explain(model, _stack(loaded, [i]), None, classes)[0]))
+                    except NotARunClass as exc:
+                        written[i] = ExplainedFile(loaded[i][0], None, None, str(exc))
             for i, result in pairs:
                 path, _, shown = loaded[i]
                 stem = folder / stems[i]

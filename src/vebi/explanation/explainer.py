@@ -58,15 +58,7 @@ MIN_SHARE = 0.05  # features with less of the positive evidence are left out of 
 
 
 class NotARunClass(VebiError):
-    """The output to explain is none of the run's classes, so there are no relevant features for it.
-
-    ``rows``: the images of the batch this holds for, ``reasons``: one message each (the first is the
-    exception's message); the other images can be explained without them.
-    """
-
-    def __init__(self, reasons: Sequence[str], rows: Sequence[int]) -> None:
-        super().__init__(reasons[0])
-        self.reasons, self.rows = tuple(reasons), tuple(rows)
+    """The output to explain is none of the run's classes, so there are no relevant features for it."""
 
 
 Target = None | int | str | Sequence[int | str] | Tensor
@@ -206,14 +198,14 @@ class Explainer:
         columns = self.relevance.columns(targets)
         bad = torch.nonzero((columns < 0) | (targets >= outputs)).flatten().tolist()
         if bad:
-            wrong = [int(targets[b]) for b in bad]
-            if max(wrong) >= outputs:
-                raise VebiError(f"target {max(wrong)} is out of range for a model with {outputs} outputs")
+            o = int(targets[bad[0]])
+            if o >= outputs:
+                raise VebiError(f"target {o} is out of range for a model with {outputs} outputs")
             what = "the model predicts" if predicted else "the target is"
             shown = ", ".join(classes.names[:8]) + (" ..." if len(classes.names) > 8 else "")
-            raise NotARunClass([f"{what} output {o} ({classes.name(o)}), which is none of the run's classes "
-                                f"({shown}), so vebi has no relevant features to explain it with; pass --target "
-                                "one of them, or explain it with a baseline (--method grad_cam)" for o in wrong], bad)
+            raise NotARunClass(f"{what} output {o} ({classes.name(o)}), which is none of the run's "
+                            f"classes ({shown}), so vebi has no relevant features to explain it with; pass --target "
+                            "one of them, or explain it with a baseline (--method grad_cam)")
         return columns
 
 
