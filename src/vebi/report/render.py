@@ -31,7 +31,7 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from vebi import __version__
-from vebi.interpretation.drawing import PNG_LEVEL, colored
+from vebi.interpretation.drawing import colored, save_pil
 from vebi.io.atomic import replace_folder, write_text
 from vebi.errors import VebiError
 from vebi.report import plots
@@ -139,8 +139,7 @@ class _Assets:
                     img = ImageOps.exif_transpose(img)
                     img = img.convert("RGBA" if "A" in img.getbands() else "RGB")
                     img.thumbnail((MAX_SIDE, MAX_SIDE))
-                    (self.folder / name).parent.mkdir(parents=True, exist_ok=True)
-                    img.save(self.folder / f"{name}{suffix}", compress_level=PNG_LEVEL)
+                    save_pil(self.folder / f"{name}{suffix}", img)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             self.warnings.append(f"{source} is not a readable image ({exc}); left out")
             self.urls[source] = None
@@ -163,7 +162,7 @@ class _Assets:
         if heat is None:
             self.urls[source] = None
             return
-        colored(heat, HEATMAP_COLORMAP).save(self.folder / f"{name}.png", compress_level=PNG_LEVEL)
+        save_pil(self.folder / f"{name}.png", colored(heat, HEATMAP_COLORMAP))
         self.urls[source] = f"{self.prefix}/{name}.png"
 
     def add_overlay(self, source: MapRef | None, image: Path | None, name: str) -> None:
@@ -189,8 +188,7 @@ class _Assets:
         alpha = (low + (high - low) * heat)[..., None]
         color = colormaps[HEATMAP_COLORMAP](heat)[..., :3]
         blend = (1 - alpha) * np.asarray(base, dtype=np.float64) / 255 + alpha * color
-        Image.fromarray(np.round(255 * blend).astype(np.uint8)).save(self.folder / f"{name}.png",
-                                                                     compress_level=PNG_LEVEL)
+        save_pil(self.folder / f"{name}.png", Image.fromarray(np.round(255 * blend).astype(np.uint8)))
         self.overlays[(source, image)] = f"{self.prefix}/{name}.png"
 
     def add_png(self, data: bytes, name: str) -> str:
